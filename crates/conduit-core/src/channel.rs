@@ -1,0 +1,99 @@
+//! The byte-level channel traits every transport implements.
+//!
+//! A transport endpoint moves whole frames: [`FrameSender::send_frame`] takes a
+//! `&[u8]`, [`FrameReceiver::recv_frame`] fills a `Vec<u8>`. Receiving blocks
+//! until a frame, the deadline, or peer death ([`ErrorKind::Disconnected`]).
+//! A duplex endpoint is simply a sender and a receiver that belong together;
+//! splitting it hands them out separately.
+//!
+//! Endpoints are handed to child processes by [`FrameSender::export`] /
+//! [`FrameReceiver::export`], which turn them into a [`Package`] of OS handles
+//! plus a few numbers, and by a transport-specific import function on the other
+//! side (the facade's `adopt` picks it by the transport name in the package).
+//!
+//! [`ErrorKind::Disconnected`]: crate::ErrorKind::Disconnected
+
+use std::time::Instant;
+
+use crate::error::Result;
+use crate::handoff::Package;
+
+/// The sending half of a byte-level channel.
+pub trait FrameSender: Send + 'static {
+    /// Sends one frame, blocking while the channel is full. A frame larger than
+    /// the channel's maximum fails with `TooLarge` and leaves the channel usable.
+    fn send_frame(&mut self, frame: &[u8]) -> Result<()>;
+
+    /// The transport's name (`"pipe"`, `"socketpair"`, ...).
+    fn transport(&self) -> &'static str;
+
+    /// Turns the endpoint into handles and parameters for a child process.
+    fn export(self: Box<Self>) -> Result<Package>;
+
+    /// Writes `bytes` to the underlying stream without framing or handshake.
+    ///
+    /// This exists for conformance tests that play a misbehaving peer; it is
+    /// not part of the supported API and may go away.
+    #[doc(hidden)]
+    fn send_unframed(&mut self, bytes: &[u8]) -> Result<()>;
+}
+
+/// The receiving half of a byte-level channel.
+pub trait FrameReceiver: Send + 'static {
+    /// Receives one frame into `out` (replacing its contents). Blocks until a
+    /// frame is complete or `deadline` passes (`Timeout`); a deadline in the
+    /// past makes this a non-blocking attempt.
+    fn recv_frame(&mut self, out: &mut Vec<u8>, deadline: Option<Instant>) -> Result<()>;
+
+    /// Receives one frame and lends it to `f` in place, without copying it out
+    /// of the channel's buffer when the transport allows.
+    fn recv_with(&mut self, deadline: Option<Instant>, f: &mut dyn FnMut(&[u8])) -> Result<()>;
+
+    /// True when a whole frame is ready to be received; waits for one until
+    /// `deadline`. Fails with `Disconnected` when the peer is gone and nothing
+    /// is left to read.
+    fn poll_frame(&mut self, deadline: Option<Instant>) -> Result<bool>;
+
+    /// The transport's name.
+    fn transport(&self) -> &'static str;
+
+    /// Turns the endpoint into handles and parameters for a child process.
+    fn export(self: Box<Self>) -> Result<Package>;
+}
+
+/// Parameters both ends of a stream connection agree on in the handshake.
+///
+/// # Examples
+///
+/// ```
+/// use conduit_core::FrameConfig;
+/// let cfg = FrameConfig::default().with_max_frame(1 << 20);
+/// assert_eq!(cfg.max_frame, 1 << 20);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameConfig {
+    /// The largest frame payload, in bytes (default 64 MiB, at most `u32::MAX`).
+    pub max_frame: u32,
+    /// The codec id (see [`crate::Codec::ID`]).
+    pub codec: u8,
+}
+
+/// The default maximum frame size: 64 MiB.
+pub const DEFAULT_MAX_FRAME: u32 = 64 << 20;
+
+impl Default for FrameConfig {
+    fn default() -> Self {
+        FrameConfig {
+            max_frame: DEFAULT_MAX_FRAME,
+            codec: <crate::codec::Cbor as crate::codec::Codec>::ID,
+        }
+    }
+}
+
+impl FrameConfig {
+    /// Returns the config with another maximum frame size.
+    pub fn with_max_frame(mut self, max_frame: u32) -> Self {
+        self.max_frame = max_frame;
+        self
+    }
+}

@@ -1,0 +1,162 @@
+//! Codecs turn typed messages into frame payloads and back.
+//!
+//! [`Cbor`] (serde + ciborium) is the default. Whatever the codec, a message of
+//! type `Vec<u8>` takes the *raw path*: its bytes are the frame payload as they
+//! are, with no per-byte encoding (plain serde would encode a `Vec<u8>` as an
+//! array of integers, one CBOR item per byte). Inside your own structs, mark byte
+//! fields with `#[serde(with = "serde_bytes")]` (re-exported as
+//! [`crate::serde_bytes`]) so that CBOR stores them as one byte string.
+
+use std::any::{Any, TypeId};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// A message encoding. The id travels in the connection handshake so that
+/// peers using different codecs fail with [`ErrorKind::Protocol`].
+///
+/// # Examples
+///
+/// ```
+/// use conduit_core::codec::{Cbor, Codec};
+/// let mut buf = Vec::new();
+/// Cbor::encode(&("job", 7u32), &mut buf).unwrap();
+/// let back: (String, u32) = Cbor::decode(&buf).unwrap();
+/// assert_eq!(back, ("job".to_string(), 7));
+/// ```
+pub trait Codec: Send + Sync + 'static {
+    /// The id sent in the handshake. 0 is reserved for raw byte channels.
+    const ID: u8;
+    /// A short name for error messages.
+    const NAME: &'static str;
+    /// Appends the encoding of `value` to `out`.
+    fn encode<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()>;
+    /// Decodes one whole value from `bytes`; trailing bytes are an error.
+    fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T>;
+}
+
+/// CBOR (RFC 8949) through serde and ciborium: the default codec, id 1.
+///
+/// # Examples
+///
+/// ```
+/// use conduit_core::codec::{Cbor, Codec};
+/// let mut buf = Vec::new();
+/// Cbor::encode(&vec![1u32, 2, 3], &mut buf).unwrap();
+/// assert_eq!(Cbor::decode::<Vec<u32>>(&buf).unwrap(), vec![1, 2, 3]);
+/// assert!(Cbor::decode::<Vec<u32>>(&[0xff, 0x00]).is_err());
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cbor;
+
+/// Nesting limit for decoding, so that hostile input cannot exhaust the stack.
+const CBOR_RECURSION_LIMIT: usize = 128;
+
+impl Codec for Cbor {
+    const ID: u8 = 1;
+    const NAME: &'static str = "cbor";
+
+    fn encode<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()> {
+        ciborium::ser::into_writer(value, out).map_err(|e| {
+            Error::with_source(
+                ErrorKind::Decode,
+                "cannot encode the message as cbor (does its Serialize impl fail?)",
+                e.to_string(),
+            )
+        })
+    }
+
+    fn decode<T: DeserializeOwned>(mut bytes: &[u8]) -> Result<T> {
+        let value = ciborium::de::from_reader_with_recursion_limit(&mut bytes, CBOR_RECURSION_LIMIT)
+            .map_err(|e| {
+                Error::with_source(
+                    ErrorKind::Decode,
+                    format!(
+                        "cannot decode a {} message from a cbor frame (do both peers use the same message type?)",
+                        std::any::type_name::<T>()
+                    ),
+                    e.to_string(),
+                )
+            })?;
+        if !bytes.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Decode,
+                format!("{} trailing bytes after a cbor message", bytes.len()),
+            ));
+        }
+        Ok(value)
+    }
+}
+
+/// True when messages of type `T` take the raw path (no codec, bytes as they are).
+pub fn is_raw<T: 'static + ?Sized>() -> bool {
+    TypeId::of::<T>() == TypeId::of::<Vec<u8>>()
+}
+
+/// Encodes `value` with `C`, or copies its bytes when `T` takes the raw path.
+pub fn encode_message<T: Serialize + 'static, C: Codec>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    if let Some(bytes) = (value as &dyn Any).downcast_ref::<Vec<u8>>() {
+        out.extend_from_slice(bytes);
+        Ok(())
+    } else {
+        C::encode(value, out)
+    }
+}
+
+/// Decodes a frame with `C`, or hands back its bytes when `T` takes the raw path.
+pub fn decode_message<T: DeserializeOwned + 'static, C: Codec>(frame: &[u8]) -> Result<T> {
+    if is_raw::<T>() {
+        let boxed: Box<dyn Any> = Box::new(frame.to_vec());
+        boxed
+            .downcast::<T>()
+            .map(|b| *b)
+            .map_err(|_| Error::new(ErrorKind::Decode, "raw path type mismatch"))
+    } else {
+        C::decode(frame)
+    }
+}
+
+/// Like [`decode_message`] but takes the frame by value, so the raw path moves
+/// the buffer instead of copying it.
+pub fn decode_message_owned<T: DeserializeOwned + 'static, C: Codec>(frame: Vec<u8>) -> Result<T> {
+    if is_raw::<T>() {
+        let boxed: Box<dyn Any> = Box::new(frame);
+        boxed
+            .downcast::<T>()
+            .map(|b| *b)
+            .map_err(|_| Error::new(ErrorKind::Decode, "raw path type mismatch"))
+    } else {
+        C::decode(&frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_path_is_byte_exact_and_cbor_is_not() {
+        let payload: Vec<u8> = (0..=255u8).collect();
+        let mut out = Vec::new();
+        encode_message::<_, Cbor>(&payload, &mut out).unwrap();
+        assert_eq!(out, payload);
+        let back: Vec<u8> = decode_message::<_, Cbor>(&out).unwrap();
+        assert_eq!(back, payload);
+        let mut cbor = Vec::new();
+        encode_message::<_, Cbor>(&vec![1u16, 2], &mut cbor).unwrap();
+        assert_eq!(cbor, [0x82, 0x01, 0x02]);
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error() {
+        let err = decode_message::<String, Cbor>(&[0x7f, 0xff, 0x00]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Decode);
+        let err = decode_message::<u8, Cbor>(&[0x01, 0x02]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Decode);
+    }
+}

@@ -1,0 +1,269 @@
+//! Handing endpoints to a child process.
+//!
+//! [`handoff`] turns an endpoint into a [`Package`] per half (OS handles plus a
+//! few numbers), gives the handles to exactly one `std::process::Command`, and
+//! puts a token describing them into that command's environment under
+//! `CONDUIT_HANDOFF_<key>`. In the child, [`adopt_with`] reads the token, takes
+//! the handles, and asks a resolver (the facade's transport registry) to rebuild
+//! each half.
+//!
+//! How handles travel is OS-specific (see `sys`): on Unix the endpoint's
+//! descriptors are sent at once over a private socket pair with `SCM_RIGHTS`;
+//! the parent closes its copies immediately, and only the child's end of the
+//! carrier socket loses close-on-exec, inside that child only. On Windows the
+//! handles stay non-inheritable and the child duplicates them out of the parent
+//! with `DUPLICATE_CLOSE_SOURCE`, which closes the parent's copies.
+//!
+//! Token format (one line, `;`-separated):
+//! `conduit1;<role>;<os part>;<half>[;<half>]` where a half is
+//! `<transport>,<number of handles>,<meta>...` and meta values are decimal `u64`s.
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::sync::Mutex;
+
+use crate::channel::{FrameReceiver, FrameSender};
+use crate::error::{Error, ErrorKind, Result};
+use crate::sys;
+
+pub use crate::sys::OsHandle;
+
+/// One half of an endpoint, ready to cross into another process.
+#[derive(Debug)]
+pub struct Package {
+    /// The transport's name, used by the child to find the import function.
+    pub transport: String,
+    /// OS handles the half is made of.
+    pub handles: Vec<OsHandle>,
+    /// Transport-defined numbers (frame config, handshake state, ...).
+    pub meta: Vec<u64>,
+}
+
+/// What an endpoint is, as seen from the side that holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Sends only.
+    Sender,
+    /// Receives only.
+    Receiver,
+    /// Sends and receives.
+    Duplex,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Sender => "sender",
+            Role::Receiver => "receiver",
+            Role::Duplex => "duplex",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "sender" => Role::Sender,
+            "receiver" => Role::Receiver,
+            "duplex" => Role::Duplex,
+            _ => return None,
+        })
+    }
+}
+
+/// The byte-level halves of an endpoint: a sender, a receiver, or both.
+pub type Halves = (Option<Box<dyn FrameSender>>, Option<Box<dyn FrameReceiver>>);
+
+/// An endpoint that can be handed to a child: its byte-level halves.
+///
+/// Implemented by the typed [`crate::Sender`], [`crate::Receiver`] and
+/// [`crate::Duplex`].
+pub trait Endpoint: Sized {
+    /// Which halves the endpoint has.
+    const ROLE: Role;
+    /// Takes the endpoint apart into its byte-level halves.
+    fn into_halves(self) -> Halves;
+    /// Builds the endpoint from byte-level halves matching [`Self::ROLE`].
+    fn from_halves(
+        tx: Option<Box<dyn FrameSender>>,
+        rx: Option<Box<dyn FrameReceiver>>,
+    ) -> Result<Self>;
+}
+
+/// Rebuilds a byte-level half from a package: implemented by the facade's
+/// transport registry.
+pub trait Resolver {
+    /// Fails (typically with `Unsupported`) when `transport` cannot be rebuilt
+    /// in this process; called before any handle is taken.
+    fn check(&self, transport: &str) -> Result<()>;
+    /// Rebuilds a sending half.
+    fn sender(&self, package: Package) -> Result<Box<dyn FrameSender>>;
+    /// Rebuilds a receiving half.
+    fn receiver(&self, package: Package) -> Result<Box<dyn FrameReceiver>>;
+}
+
+const TOKEN_VERSION: &str = "conduit1";
+
+/// The environment variable that carries the token for `key`.
+pub fn env_var(key: &str) -> String {
+    format!("CONDUIT_HANDOFF_{key}")
+}
+
+fn check_key(key: &str) -> Result<()> {
+    let ok = !key.is_empty()
+        && key.len() <= 64
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid_input(format!(
+            "handoff key {key:?} is not valid: use 1 to 64 ASCII letters, digits or '_'"
+        )))
+    }
+}
+
+/// Hands `endpoint` to the child that `cmd` will spawn, under `key`.
+///
+/// Only that child receives the endpoint's handles; the parent's copies are
+/// closed (Unix: now; Windows: when the child adopts), so the parent sees the
+/// peer disconnect when the child exits.
+pub fn handoff<E: Endpoint>(cmd: &mut Command, key: &str, endpoint: E) -> Result<()> {
+    check_key(key)?;
+    let (tx, rx) = endpoint.into_halves();
+    let mut packages = Vec::new();
+    if let Some(tx) = tx {
+        packages.push(tx.export()?);
+    }
+    if let Some(rx) = rx {
+        packages.push(rx.export()?);
+    }
+    let mut halves = String::new();
+    let mut handles = Vec::new();
+    for p in packages {
+        halves.push(';');
+        halves.push_str(&p.transport);
+        halves.push_str(&format!(",{}", p.handles.len()));
+        for m in &p.meta {
+            halves.push_str(&format!(",{m}"));
+        }
+        handles.extend(p.handles);
+    }
+    let os_part = if handles.is_empty() {
+        "none".to_string()
+    } else {
+        sys::send_handles(cmd, handles)?
+    };
+    let token = format!("{TOKEN_VERSION};{};{os_part}{halves}", E::ROLE.as_str());
+    cmd.env(env_var(key), token);
+    Ok(())
+}
+
+static ADOPTED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+fn malformed(key: &str, why: &str) -> Error {
+    Error::invalid_input(format!(
+        "malformed handoff token in {}: {why}; it must be set by conduit::handoff in the parent",
+        env_var(key)
+    ))
+}
+
+/// Adopts the endpoint the parent handed to this process under `key`, using
+/// `resolver` to rebuild each half.
+///
+/// A key can be adopted once per process; the token's handles are owned by the
+/// endpoint afterwards.
+pub fn adopt_with<E: Endpoint>(key: &str, resolver: &dyn Resolver) -> Result<E> {
+    check_key(key)?;
+    let var = env_var(key);
+    let token = std::env::var(&var).map_err(|_| {
+        Error::invalid_input(format!(
+            "no endpoint was handed to this process under key {key:?} ({var} is not set); \
+             spawn it with conduit::handoff(&mut cmd, {key:?}, endpoint)"
+        ))
+    })?;
+    let mut fields = token.split(';');
+    if fields.next() != Some(TOKEN_VERSION) {
+        return Err(malformed(
+            key,
+            "unknown token version (parent and child built with different conduit versions?)",
+        ));
+    }
+    let role = fields
+        .next()
+        .and_then(Role::parse)
+        .ok_or_else(|| malformed(key, "bad role"))?;
+    if role != E::ROLE {
+        return Err(Error::invalid_input(format!(
+            "the parent handed a {} under key {key:?} but this process adopts it as a {}",
+            role.as_str(),
+            E::ROLE.as_str()
+        )));
+    }
+    let os_part = fields
+        .next()
+        .ok_or_else(|| malformed(key, "missing handle part"))?;
+    let mut halves = Vec::new();
+    for half in fields {
+        let mut items = half.split(',');
+        let transport = items
+            .next()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| malformed(key, "empty transport"))?;
+        let nums: Vec<u64> = items
+            .map(|s| s.parse::<u64>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| malformed(key, "non-numeric parameter"))?;
+        let (&count, meta) = nums
+            .split_first()
+            .ok_or_else(|| malformed(key, "missing handle count"))?;
+        halves.push((transport.to_string(), count, meta.to_vec()));
+    }
+    let expected = if role == Role::Duplex { 2 } else { 1 };
+    if halves.len() != expected {
+        return Err(malformed(key, "wrong number of halves for the role"));
+    }
+    let total: u64 = halves.iter().map(|h| h.1).sum();
+    if total > 16 {
+        return Err(malformed(key, "too many handles"));
+    }
+    for (transport, _, _) in &halves {
+        resolver.check(transport)?;
+    }
+    {
+        let mut adopted = ADOPTED.lock().unwrap_or_else(|p| p.into_inner());
+        let set = adopted.get_or_insert_with(HashSet::new);
+        if !set.insert(key.to_string()) {
+            return Err(Error::invalid_input(format!(
+                "the endpoint handed under key {key:?} was already adopted by this process"
+            )));
+        }
+    }
+    let handles = if total == 0 && os_part == "none" {
+        Vec::new()
+    } else {
+        sys::receive_handles(os_part, total as usize).map_err(|e| match e.kind() {
+            ErrorKind::InvalidInput => malformed(key, e.message()),
+            _ => e,
+        })?
+    };
+    let mut handles = handles.into_iter();
+    let mut packages = halves.into_iter().map(|(transport, count, meta)| Package {
+        transport,
+        handles: handles.by_ref().take(count as usize).collect(),
+        meta,
+    });
+    let (tx, rx) = match role {
+        Role::Sender => (
+            packages.next().map(|p| resolver.sender(p)).transpose()?,
+            None,
+        ),
+        Role::Receiver => (
+            None,
+            packages.next().map(|p| resolver.receiver(p)).transpose()?,
+        ),
+        Role::Duplex => {
+            let tx = packages.next().map(|p| resolver.sender(p)).transpose()?;
+            let rx = packages.next().map(|p| resolver.receiver(p)).transpose()?;
+            (tx, rx)
+        }
+    };
+    E::from_halves(tx, rx)
+}

@@ -1,0 +1,29 @@
+//! The core of [conduit](https://docs.rs/conduit): byte-level channel traits,
+//! stream framing with its handshake, codecs, typed endpoints, errors and the
+//! handoff of endpoints to child processes.
+//!
+//! Applications use the `conduit` facade; transport crates build on this one.
+//!
+//! `unsafe` code is denied here except in the `sys` module, which holds the
+//! few OS calls that take ownership of handed-over descriptors and handles.
+
+#![deny(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod channel;
+pub mod codec;
+pub mod error;
+pub mod handoff;
+pub mod stream;
+pub mod sys;
+mod typed;
+
+pub use channel::{FrameConfig, FrameReceiver, FrameSender, DEFAULT_MAX_FRAME};
+pub use codec::{Cbor, Codec};
+pub use error::{Error, ErrorKind, Result};
+pub use handoff::{Endpoint, Package, Resolver, Role};
+pub use typed::{Duplex, Iter, Receiver, Sender};
+
+/// Re-exported so that message types can mark byte fields
+/// `#[serde(with = "conduit::serde_bytes")]`.
+pub use serde_bytes;

@@ -1,0 +1,544 @@
+//! Framing for stream transports (pipes, sockets, named pipes).
+//!
+//! Each direction of a connection starts with a 12-byte handshake written by
+//! the sender before its first frame:
+//!
+//! | bytes | field |
+//! |-------|-------|
+//! | 0..4  | magic `b"CNDT"` |
+//! | 4..6  | protocol version, `u16` little-endian (currently 1) |
+//! | 6     | codec id (1 = CBOR) |
+//! | 7     | flags, must be 0 |
+//! | 8..12 | maximum frame size, `u32` little-endian |
+//!
+//! then frames: a `u32` little-endian payload length and the payload. The
+//! receiver checks every handshake field against its own configuration and
+//! checks each length against its maximum *before* allocating; any mismatch
+//! closes the channel with `Protocol` or `TooLarge`. See `docs/wire-format.md`.
+
+use std::io::IoSlice;
+use std::time::Instant;
+
+use crate::channel::{FrameConfig, FrameReceiver, FrameSender};
+use crate::error::{Error, ErrorKind, Result};
+use crate::handoff::Package;
+use crate::sys::{OsStream, StreamKind};
+
+/// The handshake magic.
+pub const MAGIC: [u8; 4] = *b"CNDT";
+/// The wire protocol version.
+pub const VERSION: u16 = 1;
+/// Length of the handshake in bytes.
+pub const HANDSHAKE_LEN: usize = 12;
+const HEADER_LEN: usize = 4;
+/// Frames up to this size are copied behind their header and written with one
+/// `write`; larger ones are written with a gather write and no copy.
+const COALESCE_LIMIT: usize = 16 * 1024;
+/// Size of the receive buffer: several small frames are read per system call.
+const READ_BUF: usize = 64 * 1024;
+
+/// Encodes the handshake for `cfg`.
+pub fn handshake(cfg: FrameConfig) -> [u8; HANDSHAKE_LEN] {
+    let mut h = [0u8; HANDSHAKE_LEN];
+    h[0..4].copy_from_slice(&MAGIC);
+    h[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    h[6] = cfg.codec;
+    h[7] = 0;
+    h[8..12].copy_from_slice(&cfg.max_frame.to_le_bytes());
+    h
+}
+
+/// Checks a peer's handshake against our configuration.
+pub fn check_handshake(h: &[u8; HANDSHAKE_LEN], cfg: FrameConfig) -> Result<()> {
+    if h[0..4] != MAGIC {
+        return Err(Error::protocol(format!(
+            "bad handshake: magic {:02x?} is not {:?}; the peer is not a conduit endpoint",
+            &h[0..4],
+            "CNDT"
+        )));
+    }
+    let version = u16::from_le_bytes([h[4], h[5]]);
+    if version != VERSION {
+        return Err(Error::protocol(format!(
+            "the peer speaks conduit wire protocol v{version}, this side v{VERSION}: build both with the same conduit version"
+        )));
+    }
+    if h[6] != cfg.codec {
+        return Err(Error::protocol(format!(
+            "the peer encodes messages with codec id {}, this side expects codec id {}: use the same codec on both sides",
+            h[6], cfg.codec
+        )));
+    }
+    if h[7] != 0 {
+        return Err(Error::protocol(format!(
+            "unknown handshake flags {:#04x}",
+            h[7]
+        )));
+    }
+    let max = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+    if max != cfg.max_frame {
+        return Err(Error::protocol(format!(
+            "the peer's maximum frame size is {max} bytes, ours is {}: configure both ends with the same max_frame",
+            cfg.max_frame
+        )));
+    }
+    Ok(())
+}
+
+fn meta(cfg: FrameConfig, handshake_done: bool) -> Vec<u64> {
+    vec![
+        cfg.max_frame as u64,
+        cfg.codec as u64,
+        handshake_done as u64,
+    ]
+}
+
+/// Reads `[max_frame, codec, handshake_done]` back from a package's meta.
+fn parse_meta(meta: &[u64]) -> Result<(FrameConfig, bool)> {
+    match meta {
+        [max, codec, done, ..] if *max <= u32::MAX as u64 && *codec <= 255 && *done <= 1 => Ok((
+            FrameConfig {
+                max_frame: *max as u32,
+                codec: *codec as u8,
+            },
+            *done == 1,
+        )),
+        _ => Err(Error::invalid_input(
+            "bad stream parameters in handoff token",
+        )),
+    }
+}
+
+fn take_one(package: Package) -> Result<(crate::sys::OsHandle, Vec<u64>)> {
+    let Package {
+        mut handles, meta, ..
+    } = package;
+    if handles.len() != 1 {
+        return Err(Error::invalid_input(
+            "a stream endpoint is made of exactly one handle",
+        ));
+    }
+    Ok((handles.remove(0), meta))
+}
+
+/// The sending half of a framed stream.
+#[derive(Debug)]
+pub struct StreamSender {
+    io: OsStream,
+    transport: &'static str,
+    cfg: FrameConfig,
+    handshake_sent: bool,
+    broken: bool,
+    buf: Vec<u8>,
+}
+
+impl StreamSender {
+    /// Wraps a stream; the handshake goes out with the first frame.
+    pub fn new(io: OsStream, transport: &'static str, cfg: FrameConfig) -> Self {
+        StreamSender {
+            io,
+            transport,
+            cfg,
+            handshake_sent: false,
+            broken: false,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Rebuilds a sender from a handoff package (see [`FrameSender::export`]).
+    pub fn import(package: Package, kind: StreamKind, transport: &'static str) -> Result<Self> {
+        let (handle, meta) = take_one(package)?;
+        let (cfg, done) = parse_meta(&meta)?;
+        let mut s = StreamSender::new(OsStream::new(handle, kind), transport, cfg);
+        s.handshake_sent = done;
+        Ok(s)
+    }
+
+    /// The underlying stream.
+    pub fn stream(&self) -> &OsStream {
+        &self.io
+    }
+
+    fn write_all(&mut self, mut bufs: [&[u8]; 2]) -> Result<()> {
+        if self.broken {
+            return Err(Error::disconnected(
+                "an earlier send failed part-way; the channel is closed",
+            ));
+        }
+        while !bufs[0].is_empty() || !bufs[1].is_empty() {
+            let res = if bufs[0].is_empty() {
+                self.io.write(bufs[1])
+            } else if bufs[1].is_empty() {
+                self.io.write(bufs[0])
+            } else {
+                self.io
+                    .write_vectored(&[IoSlice::new(bufs[0]), IoSlice::new(bufs[1])])
+            };
+            let mut n = match res {
+                Ok(0) => {
+                    self.broken = true;
+                    return Err(Error::disconnected("the peer stopped reading"));
+                }
+                Ok(n) => n,
+                Err(e) => {
+                    self.broken = true;
+                    return Err(Error::from_io("send failed", e));
+                }
+            };
+            for b in bufs.iter_mut() {
+                let k = n.min(b.len());
+                *b = &b[k..];
+                n -= k;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FrameSender for StreamSender {
+    fn send_frame(&mut self, frame: &[u8]) -> Result<()> {
+        if frame.len() > self.cfg.max_frame as usize {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "message of {} bytes exceeds the maximum frame size of {} bytes; raise max_frame on both ends or send it in parts",
+                    frame.len(),
+                    self.cfg.max_frame
+                ),
+            ));
+        }
+        let mut head = [0u8; HANDSHAKE_LEN + HEADER_LEN];
+        let mut head_len = 0;
+        if !self.handshake_sent {
+            head[..HANDSHAKE_LEN].copy_from_slice(&handshake(self.cfg));
+            head_len = HANDSHAKE_LEN;
+        }
+        head[head_len..head_len + HEADER_LEN].copy_from_slice(&(frame.len() as u32).to_le_bytes());
+        head_len += HEADER_LEN;
+        if frame.len() <= COALESCE_LIMIT {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            buf.extend_from_slice(&head[..head_len]);
+            buf.extend_from_slice(frame);
+            let res = self.write_all([&buf, &[]]);
+            self.buf = buf;
+            res?;
+        } else {
+            self.write_all([&head[..head_len], frame])?;
+        }
+        self.handshake_sent = true;
+        Ok(())
+    }
+
+    fn transport(&self) -> &'static str {
+        self.transport
+    }
+
+    fn export(self: Box<Self>) -> Result<Package> {
+        if self.broken {
+            return Err(Error::disconnected(
+                "cannot hand off a sender whose channel is closed",
+            ));
+        }
+        Ok(Package {
+            transport: self.transport.to_string(),
+            meta: meta(self.cfg, self.handshake_sent),
+            handles: vec![self.io.into_handle()],
+        })
+    }
+
+    fn send_unframed(&mut self, bytes: &[u8]) -> Result<()> {
+        self.write_all([bytes, &[]])
+    }
+}
+
+/// Where the receiver is within the stream.
+#[derive(Debug)]
+enum State {
+    /// Waiting for the handshake.
+    Handshake,
+    /// Waiting for a frame header.
+    Header,
+    /// Collecting a frame body of `len` bytes into `body`.
+    Body { len: usize },
+    /// A frame lies at `buf[start..start + len]`.
+    ReadyInBuf { len: usize },
+    /// A frame is complete in `body`.
+    ReadyInBody,
+    /// The channel is closed for good.
+    Closed(ErrorKind, String),
+}
+
+/// The receiving half of a framed stream.
+#[derive(Debug)]
+pub struct StreamReceiver {
+    io: OsStream,
+    transport: &'static str,
+    cfg: FrameConfig,
+    state: State,
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    body: Vec<u8>,
+    body_got: usize,
+}
+
+impl StreamReceiver {
+    /// Wraps a stream; the peer's handshake is checked on the first receive.
+    pub fn new(io: OsStream, transport: &'static str, cfg: FrameConfig) -> Self {
+        StreamReceiver {
+            io,
+            transport,
+            cfg,
+            state: State::Handshake,
+            buf: vec![0u8; READ_BUF].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            body: Vec::new(),
+            body_got: 0,
+        }
+    }
+
+    /// Rebuilds a receiver from a handoff package (see [`FrameReceiver::export`]).
+    pub fn import(package: Package, kind: StreamKind, transport: &'static str) -> Result<Self> {
+        let (handle, meta) = take_one(package)?;
+        let (cfg, done) = parse_meta(&meta)?;
+        let mut r = StreamReceiver::new(OsStream::new(handle, kind), transport, cfg);
+        if done {
+            r.state = State::Header;
+        }
+        Ok(r)
+    }
+
+    /// The underlying stream.
+    pub fn stream(&self) -> &OsStream {
+        &self.io
+    }
+
+    fn close(&mut self, err: Error) -> Error {
+        self.state = State::Closed(err.kind(), err.message().to_string());
+        err
+    }
+
+    /// Advances the state machine over buffered bytes; true when a frame is ready.
+    fn advance(&mut self) -> Result<bool> {
+        loop {
+            let avail = self.end - self.start;
+            match self.state {
+                State::ReadyInBuf { .. } | State::ReadyInBody => return Ok(true),
+                State::Closed(kind, ref msg) => {
+                    return Err(Error::new(kind, format!("channel closed: {msg}")))
+                }
+                State::Handshake => {
+                    if avail < HANDSHAKE_LEN {
+                        return Ok(false);
+                    }
+                    let mut h = [0u8; HANDSHAKE_LEN];
+                    h.copy_from_slice(&self.buf[self.start..self.start + HANDSHAKE_LEN]);
+                    self.start += HANDSHAKE_LEN;
+                    if let Err(e) = check_handshake(&h, self.cfg) {
+                        return Err(self.close(e));
+                    }
+                    self.state = State::Header;
+                }
+                State::Header => {
+                    if avail < HEADER_LEN {
+                        return Ok(false);
+                    }
+                    let mut l = [0u8; HEADER_LEN];
+                    l.copy_from_slice(&self.buf[self.start..self.start + HEADER_LEN]);
+                    let len = u32::from_le_bytes(l) as usize;
+                    if len > self.cfg.max_frame as usize {
+                        let e = Error::new(
+                            ErrorKind::TooLarge,
+                            format!(
+                                "the peer announced a frame of {len} bytes, above the maximum of {} bytes; the channel is closed",
+                                self.cfg.max_frame
+                            ),
+                        );
+                        return Err(self.close(e));
+                    }
+                    self.start += HEADER_LEN;
+                    if avail - HEADER_LEN >= len {
+                        self.state = State::ReadyInBuf { len };
+                    } else {
+                        // Allocation happens only after the length was checked.
+                        self.body.clear();
+                        self.body.resize(len, 0);
+                        self.body_got = 0;
+                        self.state = State::Body { len };
+                    }
+                }
+                State::Body { len } => {
+                    let k = avail.min(len - self.body_got);
+                    self.body[self.body_got..self.body_got + k]
+                        .copy_from_slice(&self.buf[self.start..self.start + k]);
+                    self.body_got += k;
+                    self.start += k;
+                    if self.body_got == len {
+                        self.state = State::ReadyInBody;
+                    } else {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads once from the stream (blocking). Large frame bodies are read
+    /// straight into the body buffer.
+    fn fill(&mut self) -> Result<()> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        let n = if let State::Body { len } = self.state {
+            if self.start == self.end && len - self.body_got >= self.buf.len() / 2 {
+                let n = self.read_into_body(len)?;
+                self.body_got += n;
+                if self.body_got == len {
+                    self.state = State::ReadyInBody;
+                }
+                return Ok(());
+            }
+            self.read_into_buf()?
+        } else {
+            self.read_into_buf()?
+        };
+        if n == 0 {
+            let err = match self.state {
+                State::Header if self.start == self.end => {
+                    Error::disconnected("the peer closed the channel")
+                }
+                State::Handshake if self.start == self.end => {
+                    Error::disconnected("the peer closed the channel before sending anything")
+                }
+                _ => Error::protocol(
+                    "truncated frame: the peer closed the channel in the middle of a frame (did it crash while sending?)",
+                ),
+            };
+            let closed = Error::disconnected("the peer closed the channel");
+            self.state = State::Closed(closed.kind(), closed.message().to_string());
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    fn read_into_body(&mut self, len: usize) -> Result<usize> {
+        let n = self
+            .io
+            .read(&mut self.body[self.body_got..len])
+            .map_err(|e| Error::from_io("receive failed", e))?;
+        if n == 0 {
+            let closed = Error::disconnected("the peer closed the channel");
+            self.state = State::Closed(closed.kind(), closed.message().to_string());
+            return Err(Error::protocol(
+                "truncated frame: the peer closed the channel in the middle of a frame (did it crash while sending?)",
+            ));
+        }
+        Ok(n)
+    }
+
+    fn read_into_buf(&mut self) -> Result<usize> {
+        if self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let n = self
+            .io
+            .read(&mut self.buf[self.end..])
+            .map_err(|e| Error::from_io("receive failed", e))?;
+        self.end += n;
+        Ok(n)
+    }
+
+    /// Makes a frame ready, waiting until `deadline`.
+    fn ready(&mut self, deadline: Option<Instant>) -> Result<()> {
+        while !self.advance()? {
+            if let Some(d) = deadline {
+                let readable = self
+                    .io
+                    .wait_readable(Some(d))
+                    .map_err(|e| Error::from_io("wait failed", e))?;
+                if !readable {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        "no message arrived before the deadline",
+                    ));
+                }
+            }
+            self.fill()?;
+        }
+        Ok(())
+    }
+}
+
+impl FrameReceiver for StreamReceiver {
+    fn recv_frame(&mut self, out: &mut Vec<u8>, deadline: Option<Instant>) -> Result<()> {
+        self.ready(deadline)?;
+        match self.state {
+            State::ReadyInBuf { len } => {
+                out.clear();
+                out.extend_from_slice(&self.buf[self.start..self.start + len]);
+                self.start += len;
+            }
+            _ => {
+                std::mem::swap(out, &mut self.body);
+                self.body.clear();
+            }
+        }
+        self.state = State::Header;
+        Ok(())
+    }
+
+    fn recv_with(&mut self, deadline: Option<Instant>, f: &mut dyn FnMut(&[u8])) -> Result<()> {
+        self.ready(deadline)?;
+        match self.state {
+            State::ReadyInBuf { len } => {
+                let frame = &self.buf[self.start..self.start + len];
+                self.start += len;
+                self.state = State::Header;
+                f(frame);
+            }
+            _ => {
+                self.state = State::Header;
+                f(&self.body);
+            }
+        }
+        Ok(())
+    }
+
+    fn poll_frame(&mut self, deadline: Option<Instant>) -> Result<bool> {
+        let deadline = deadline.unwrap_or_else(Instant::now);
+        match self.ready(Some(deadline)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_timeout() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn transport(&self) -> &'static str {
+        self.transport
+    }
+
+    fn export(self: Box<Self>) -> Result<Package> {
+        let done = match self.state {
+            State::Handshake => false,
+            State::Header if self.start == self.end => true,
+            State::Closed(kind, ref msg) => {
+                return Err(Error::new(kind, format!("cannot hand off a closed receiver: {msg}")))
+            }
+            _ => {
+                return Err(Error::invalid_input(
+                    "cannot hand off a receiver that has already buffered data from the peer; hand it off before receiving",
+                ))
+            }
+        };
+        Ok(Package {
+            transport: self.transport.to_string(),
+            meta: meta(self.cfg, done),
+            handles: vec![self.io.into_handle()],
+        })
+    }
+}

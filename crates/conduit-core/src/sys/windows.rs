@@ -1,0 +1,245 @@
+//! Windows backend: streams over pipe handles (`ReadFile`/`WriteFile`), handles
+//! passed to the child by the child duplicating them out of the parent with
+//! `DUPLICATE_CLOSE_SOURCE`.
+//!
+//! Handles never become inheritable, so no other child spawned at the same
+//! time can inherit them (std's `CreateProcessW` inherits every inheritable
+//! handle). The parent's copies are closed by the child's duplication; if the
+//! child never adopts the endpoint, the parent keeps them until it exits.
+//!
+//! Waiting with a deadline on a synchronous pipe handle has no blocking
+//! primitive, so `wait_readable` checks `PeekNamedPipe` with a backoff of up to
+//! 5 ms between checks; blocking receives without a deadline use a plain
+//! blocking `ReadFile` and cost no CPU while idle.
+
+use std::io::{self, IoSlice};
+use std::os::windows::io::{
+    AsHandle, AsRawHandle, BorrowedHandle, FromRawHandle, IntoRawHandle, OwnedHandle,
+};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use windows_sys::Win32::Foundation::{
+    DuplicateHandle, GetLastError, DUPLICATE_CLOSE_SOURCE, DUPLICATE_SAME_ACCESS,
+    ERROR_BROKEN_PIPE, ERROR_NO_DATA, ERROR_PIPE_NOT_CONNECTED, HANDLE,
+};
+use windows_sys::Win32::Storage::FileSystem::{ReadFile, WriteFile};
+use windows_sys::Win32::System::Pipes::{CreatePipe, PeekNamedPipe};
+use windows_sys::Win32::System::Threading::{
+    GetCurrentProcess, GetCurrentProcessId, OpenProcess, PROCESS_DUP_HANDLE,
+};
+
+use super::StreamKind;
+use crate::error::{Error, Result};
+
+/// The owned OS handle type.
+pub type OsHandle = OwnedHandle;
+
+/// A blocking byte stream over a pipe handle.
+#[derive(Debug)]
+pub struct OsStream {
+    handle: OwnedHandle,
+}
+
+fn last_error() -> io::Error {
+    // SAFETY: GetLastError has no preconditions.
+    last_error_from(unsafe { GetLastError() })
+}
+
+impl OsStream {
+    /// Wraps a handle (the kind does not matter on Windows).
+    pub fn new(handle: OwnedHandle, _kind: StreamKind) -> OsStream {
+        OsStream { handle }
+    }
+
+    fn raw(&self) -> HANDLE {
+        self.handle.as_raw_handle() as HANDLE
+    }
+
+    /// Reads what is available, blocking until at least one byte or EOF (0).
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let len = buf.len().min(u32::MAX as usize) as u32;
+        let mut got = 0u32;
+        // SAFETY: the handle is open for the lifetime of `self`, `buf` is valid
+        // for `len` bytes, `got` outlives the call, and no OVERLAPPED is used.
+        let ok = unsafe {
+            ReadFile(
+                self.raw(),
+                buf.as_mut_ptr(),
+                len,
+                &mut got,
+                std::ptr::null_mut(),
+            )
+        };
+        if ok == 0 {
+            // SAFETY: GetLastError has no preconditions.
+            let code = unsafe { GetLastError() };
+            if code == ERROR_BROKEN_PIPE {
+                return Ok(0);
+            }
+            return Err(last_error_from(code));
+        }
+        Ok(got as usize)
+    }
+
+    /// Writes some of `buf`, blocking while the pipe is full.
+    pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        let len = buf.len().min(u32::MAX as usize) as u32;
+        let mut put = 0u32;
+        // SAFETY: as in `read`, with `buf` valid for reads of `len` bytes.
+        let ok = unsafe {
+            WriteFile(
+                self.raw(),
+                buf.as_ptr(),
+                len,
+                &mut put,
+                std::ptr::null_mut(),
+            )
+        };
+        if ok == 0 {
+            return Err(last_error());
+        }
+        Ok(put as usize)
+    }
+
+    /// Writes the first non-empty buffer (pipes have no gather write).
+    pub fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match bufs.iter().find(|b| !b.is_empty()) {
+            Some(b) => self.write(b),
+            None => Ok(0),
+        }
+    }
+
+    /// Waits until data is available or the pipe is broken, or `deadline`
+    /// passes (false).
+    pub fn wait_readable(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        let Some(deadline) = deadline else {
+            return Ok(true);
+        };
+        let mut pause = Duration::from_micros(50);
+        loop {
+            let mut avail = 0u32;
+            // SAFETY: the handle is open; only the `avail` out-pointer is given.
+            let ok = unsafe {
+                PeekNamedPipe(
+                    self.raw(),
+                    std::ptr::null_mut(),
+                    0,
+                    std::ptr::null_mut(),
+                    &mut avail,
+                    std::ptr::null_mut(),
+                )
+            };
+            if ok == 0 || avail > 0 {
+                return Ok(true);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+    }
+
+    /// Gives back the handle.
+    pub fn into_handle(self) -> OwnedHandle {
+        self.handle
+    }
+
+    /// Borrows the handle.
+    pub fn handle(&self) -> BorrowedHandle<'_> {
+        self.handle.as_handle()
+    }
+}
+
+fn last_error_from(code: u32) -> io::Error {
+    match code {
+        ERROR_NO_DATA | ERROR_PIPE_NOT_CONNECTED => io::Error::from(io::ErrorKind::BrokenPipe),
+        _ => io::Error::from_raw_os_error(code as i32),
+    }
+}
+
+/// Leaves the handles in this process for the child to duplicate out; returns
+/// the token's handle part (`pid=<our pid>:<handle>:<handle>...`).
+pub fn send_handles(_cmd: &mut Command, handles: Vec<OwnedHandle>) -> Result<String> {
+    // SAFETY: GetCurrentProcessId has no preconditions.
+    let mut part = format!("pid={}", unsafe { GetCurrentProcessId() });
+    for h in handles {
+        // The child closes this copy with DUPLICATE_CLOSE_SOURCE when it adopts.
+        part.push_str(&format!(":{}", h.into_raw_handle() as usize));
+    }
+    Ok(part)
+}
+
+/// Duplicates the handles named by a token's handle part out of the parent,
+/// closing the parent's copies.
+pub fn receive_handles(part: &str, count: usize) -> Result<Vec<OwnedHandle>> {
+    let bad = || Error::invalid_input("bad handle part");
+    let rest = part.strip_prefix("pid=").ok_or_else(bad)?;
+    let mut items = rest.split(':');
+    let pid: u32 = items.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    let values: Vec<usize> = items
+        .map(|h| h.parse().map_err(|_| bad()))
+        .collect::<Result<_>>()?;
+    if values.len() != count {
+        return Err(bad());
+    }
+    // SAFETY: OpenProcess has no memory-safety preconditions; a null result is checked.
+    let parent = unsafe { OpenProcess(PROCESS_DUP_HANDLE, 0, pid) };
+    if parent.is_null() {
+        return Err(Error::from_io(
+            "cannot open the parent process to take the handed handles",
+            last_error(),
+        ));
+    }
+    // SAFETY: `parent` is a valid process handle that we own from here on.
+    let parent = unsafe { OwnedHandle::from_raw_handle(parent as _) };
+    let mut out = Vec::with_capacity(count);
+    for value in values {
+        let mut dup: HANDLE = std::ptr::null_mut();
+        // SAFETY: all handles are valid process handles or the parent's handle
+        // value from the token (an invalid value fails the call; it cannot touch
+        // our memory); `dup` outlives the call.
+        let ok = unsafe {
+            DuplicateHandle(
+                parent.as_raw_handle() as HANDLE,
+                value as HANDLE,
+                GetCurrentProcess(),
+                &mut dup,
+                0,
+                0,
+                DUPLICATE_SAME_ACCESS | DUPLICATE_CLOSE_SOURCE,
+            )
+        };
+        if ok == 0 {
+            return Err(Error::from_io(
+                "cannot duplicate a handed handle out of the parent (already adopted, or the parent exited?)",
+                last_error(),
+            ));
+        }
+        // SAFETY: DuplicateHandle succeeded, so `dup` is a new handle we own.
+        out.push(unsafe { OwnedHandle::from_raw_handle(dup as _) });
+    }
+    Ok(out)
+}
+
+/// Creates a non-inheritable anonymous pipe with a 1 MiB buffer hint:
+/// `(read end, write end)`.
+pub fn pipe() -> io::Result<(OwnedHandle, OwnedHandle)> {
+    let mut read: HANDLE = std::ptr::null_mut();
+    let mut write: HANDLE = std::ptr::null_mut();
+    // SAFETY: both out-pointers are valid; a null SECURITY_ATTRIBUTES makes the
+    // handles non-inheritable.
+    let ok = unsafe { CreatePipe(&mut read, &mut write, std::ptr::null(), 1 << 20) };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: CreatePipe succeeded, so both handles are new and owned by us.
+    unsafe {
+        Ok((
+            OwnedHandle::from_raw_handle(read as _),
+            OwnedHandle::from_raw_handle(write as _),
+        ))
+    }
+}

@@ -1,0 +1,414 @@
+//! Typed endpoints: [`Sender<T>`], [`Receiver<T>`] and [`Duplex<S, R>`] over
+//! any byte-level transport.
+//!
+//! All methods take `&self`: an endpoint can be shared between threads (each
+//! message is sent whole; a receive in one thread waits for another thread's
+//! receive to finish).
+
+use std::any::Any;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::channel::{FrameReceiver, FrameSender};
+use crate::codec::{decode_message, decode_message_owned, encode_message, is_raw, Cbor, Codec};
+use crate::error::{Error, ErrorKind, Result};
+use crate::handoff::{Endpoint, Halves, Role};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn deadline_after(timeout: Duration) -> Option<Instant> {
+    // A timeout too large to represent is "forever".
+    Instant::now().checked_add(timeout)
+}
+
+struct SendState {
+    raw: Box<dyn FrameSender>,
+    buf: Vec<u8>,
+}
+
+/// The sending end of a typed channel.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let (tx, rx) = conduit::channel::<String>()?;
+/// tx.send(&"hello".to_string())?;
+/// assert_eq!(rx.recv()?, "hello");
+/// # Ok(()) }
+/// ```
+pub struct Sender<T, C: Codec = Cbor> {
+    state: Mutex<SendState>,
+    transport: &'static str,
+    _marker: PhantomData<fn(&T, C)>,
+}
+
+impl<T, C: Codec> fmt::Debug for Sender<T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sender")
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Serialize + 'static, C: Codec> Sender<T, C> {
+    /// Wraps a byte-level sender.
+    pub fn from_raw(raw: Box<dyn FrameSender>) -> Self {
+        let transport = raw.transport();
+        Sender {
+            state: Mutex::new(SendState {
+                raw,
+                buf: Vec::new(),
+            }),
+            transport,
+            _marker: PhantomData,
+        }
+    }
+
+    /// Serializes `msg` and sends it as one message, blocking while the channel
+    /// is full. Fails with `Disconnected` once the receiver is gone.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (tx, rx) = conduit::channel::<(u32, String)>()?;
+    /// tx.send(&(1, "one".into()))?;
+    /// drop(rx);
+    /// assert!(tx.send(&(2, "two".into())).unwrap_err().is_disconnected());
+    /// # Ok(()) }
+    /// ```
+    pub fn send(&self, msg: &T) -> Result<()> {
+        let mut st = lock(&self.state);
+        if let Some(bytes) = (msg as &dyn Any).downcast_ref::<Vec<u8>>() {
+            // The raw path: the bytes are the frame, no copy.
+            return st.raw.send_frame(bytes);
+        }
+        let SendState { raw, buf } = &mut *st;
+        buf.clear();
+        encode_message::<T, C>(msg, buf)?;
+        let res = raw.send_frame(buf);
+        if buf.capacity() > 1 << 20 {
+            // Do not keep a huge buffer alive after one huge message.
+            *buf = Vec::new();
+        }
+        res
+    }
+
+    /// The name of the transport under this endpoint.
+    pub fn transport(&self) -> &'static str {
+        self.transport
+    }
+
+    /// The byte-level sender under this endpoint.
+    pub fn into_raw(self) -> Box<dyn FrameSender> {
+        self.state
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .raw
+    }
+}
+
+/// The receiving end of a typed channel.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// let (tx, rx) = conduit::channel::<u64>()?;
+/// assert!(!rx.poll(Duration::ZERO)?);
+/// tx.send(&7)?;
+/// assert!(rx.poll(Duration::from_secs(1))?);
+/// assert_eq!(rx.try_recv()?, 7);
+/// assert_eq!(rx.try_recv().unwrap_err().kind(), conduit::ErrorKind::Empty);
+/// # Ok(()) }
+/// ```
+pub struct Receiver<T, C: Codec = Cbor> {
+    raw: Mutex<Box<dyn FrameReceiver>>,
+    transport: &'static str,
+    _marker: PhantomData<fn() -> (T, C)>,
+}
+
+impl<T, C: Codec> fmt::Debug for Receiver<T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver")
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: DeserializeOwned + 'static, C: Codec> Receiver<T, C> {
+    /// Wraps a byte-level receiver.
+    pub fn from_raw(raw: Box<dyn FrameReceiver>) -> Self {
+        let transport = raw.transport();
+        Receiver {
+            raw: Mutex::new(raw),
+            transport,
+            _marker: PhantomData,
+        }
+    }
+
+    /// Blocks until a message arrives. Fails with `Disconnected` once the
+    /// sender is gone and every message it sent has been received.
+    pub fn recv(&self) -> Result<T> {
+        self.recv_until(None)
+    }
+
+    /// Like [`recv`](Self::recv) but gives up with `Timeout` after `timeout`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// let (_tx, rx) = conduit::channel::<u8>()?;
+    /// let err = rx.recv_timeout(Duration::from_millis(10)).unwrap_err();
+    /// assert!(err.is_timeout());
+    /// # Ok(()) }
+    /// ```
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<T> {
+        self.recv_until(deadline_after(timeout))
+    }
+
+    /// Like [`recv`](Self::recv) but gives up with `Timeout` at `deadline`.
+    pub fn recv_deadline(&self, deadline: Instant) -> Result<T> {
+        self.recv_until(Some(deadline))
+    }
+
+    /// Receives a message if one is ready, else fails with `Empty` at once.
+    pub fn try_recv(&self) -> Result<T> {
+        self.recv_until(Some(Instant::now())).map_err(|e| {
+            if e.is_timeout() {
+                Error::new(ErrorKind::Empty, "no message is ready")
+            } else {
+                e
+            }
+        })
+    }
+
+    /// True when a message is ready to be received, waiting up to `timeout`
+    /// for one (Python's `Connection.poll`). Fails with `Disconnected` when the
+    /// sender is gone and nothing is left.
+    pub fn poll(&self, timeout: Duration) -> Result<bool> {
+        lock(&self.raw).poll_frame(deadline_after(timeout))
+    }
+
+    /// An iterator over received messages that ends when the sender is gone.
+    /// It yields other errors (then ends), so nothing fails silently.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (tx, rx) = conduit::channel::<u32>()?;
+    /// for i in 0..3 { tx.send(&i)?; }
+    /// drop(tx);
+    /// let got: Vec<u32> = rx.iter().collect::<Result<_, _>>()?;
+    /// assert_eq!(got, [0, 1, 2]);
+    /// # Ok(()) }
+    /// ```
+    pub fn iter(&self) -> Iter<'_, T, C> {
+        Iter {
+            rx: self,
+            done: false,
+        }
+    }
+
+    /// The name of the transport under this endpoint.
+    pub fn transport(&self) -> &'static str {
+        self.transport
+    }
+
+    /// The byte-level receiver under this endpoint.
+    pub fn into_raw(self) -> Box<dyn FrameReceiver> {
+        self.raw
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn recv_until(&self, deadline: Option<Instant>) -> Result<T> {
+        let mut raw = lock(&self.raw);
+        if is_raw::<T>() {
+            let mut frame = Vec::new();
+            raw.recv_frame(&mut frame, deadline)?;
+            return decode_message_owned::<T, C>(frame);
+        }
+        // Decode straight from the transport's buffer.
+        let mut out = None;
+        raw.recv_with(deadline, &mut |frame| {
+            out = Some(decode_message::<T, C>(frame))
+        })?;
+        out.unwrap_or_else(|| Err(Error::protocol("the transport returned no frame")))
+    }
+}
+
+/// Iterator returned by [`Receiver::iter`] and [`Duplex::iter`].
+pub struct Iter<'a, T, C: Codec = Cbor> {
+    rx: &'a Receiver<T, C>,
+    done: bool,
+}
+
+impl<T: DeserializeOwned + 'static, C: Codec> Iterator for Iter<'_, T, C> {
+    type Item = Result<T>;
+
+    fn next(&mut self) -> Option<Result<T>> {
+        if self.done {
+            return None;
+        }
+        match self.rx.recv() {
+            Ok(v) => Some(Ok(v)),
+            Err(e) if e.is_disconnected() => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Both ends of a two-way connection: sends `S`, receives `R`.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let (a, b) = conduit::duplex::<String, usize>()?;
+/// a.send(&"four".to_string())?;
+/// let s = b.recv()?;
+/// b.send(&s.len())?;
+/// assert_eq!(a.recv()?, 4);
+/// # Ok(()) }
+/// ```
+pub struct Duplex<S, R, C: Codec = Cbor> {
+    tx: Sender<S, C>,
+    rx: Receiver<R, C>,
+}
+
+impl<S, R, C: Codec> fmt::Debug for Duplex<S, R, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Duplex")
+            .field("transport", &self.tx.transport)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Serialize + 'static, R: DeserializeOwned + 'static, C: Codec> Duplex<S, R, C> {
+    /// Joins a sender and a receiver into one duplex endpoint.
+    pub fn from_parts(tx: Sender<S, C>, rx: Receiver<R, C>) -> Self {
+        Duplex { tx, rx }
+    }
+
+    /// Sends a message (see [`Sender::send`]).
+    pub fn send(&self, msg: &S) -> Result<()> {
+        self.tx.send(msg)
+    }
+
+    /// Receives a message (see [`Receiver::recv`]).
+    pub fn recv(&self) -> Result<R> {
+        self.rx.recv()
+    }
+
+    /// See [`Receiver::recv_timeout`].
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<R> {
+        self.rx.recv_timeout(timeout)
+    }
+
+    /// See [`Receiver::recv_deadline`].
+    pub fn recv_deadline(&self, deadline: Instant) -> Result<R> {
+        self.rx.recv_deadline(deadline)
+    }
+
+    /// See [`Receiver::try_recv`].
+    pub fn try_recv(&self) -> Result<R> {
+        self.rx.try_recv()
+    }
+
+    /// See [`Receiver::poll`].
+    pub fn poll(&self, timeout: Duration) -> Result<bool> {
+        self.rx.poll(timeout)
+    }
+
+    /// See [`Receiver::iter`].
+    pub fn iter(&self) -> Iter<'_, R, C> {
+        self.rx.iter()
+    }
+
+    /// Splits into the sending and the receiving half, for use from different
+    /// threads or processes.
+    pub fn split(self) -> (Sender<S, C>, Receiver<R, C>) {
+        (self.tx, self.rx)
+    }
+
+    /// The name of the transport under this endpoint.
+    pub fn transport(&self) -> &'static str {
+        self.tx.transport()
+    }
+}
+
+fn wrong_halves(role: Role) -> Error {
+    Error::invalid_input(format!(
+        "the handed endpoint does not have the halves of a {role:?}"
+    ))
+}
+
+impl<T: Serialize + 'static, C: Codec> Endpoint for Sender<T, C> {
+    const ROLE: Role = Role::Sender;
+    fn into_halves(self) -> Halves {
+        (Some(self.into_raw()), None)
+    }
+    fn from_halves(
+        tx: Option<Box<dyn FrameSender>>,
+        rx: Option<Box<dyn FrameReceiver>>,
+    ) -> Result<Self> {
+        match (tx, rx) {
+            (Some(tx), None) => Ok(Sender::from_raw(tx)),
+            _ => Err(wrong_halves(Self::ROLE)),
+        }
+    }
+}
+
+impl<T: DeserializeOwned + 'static, C: Codec> Endpoint for Receiver<T, C> {
+    const ROLE: Role = Role::Receiver;
+    fn into_halves(self) -> Halves {
+        (None, Some(self.into_raw()))
+    }
+    fn from_halves(
+        tx: Option<Box<dyn FrameSender>>,
+        rx: Option<Box<dyn FrameReceiver>>,
+    ) -> Result<Self> {
+        match (tx, rx) {
+            (None, Some(rx)) => Ok(Receiver::from_raw(rx)),
+            _ => Err(wrong_halves(Self::ROLE)),
+        }
+    }
+}
+
+impl<S: Serialize + 'static, R: DeserializeOwned + 'static, C: Codec> Endpoint for Duplex<S, R, C> {
+    const ROLE: Role = Role::Duplex;
+    fn into_halves(self) -> Halves {
+        (Some(self.tx.into_raw()), Some(self.rx.into_raw()))
+    }
+    fn from_halves(
+        tx: Option<Box<dyn FrameSender>>,
+        rx: Option<Box<dyn FrameReceiver>>,
+    ) -> Result<Self> {
+        match (tx, rx) {
+            (Some(tx), Some(rx)) => Ok(Duplex::from_parts(
+                Sender::from_raw(tx),
+                Receiver::from_raw(rx),
+            )),
+            _ => Err(wrong_halves(Self::ROLE)),
+        }
+    }
+}

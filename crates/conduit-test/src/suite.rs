@@ -1,0 +1,694 @@
+//! The cross-process conformance suite, written once and instantiated for
+//! every transport by [`trials`]. Each test spawns real child processes
+//! (this test binary, re-executed) and hands them endpoints with
+//! `conduit::handoff`.
+//!
+//! Tests that play a misbehaving peer write the wire format by hand, from
+//! `docs/wire-format.md`, rather than with conduit's own encoder.
+
+use std::process::Command;
+use std::sync::Barrier;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use conduit::{Codec, Duplex, ErrorKind, Receiver, Sender, Transport};
+use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
+
+use crate::msg::{any_sequence, Item, Msg};
+use crate::{ensure, fail, spawn, ChildFn, Failed, Trial};
+
+/// Generous bound after which a blocked call counts as hung.
+const HANG: Duration = Duration::from_secs(30);
+
+/// The child functions the suite uses.
+pub const CHILDREN: &[ChildFn] = &[
+    ChildFn {
+        name: "echo",
+        run: child_echo,
+    },
+    ChildFn {
+        name: "idle",
+        run: child_idle,
+    },
+    ChildFn {
+        name: "liar",
+        run: child_liar,
+    },
+    ChildFn {
+        name: "hello_exit",
+        run: child_hello_exit,
+    },
+    ChildFn {
+        name: "sleeper",
+        run: child_sleeper,
+    },
+    ChildFn {
+        name: "adopt_checks",
+        run: child_adopt_checks,
+    },
+];
+
+type TestFn = fn(Transport) -> Result<(), Failed>;
+
+/// The suite's tests for transport `t`, named `<transport>::<test>`.
+pub fn trials(t: Transport) -> Vec<Trial> {
+    let tests: &[(&str, TestFn)] = &[
+        ("prop_echo_sequences", prop_echo_sequences),
+        (
+            "kill_child_while_parent_blocked_in_recv",
+            kill_while_blocked_in_recv,
+        ),
+        (
+            "kill_child_while_parent_blocked_in_send",
+            kill_while_blocked_in_send,
+        ),
+        ("recv_timeout_and_try_recv_on_empty", timeout_and_empty),
+        (
+            "poll_is_true_exactly_when_a_whole_message_is_ready",
+            poll_exact,
+        ),
+        (
+            "oversized_frame_is_too_large_without_allocating",
+            oversized_frame,
+        ),
+        ("truncated_frame_is_protocol_error", truncated_frame),
+        (
+            "garbage_cbor_is_decode_error_and_channel_survives",
+            garbage_cbor,
+        ),
+        ("wrong_handshake_is_protocol_error", wrong_handshake),
+        (
+            "unrelated_concurrent_children_do_not_keep_channel_alive",
+            unrelated_children,
+        ),
+        (
+            "handed_receiver_and_duplex_work_in_both_directions",
+            handed_roles,
+        ),
+    ];
+    tests
+        .iter()
+        .map(|&(name, f)| Trial::test(format!("{}::{name}", t.name()), move || f(t)))
+        .collect()
+}
+
+/// Tests that do not depend on a transport.
+pub fn general_trials() -> Vec<Trial> {
+    vec![Trial::test(
+        "handoff::adopt_reports_missing_malformed_and_unsupported",
+        adopt_errors,
+    )]
+}
+
+// ---------------------------------------------------------------- children
+
+fn child_echo() {
+    let typed: Duplex<Msg, Msg> = conduit::adopt("typed").expect("adopt typed");
+    let raw: Duplex<Vec<u8>, Vec<u8>> = conduit::adopt("raw").expect("adopt raw");
+    thread::scope(|s| {
+        s.spawn(|| echo_loop(&typed));
+        s.spawn(|| echo_loop(&raw));
+    });
+}
+
+fn echo_loop<T: serde::Serialize + serde::de::DeserializeOwned + 'static>(d: &Duplex<T, T>) {
+    loop {
+        match d.recv() {
+            Ok(m) => d.send(&m).expect("echo send"),
+            Err(e) if e.is_disconnected() => return,
+            Err(e) => panic!("echo child: {e}"),
+        }
+    }
+}
+
+fn child_idle() {
+    let conn: Duplex<Msg, Msg> = conduit::adopt("conn").expect("adopt conn");
+    conn.send(&Msg::Text("ready".into())).expect("send ready");
+    // Hold the endpoint and never read: the parent kills us.
+    loop {
+        thread::park();
+    }
+}
+
+fn child_hello_exit() {
+    let tx: Sender<Msg> = conduit::adopt("conn").expect("adopt conn");
+    tx.send(&Msg::Text("hi".into())).expect("send hi");
+}
+
+fn child_sleeper() {
+    loop {
+        thread::park();
+    }
+}
+
+/// The documented handshake (docs/wire-format.md), written by hand.
+fn handshake(version: u16, codec: u8, max_frame: u32) -> Vec<u8> {
+    let mut h = b"CNDT".to_vec();
+    h.extend_from_slice(&version.to_le_bytes());
+    h.push(codec);
+    h.push(0);
+    h.extend_from_slice(&max_frame.to_le_bytes());
+    h
+}
+
+const MAX: u32 = conduit::DEFAULT_MAX_FRAME;
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_le_bytes().to_vec();
+    f.extend_from_slice(payload);
+    f
+}
+
+fn child_liar() {
+    let scenario = std::env::var("CONDUIT_SCENARIO").expect("scenario");
+    let conn: Sender<Vec<u8>> = conduit::adopt("conn").expect("adopt conn");
+    let ctl: Duplex<Msg, Msg> = conduit::adopt("ctl").expect("adopt ctl");
+    let mut raw = conn.into_raw();
+    let mut write = |b: &[u8]| raw.send_unframed(b).expect("write");
+    let good = |v: u16| handshake(v, 1, MAX);
+    match scenario.as_str() {
+        "huge" => {
+            write(&good(1));
+            write(&(2u32 << 30).to_le_bytes());
+            write(&[0u8; 64]);
+        }
+        "truncated" => {
+            write(&good(1));
+            write(&100u32.to_le_bytes());
+            write(&[7u8; 10]);
+            return; // exit: the stream ends mid-frame
+        }
+        "garbage" => {
+            write(&good(1));
+            write(&frame(&[0xff, 0xfe, 0x1c, 0x00, 0x9f]));
+            let mut ok = Vec::new();
+            conduit::Cbor::encode(&Msg::Text("after".into()), &mut ok).expect("encode");
+            write(&frame(&ok));
+        }
+        "magic" => {
+            write(b"HTTP/1.1 200");
+            write(&frame(b"x"));
+        }
+        "version" => {
+            write(&good(2));
+            write(&frame(b"x"));
+        }
+        "codec" => {
+            write(&handshake(1, 9, MAX));
+            write(&frame(b"x"));
+        }
+        "maxframe" => {
+            write(&handshake(1, 1, 1024));
+            write(&frame(b"x"));
+        }
+        "partial" => {
+            let mut ok = Vec::new();
+            conduit::Cbor::encode(&Msg::Text("whole".into()), &mut ok).expect("encode");
+            let whole = [good(1), frame(&ok)].concat();
+            let cut = whole.len() - 3;
+            write(&whole[..cut]);
+            ctl.send(&Msg::Text("partial written".into()))
+                .expect("status");
+            assert_eq!(ctl.recv().expect("go"), Msg::Text("go".into()));
+            write(&whole[cut..]);
+            ctl.send(&Msg::Text("rest written".into())).expect("status");
+        }
+        other => panic!("unknown scenario {other}"),
+    }
+    // Stay until the parent is done reading (it drops the control channel).
+    while ctl.recv().is_ok() {}
+}
+
+// ---------------------------------------------------------------- helpers
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16)
+}
+
+fn expect_kind<T: std::fmt::Debug>(
+    what: &str,
+    res: conduit::Result<T>,
+    kind: ErrorKind,
+) -> Result<conduit::Error, Failed> {
+    match res {
+        Err(e) if e.kind() == kind => Ok(e),
+        Err(e) => Err(format!("{what}: expected a {kind:?} error, got {:?}: {e}", e.kind()).into()),
+        Ok(v) => Err(format!("{what}: expected a {kind:?} error, got Ok({v:?})").into()),
+    }
+}
+
+/// The liar child, the parent's receiver of its frames, and a control channel.
+type Liar = (crate::Spawned, Receiver<Msg>, Duplex<Msg, Msg>);
+
+/// Spawns the liar child with `scenario`; returns it with the parent's typed
+/// receiver and control channel.
+fn spawn_liar(t: Transport, scenario: &str) -> Result<Liar, Failed> {
+    let (tx, rx) = t.channel::<Msg>().map_err(fail("channel"))?;
+    let (ctl, ctl_child) = t.duplex::<Msg, Msg>().map_err(fail("duplex"))?;
+    let child = spawn("liar", |cmd: &mut Command| {
+        cmd.env("CONDUIT_SCENARIO", scenario);
+        conduit::handoff(cmd, "conn", tx)?;
+        conduit::handoff(cmd, "ctl", ctl_child)
+    })?;
+    Ok((child, rx, ctl))
+}
+
+// ---------------------------------------------------------------- tests
+
+fn prop_echo_sequences(t: Transport) -> Result<(), Failed> {
+    let (typed, typed_child) = t.duplex::<Msg, Msg>().map_err(fail("duplex"))?;
+    let (raw, raw_child) = t.duplex::<Vec<u8>, Vec<u8>>().map_err(fail("duplex"))?;
+    let mut child = spawn("echo", |cmd| {
+        conduit::handoff(cmd, "typed", typed_child)?;
+        conduit::handoff(cmd, "raw", raw_child)
+    })?;
+    let config = Config {
+        cases: cases(),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/proptest-regressions/echo.txt"
+        )))),
+        ..Config::default()
+    };
+    let mut runner = TestRunner::new(config);
+    let result = runner.run(&any_sequence(), |seq| {
+        let typed_sent: Vec<Msg> = seq
+            .iter()
+            .filter_map(|i| {
+                if let Item::Typed(m) = i {
+                    Some(m.clone())
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let raw_sent: Vec<_> = seq
+            .iter()
+            .filter_map(|i| if let Item::Raw(p) = i { Some(*p) } else { None })
+            .collect();
+        let (typed_got, raw_got) = crate::watchdog("echo case", HANG * 4, || {
+            thread::scope(|s| {
+                s.spawn(|| {
+                    for item in &seq {
+                        match item {
+                            Item::Typed(m) => typed.send(m).expect("send typed"),
+                            Item::Raw(p) => raw.send(&p.bytes()).expect("send raw"),
+                        }
+                    }
+                });
+                let tg = s.spawn(|| {
+                    (0..typed_sent.len())
+                        .map(|_| typed.recv())
+                        .collect::<Vec<_>>()
+                });
+                let rg = s.spawn(|| (0..raw_sent.len()).map(|_| raw.recv()).collect::<Vec<_>>());
+                (tg.join(), rg.join())
+            })
+        });
+        let typed_got = typed_got.map_err(|_| TestCaseError::fail("typed receiver panicked"))?;
+        let raw_got = raw_got.map_err(|_| TestCaseError::fail("raw receiver panicked"))?;
+        for (i, (got, want)) in typed_got.into_iter().zip(&typed_sent).enumerate() {
+            let got = got.map_err(|e| TestCaseError::fail(format!("typed echo {i}: {e}")))?;
+            prop_assert_eq!(&got, want, "typed message {} differs", i);
+        }
+        for (i, (got, want)) in raw_got.into_iter().zip(&raw_sent).enumerate() {
+            let got = got.map_err(|e| TestCaseError::fail(format!("raw echo {i}: {e}")))?;
+            prop_assert!(
+                got == want.bytes(),
+                "raw message {} ({} bytes) differs",
+                i,
+                want.len
+            );
+        }
+        // Nothing extra arrived (no duplicates).
+        prop_assert!(!typed
+            .poll(Duration::ZERO)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?);
+        prop_assert!(!raw
+            .poll(Duration::ZERO)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?);
+        Ok(())
+    });
+    result.map_err(|e| Failed::from(e.to_string()))?;
+    drop(typed);
+    drop(raw);
+    child.wait_success()
+}
+
+use proptest::{prop_assert, prop_assert_eq};
+
+fn spawn_idle(t: Transport) -> Result<(crate::Spawned, Duplex<Msg, Msg>), Failed> {
+    let (conn, conn_child) = t.duplex::<Msg, Msg>().map_err(fail("duplex"))?;
+    let child = spawn("idle", |cmd| conduit::handoff(cmd, "conn", conn_child))?;
+    let ready = conn
+        .recv_timeout(HANG)
+        .map_err(fail("waiting for the child"))?;
+    ensure(ready == Msg::Text("ready".into()), || {
+        format!("unexpected {ready:?}")
+    })?;
+    Ok((child, conn))
+}
+
+/// Runs `blocked` in this thread while another thread kills `child` as soon as
+/// this thread is seen asleep in the kernel.
+fn kill_when_blocked<T>(
+    child: &mut crate::Spawned,
+    blocked: impl FnOnce() -> T,
+) -> Result<(T, bool), Failed> {
+    let me = crate::current_thread();
+    thread::scope(|s| {
+        let killer = s.spawn(move || {
+            let seen = crate::wait_until_blocked(me, HANG);
+            child.kill().map(|_| seen)
+        });
+        let out = crate::watchdog("blocked call after the peer was killed", HANG, blocked);
+        let seen = killer
+            .join()
+            .map_err(|_| Failed::from("killer thread panicked"))??;
+        Ok((out, seen))
+    })
+}
+
+fn kill_while_blocked_in_recv(t: Transport) -> Result<(), Failed> {
+    let (mut child, conn) = spawn_idle(t)?;
+    let (res, seen) = kill_when_blocked(&mut child, || conn.recv())?;
+    if cfg!(target_os = "linux") {
+        ensure(seen, || {
+            "the receiving thread was never seen blocked".into()
+        })?;
+    }
+    expect_kind(
+        "recv after the peer was killed",
+        res,
+        ErrorKind::Disconnected,
+    )?;
+    // It stays disconnected.
+    expect_kind("second recv", conn.recv(), ErrorKind::Disconnected).map(|_| ())
+}
+
+fn kill_while_blocked_in_send(t: Transport) -> Result<(), Failed> {
+    let (mut child, conn) = spawn_idle(t)?;
+    let big = Msg::Job {
+        id: 1,
+        name: "big".into(),
+        tags: vec![],
+        payload: vec![0xab; 1 << 20],
+        priority: None,
+    };
+    let (res, seen) = kill_when_blocked(&mut child, || loop {
+        if let Err(e) = conn.send(&big) {
+            return e;
+        }
+    })?;
+    if cfg!(target_os = "linux") {
+        ensure(seen, || {
+            "the sending thread was never seen blocked on a full channel".into()
+        })?;
+    }
+    ensure(res.is_disconnected(), || {
+        format!("send after the peer was killed: expected Disconnected, got {res}")
+    })
+}
+
+fn timeout_and_empty(t: Transport) -> Result<(), Failed> {
+    let (typed, typed_child) = t.duplex::<Msg, Msg>().map_err(fail("duplex"))?;
+    let (_raw, raw_child) = t.duplex::<Vec<u8>, Vec<u8>>().map_err(fail("duplex"))?;
+    let mut child = spawn("echo", |cmd| {
+        conduit::handoff(cmd, "typed", typed_child)?;
+        conduit::handoff(cmd, "raw", raw_child)
+    })?;
+    expect_kind(
+        "try_recv on an empty channel",
+        typed.try_recv(),
+        ErrorKind::Empty,
+    )?;
+    let start = Instant::now();
+    let e = expect_kind(
+        "recv_timeout on an empty channel",
+        typed.recv_timeout(Duration::from_millis(50)),
+        ErrorKind::Timeout,
+    )?;
+    ensure(e.is_timeout(), || "is_timeout() is false".into())?;
+    ensure(start.elapsed() >= Duration::from_millis(50), || {
+        "recv_timeout returned before its timeout".into()
+    })?;
+    typed.send(&Msg::Int(5)).map_err(fail("send"))?;
+    let back = typed
+        .recv_timeout(HANG)
+        .map_err(fail("recv_timeout with a message coming"))?;
+    ensure(back == Msg::Int(5), || format!("echo gave {back:?}"))?;
+    expect_kind(
+        "try_recv after draining",
+        typed.try_recv(),
+        ErrorKind::Empty,
+    )?;
+    drop(typed);
+    drop(_raw);
+    child.wait_success()
+}
+
+fn poll_exact(t: Transport) -> Result<(), Failed> {
+    let (mut child, rx, ctl) = spawn_liar(t, "partial")?;
+    ensure(!rx.poll(Duration::ZERO).map_err(fail("poll"))?, || {
+        "poll true before anything was sent".into()
+    })?;
+    let status = ctl.recv_timeout(HANG).map_err(fail("status"))?;
+    ensure(status == Msg::Text("partial written".into()), || {
+        format!("{status:?}")
+    })?;
+    // All but the last 3 bytes of a frame are in the channel: not ready.
+    ensure(
+        !rx.poll(Duration::from_millis(20)).map_err(fail("poll"))?,
+        || "poll true on a partial frame".into(),
+    )?;
+    expect_kind(
+        "try_recv on a partial frame",
+        rx.try_recv(),
+        ErrorKind::Empty,
+    )?;
+    ctl.send(&Msg::Text("go".into())).map_err(fail("go"))?;
+    let status = ctl.recv_timeout(HANG).map_err(fail("status"))?;
+    ensure(status == Msg::Text("rest written".into()), || {
+        format!("{status:?}")
+    })?;
+    ensure(rx.poll(HANG).map_err(fail("poll"))?, || {
+        "poll false on a whole frame".into()
+    })?;
+    let got = rx.try_recv().map_err(fail("try_recv after poll"))?;
+    ensure(got == Msg::Text("whole".into()), || format!("{got:?}"))?;
+    ensure(!rx.poll(Duration::ZERO).map_err(fail("poll"))?, || {
+        "poll true after the only message was taken".into()
+    })?;
+    drop(ctl);
+    child.wait_success()
+}
+
+fn oversized_frame(t: Transport) -> Result<(), Failed> {
+    let (mut child, rx, ctl) = spawn_liar(t, "huge")?;
+    crate::alloc::reset_largest();
+    let e = crate::watchdog("recv of a 2 GiB frame", HANG, || {
+        expect_kind("recv", rx.recv(), ErrorKind::TooLarge)
+    })?;
+    let largest = crate::alloc::largest();
+    ensure(largest < 1 << 20, || {
+        format!("the receiver allocated {largest} bytes for a rejected frame")
+    })?;
+    ensure(e.to_string().contains("2147483648"), || {
+        format!("error does not name the size: {e}")
+    })?;
+    // The channel is closed for good: no hang, no garbage.
+    expect_kind("recv after TooLarge", rx.recv(), ErrorKind::TooLarge)?;
+    drop(ctl);
+    child.wait_success()
+}
+
+fn truncated_frame(t: Transport) -> Result<(), Failed> {
+    let (mut child, rx, _ctl) = spawn_liar(t, "truncated")?;
+    crate::watchdog("recv of a truncated frame", HANG, || {
+        expect_kind("recv", rx.recv(), ErrorKind::Protocol)
+    })?;
+    expect_kind(
+        "recv after the truncated frame",
+        rx.recv(),
+        ErrorKind::Disconnected,
+    )?;
+    child.wait_success()
+}
+
+fn garbage_cbor(t: Transport) -> Result<(), Failed> {
+    let (mut child, rx, ctl) = spawn_liar(t, "garbage")?;
+    expect_kind(
+        "recv of garbage cbor",
+        rx.recv_timeout(HANG),
+        ErrorKind::Decode,
+    )?;
+    let next = rx
+        .recv_timeout(HANG)
+        .map_err(fail("recv after a decode error"))?;
+    ensure(next == Msg::Text("after".into()), || format!("{next:?}"))?;
+    drop(ctl);
+    child.wait_success()
+}
+
+fn wrong_handshake(t: Transport) -> Result<(), Failed> {
+    for scenario in ["magic", "version", "codec", "maxframe"] {
+        let (mut child, rx, ctl) = spawn_liar(t, scenario)?;
+        let e = expect_kind(scenario, rx.recv_timeout(HANG), ErrorKind::Protocol)?;
+        let why = e.to_string();
+        let hint = match scenario {
+            "magic" => "not a conduit endpoint",
+            "version" => "protocol v2",
+            "codec" => "codec id 9",
+            _ => "max_frame",
+        };
+        ensure(why.contains(hint), || {
+            format!("{scenario}: error {why:?} does not say {hint:?}")
+        })?;
+        drop(ctl);
+        child.wait_success()?;
+    }
+    Ok(())
+}
+
+fn unrelated_children(t: Transport) -> Result<(), Failed> {
+    let (tx, rx) = t.channel::<Msg>().map_err(fail("channel"))?;
+    let mut cmd_setup = Some(tx);
+    // Children spawned between handoff and spawn, and concurrently with it.
+    let barrier = Barrier::new(2);
+    let (intended, sleepers) = thread::scope(|s| {
+        let others = s.spawn(|| {
+            barrier.wait();
+            (0..8)
+                .map(|_| spawn("sleeper", |_| Ok(())))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        let intended = spawn("hello_exit", |cmd| {
+            let tx = cmd_setup
+                .take()
+                .ok_or_else(|| conduit::Error::invalid_input("twice"))?;
+            conduit::handoff(cmd, "conn", tx)?;
+            barrier.wait();
+            Ok(())
+        });
+        (intended, others.join())
+    });
+    let mut intended = intended?;
+    let sleepers = sleepers.map_err(|_| Failed::from("spawner panicked"))??;
+    let more: Vec<_> = (0..4)
+        .map(|_| spawn("sleeper", |_| Ok(())))
+        .collect::<Result<_, _>>()?;
+    let hi = rx.recv_timeout(HANG).map_err(fail("recv hi"))?;
+    ensure(hi == Msg::Text("hi".into()), || format!("{hi:?}"))?;
+    intended.wait_success()?;
+    // Twelve unrelated children are alive; none may hold the sender.
+    expect_kind(
+        "recv after the intended child exited",
+        rx.recv_timeout(HANG),
+        ErrorKind::Disconnected,
+    )?;
+    drop((sleepers, more));
+    Ok(())
+}
+
+fn handed_roles(t: Transport) -> Result<(), Failed> {
+    // A handed receiver, a handed sender and a handed duplex at once.
+    let (typed, typed_child) = t.duplex::<Msg, Msg>().map_err(fail("duplex"))?;
+    let (raw, raw_child) = t.duplex::<Vec<u8>, Vec<u8>>().map_err(fail("duplex"))?;
+    // Use the connection before handing it off: handshake state must carry over.
+    typed
+        .send(&Msg::Int(1))
+        .map_err(fail("send before handoff"))?;
+    let mut child = spawn("echo", |cmd| {
+        conduit::handoff(cmd, "typed", typed_child)?;
+        conduit::handoff(cmd, "raw", raw_child)
+    })?;
+    let (tx, rx) = typed.split();
+    tx.send(&Msg::Int(2)).map_err(fail("send"))?;
+    for want in [1, 2] {
+        let got = rx.recv_timeout(HANG).map_err(fail("recv"))?;
+        ensure(got == Msg::Int(want), || {
+            format!("got {got:?}, want Int({want})")
+        })?;
+    }
+    raw.send(&vec![]).map_err(fail("send empty"))?;
+    let got = raw.recv_timeout(HANG).map_err(fail("recv empty"))?;
+    ensure(got.is_empty(), || {
+        "empty payload came back non-empty".into()
+    })?;
+    drop((tx, rx, raw));
+    child.wait_success()
+}
+
+fn adopt_errors() -> Result<(), Failed> {
+    let missing = conduit::adopt::<Receiver<Msg>>("never_handed");
+    let e = expect_kind("missing key", missing, ErrorKind::InvalidInput)?;
+    ensure(e.to_string().contains("never_handed"), || format!("{e}"))?;
+    let bad_key = conduit::adopt::<Receiver<Msg>>("bad key!");
+    expect_kind("bad key", bad_key, ErrorKind::InvalidInput)?;
+    let (tx, _rx) = conduit::channel::<Msg>().map_err(fail("channel"))?;
+    let mut cmd = Command::new("x");
+    expect_kind(
+        "handoff bad key",
+        conduit::handoff(&mut cmd, "no-dashes", tx),
+        ErrorKind::InvalidInput,
+    )?;
+    // Malformed and unsupported tokens are checked in a child, whose
+    // environment we control.
+    let mut child = spawn("adopt_checks", |cmd| {
+        cmd.env("CONDUIT_HANDOFF_garbage", "hello");
+        cmd.env(
+            "CONDUIT_HANDOFF_badfd",
+            "conduit1;receiver;fd=notanumber;pipe,1,67108864,1,0",
+        );
+        cmd.env(
+            "CONDUIT_HANDOFF_unknown",
+            "conduit1;receiver;none;carrier-pigeon,0",
+        );
+        let off = Transport::ALL
+            .iter()
+            .find(|t| !t.is_enabled())
+            .map_or("", |t| t.name());
+        cmd.env(
+            "CONDUIT_HANDOFF_disabled",
+            format!("conduit1;receiver;none;{off},0"),
+        );
+        cmd.env("CONDUIT_DISABLED_TRANSPORT", off);
+        cmd.env("CONDUIT_HANDOFF_role", "conduit1;sender;none;pipe,0");
+        Ok(())
+    })?;
+    child.wait_success()
+}
+
+/// Child for [`adopt_errors`]: checks each prepared token and panics
+/// (failing the parent's test) on any unexpected answer.
+pub fn child_adopt_checks() {
+    let kind = |key: &str| {
+        conduit::adopt::<Receiver<Msg>>(key)
+            .map(|_| ())
+            .unwrap_err()
+    };
+    let e = kind("garbage");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(e.to_string().contains("malformed"), "{e}");
+    let e = kind("badfd");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    let e = kind("unknown");
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    assert!(e.to_string().contains("carrier-pigeon"), "{e}");
+    let off = std::env::var("CONDUIT_DISABLED_TRANSPORT").unwrap_or_default();
+    if !off.is_empty() {
+        let e = kind("disabled");
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("enable the `{off}` cargo feature")),
+            "{e}"
+        );
+    }
+    let e = kind("role");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(e.to_string().contains("sender"), "{e}");
+}

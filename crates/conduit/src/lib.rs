@@ -1,0 +1,441 @@
+//! Typed, fast message passing between OS processes — Python's
+//! `multiprocessing.Pipe` for Rust, with a choice of transport.
+//!
+//! # Hello, child process
+//!
+//! ```no_run
+//! use std::process::Command;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // parent
+//! let (tx, rx) = conduit::channel::<String>()?;
+//! let mut cmd = Command::new(std::env::current_exe()?);
+//! conduit::handoff(&mut cmd, "greetings", rx)?;   // only this child gets it
+//! let mut child = cmd.spawn()?;
+//! tx.send(&"hello".to_string())?;
+//! drop(tx);                                          // the child's iter() ends
+//! child.wait()?;
+//!
+//! // child (same or another binary)
+//! let rx: conduit::Receiver<String> = conduit::adopt("greetings")?;
+//! for msg in rx.iter() {
+//!     println!("got {}", msg?);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Disconnection
+//!
+//! When the other side closes its end, exits or is killed, every blocked
+//! `recv` or `send` returns an error of kind [`ErrorKind::Disconnected`]; it
+//! never hangs. Messages sent before are still delivered first.
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (tx, rx) = conduit::channel::<u32>()?;
+//! tx.send(&1)?;
+//! drop(tx);
+//! assert_eq!(rx.recv()?, 1);
+//! assert!(rx.recv().unwrap_err().is_disconnected());
+//! # Ok(()) }
+//! ```
+//!
+//! # Blocking, timeouts and polling
+//!
+//! [`Receiver::recv`] blocks; [`Receiver::recv_timeout`] fails with
+//! [`ErrorKind::Timeout`]; [`Receiver::try_recv`] fails with
+//! [`ErrorKind::Empty`]; [`Receiver::poll`] tells whether a message is ready.
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! let (a, b) = conduit::duplex::<u8, u8>()?;
+//! assert!(!b.poll(Duration::from_millis(1))?);
+//! a.send(&9)?;
+//! assert_eq!(b.recv_timeout(Duration::from_secs(5))?, 9);
+//! assert!(a.try_recv().is_err());
+//! # Ok(()) }
+//! ```
+//!
+//! # Choosing a transport
+//!
+//! Each transport is a module behind a cargo feature, with the same shape:
+//! `channel::<T>()`, `duplex::<S, R>()`, `channel_with(cfg)`, `duplex_with(cfg)`.
+//! [`channel`] and [`duplex`] pick the best enabled one; [`Transport`] lets a
+//! program choose at run time.
+//!
+//! | feature | module | what it is |
+//! |---|---|---|
+//! | `pipe` (default) | [`pipe`] | anonymous pipes; duplex = two pipes |
+//! | `socketpair` (default) | [`socketpair`] | `socketpair(2)` on Unix; a pipe pair on Windows |
+//! | `all-transports` | | every transport above |
+//!
+//! Messages are encoded with CBOR (serde + ciborium). A `Vec<u8>` message
+//! travels as raw bytes; byte fields in your own types should be marked
+//! `#[serde(with = "conduit::serde_bytes")]`.
+
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+use std::process::Command;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use conduit_core::{
+    serde_bytes, Cbor, Codec, Duplex, Endpoint, Error, ErrorKind, FrameConfig, FrameReceiver,
+    FrameSender, Iter, Receiver, Result, Sender, DEFAULT_MAX_FRAME,
+};
+use conduit_core::{Package, Resolver};
+
+/// Declares a transport module with the common constructor shape.
+macro_rules! transport_module {
+    ($feature:literal, $name:ident, $krate:ident, $doc:literal) => {
+        #[doc = $doc]
+        #[cfg(feature = $feature)]
+        #[cfg_attr(docsrs, doc(cfg(feature = $feature)))]
+        pub mod $name {
+            use super::*;
+
+            /// Creates a one-way channel with the default [`FrameConfig`].
+            ///
+            /// # Examples
+            ///
+            /// ```
+            #[doc = concat!("let (tx, rx) = conduit::", stringify!($name), "::channel::<u32>().unwrap();")]
+            /// tx.send(&42).unwrap();
+            /// assert_eq!(rx.recv().unwrap(), 42);
+            /// ```
+            pub fn channel<T: Serialize + DeserializeOwned + 'static>() -> Result<(Sender<T>, Receiver<T>)> {
+                channel_with(FrameConfig::default())
+            }
+
+            /// Creates a one-way channel with `cfg`.
+            ///
+            /// # Examples
+            ///
+            /// ```
+            /// let cfg = conduit::FrameConfig::default().with_max_frame(1024);
+            #[doc = concat!("let (tx, _rx) = conduit::", stringify!($name), "::channel_with::<Vec<u8>>(cfg).unwrap();")]
+            /// let err = tx.send(&vec![0; 2048]).unwrap_err();
+            /// assert_eq!(err.kind(), conduit::ErrorKind::TooLarge);
+            /// ```
+            pub fn channel_with<T: Serialize + DeserializeOwned + 'static>(
+                cfg: FrameConfig,
+            ) -> Result<(Sender<T>, Receiver<T>)> {
+                let (tx, rx) = $krate::channel(cfg)?;
+                Ok((Sender::from_raw(Box::new(tx)), Receiver::from_raw(Box::new(rx))))
+            }
+
+            /// Creates a two-way connection with the default [`FrameConfig`].
+            ///
+            /// # Examples
+            ///
+            /// ```
+            #[doc = concat!("let (a, b) = conduit::", stringify!($name), "::duplex::<String, u32>().unwrap();")]
+            /// a.send(&"hi".to_string()).unwrap();
+            /// assert_eq!(b.recv().unwrap(), "hi");
+            /// b.send(&2).unwrap();
+            /// assert_eq!(a.recv().unwrap(), 2);
+            /// ```
+            pub fn duplex<S, R>() -> Result<(Duplex<S, R>, Duplex<R, S>)>
+            where
+                S: Serialize + DeserializeOwned + 'static,
+                R: Serialize + DeserializeOwned + 'static,
+            {
+                duplex_with(FrameConfig::default())
+            }
+
+            /// Creates a two-way connection with `cfg`.
+            ///
+            /// # Examples
+            ///
+            /// ```
+            #[doc = concat!("let (a, b) = conduit::", stringify!($name), "::duplex_with::<u8, u8>(conduit::FrameConfig::default()).unwrap();")]
+            /// a.send(&1).unwrap();
+            /// assert_eq!(b.recv().unwrap(), 1);
+            /// ```
+            pub fn duplex_with<S, R>(cfg: FrameConfig) -> Result<(Duplex<S, R>, Duplex<R, S>)>
+            where
+                S: Serialize + DeserializeOwned + 'static,
+                R: Serialize + DeserializeOwned + 'static,
+            {
+                let ((a_tx, a_rx), (b_tx, b_rx)) = $krate::duplex(cfg)?;
+                Ok((
+                    Duplex::from_parts(Sender::from_raw(Box::new(a_tx)), Receiver::from_raw(Box::new(a_rx))),
+                    Duplex::from_parts(Sender::from_raw(Box::new(b_tx)), Receiver::from_raw(Box::new(b_rx))),
+                ))
+            }
+        }
+    };
+}
+
+transport_module!(
+    "pipe",
+    pipe,
+    conduit_pipe,
+    "Anonymous pipes (feature `pipe`): a duplex connection is two pipes."
+);
+transport_module!(
+    "socketpair",
+    socketpair,
+    conduit_socketpair,
+    "Connected socket pairs (feature `socketpair`): `socketpair(2)` on Unix, a pipe pair on Windows."
+);
+
+/// A transport, for choosing one at run time.
+///
+/// # Examples
+///
+/// ```
+/// for t in conduit::Transport::enabled() {
+///     let (tx, rx) = t.channel::<String>().unwrap();
+///     tx.send(&t.name().to_string()).unwrap();
+///     assert_eq!(rx.recv().unwrap(), t.name());
+/// }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Transport {
+    /// Anonymous pipes (feature `pipe`).
+    Pipe,
+    /// Socket pairs (feature `socketpair`).
+    Socketpair,
+}
+
+impl Transport {
+    /// Every transport conduit knows, compiled in or not.
+    pub const ALL: &'static [Transport] = &[Transport::Pipe, Transport::Socketpair];
+
+    /// The transports compiled into this build, in order of preference.
+    pub fn enabled() -> Vec<Transport> {
+        Transport::ALL
+            .iter()
+            .copied()
+            .filter(|t| t.is_enabled())
+            .collect()
+    }
+
+    /// The transport's name (also its cargo feature).
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Pipe => "pipe",
+            Transport::Socketpair => "socketpair",
+        }
+    }
+
+    /// Looks a transport up by name.
+    pub fn from_name(name: &str) -> Option<Transport> {
+        Transport::ALL.iter().copied().find(|t| t.name() == name)
+    }
+
+    /// True when the transport's cargo feature is on.
+    pub fn is_enabled(self) -> bool {
+        match self {
+            Transport::Pipe => cfg!(feature = "pipe"),
+            Transport::Socketpair => cfg!(feature = "socketpair"),
+        }
+    }
+
+    fn disabled(self) -> Error {
+        Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "transport `{0}` is not compiled in: enable the `{0}` cargo feature of conduit",
+                self.name()
+            ),
+        )
+    }
+
+    /// Creates a one-way channel on this transport.
+    pub fn channel<T: Serialize + DeserializeOwned + 'static>(
+        self,
+    ) -> Result<(Sender<T>, Receiver<T>)> {
+        self.channel_with(FrameConfig::default())
+    }
+
+    /// Creates a one-way channel on this transport with `cfg`.
+    pub fn channel_with<T: Serialize + DeserializeOwned + 'static>(
+        self,
+        cfg: FrameConfig,
+    ) -> Result<(Sender<T>, Receiver<T>)> {
+        let _ = cfg;
+        match self {
+            #[cfg(feature = "pipe")]
+            Transport::Pipe => pipe::channel_with(cfg),
+            #[cfg(feature = "socketpair")]
+            Transport::Socketpair => socketpair::channel_with(cfg),
+            #[allow(unreachable_patterns)]
+            other => Err(other.disabled()),
+        }
+    }
+
+    /// Creates a two-way connection on this transport.
+    pub fn duplex<S, R>(self) -> Result<(Duplex<S, R>, Duplex<R, S>)>
+    where
+        S: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.duplex_with(FrameConfig::default())
+    }
+
+    /// Creates a two-way connection on this transport with `cfg`.
+    pub fn duplex_with<S, R>(self, cfg: FrameConfig) -> Result<(Duplex<S, R>, Duplex<R, S>)>
+    where
+        S: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        let _ = cfg;
+        match self {
+            #[cfg(feature = "pipe")]
+            Transport::Pipe => pipe::duplex_with(cfg),
+            #[cfg(feature = "socketpair")]
+            Transport::Socketpair => socketpair::duplex_with(cfg),
+            #[allow(unreachable_patterns)]
+            other => Err(other.disabled()),
+        }
+    }
+
+    /// The best enabled transport for one-way channels.
+    pub fn best_channel() -> Result<Transport> {
+        [Transport::Pipe, Transport::Socketpair]
+            .into_iter()
+            .find(|t| t.is_enabled())
+            .ok_or_else(no_transport)
+    }
+
+    /// The best enabled transport for two-way connections.
+    pub fn best_duplex() -> Result<Transport> {
+        [Transport::Socketpair, Transport::Pipe]
+            .into_iter()
+            .find(|t| t.is_enabled())
+            .ok_or_else(no_transport)
+    }
+}
+
+fn no_transport() -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        "no transport is compiled in: enable at least one of the cargo features pipe, socketpair",
+    )
+}
+
+/// Creates a one-way channel on the best enabled transport.
+///
+/// # Examples
+///
+/// ```
+/// let (tx, rx) = conduit::channel::<Vec<u8>>().unwrap();
+/// tx.send(&vec![1, 2, 3]).unwrap();
+/// assert_eq!(rx.recv().unwrap(), [1, 2, 3]);
+/// ```
+pub fn channel<T: Serialize + DeserializeOwned + 'static>() -> Result<(Sender<T>, Receiver<T>)> {
+    Transport::best_channel()?.channel()
+}
+
+/// Creates a two-way connection on the best enabled transport.
+///
+/// # Examples
+///
+/// ```
+/// let (a, b) = conduit::duplex::<u32, String>().unwrap();
+/// a.send(&5).unwrap();
+/// b.send(&format!("got {}", b.recv().unwrap())).unwrap();
+/// assert_eq!(a.recv().unwrap(), "got 5");
+/// ```
+pub fn duplex<S, R>() -> Result<(Duplex<S, R>, Duplex<R, S>)>
+where
+    S: Serialize + DeserializeOwned + 'static,
+    R: Serialize + DeserializeOwned + 'static,
+{
+    Transport::best_duplex()?.duplex()
+}
+
+/// Hands `endpoint` to the child process that `cmd` will spawn, under `key`
+/// (1–64 ASCII letters, digits or `_`). The child calls [`adopt`] with the
+/// same key.
+///
+/// Only that child gets the endpoint's handles: they are never inheritable by
+/// other children spawned at the same time. The parent's copy is closed (on
+/// Unix right away, on Windows when the child adopts it), so when the child
+/// exits the parent's side sees [`ErrorKind::Disconnected`].
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let (tx, rx) = conduit::channel::<u32>()?;
+/// let mut cmd = std::process::Command::new("true");
+/// conduit::handoff(&mut cmd, "numbers", rx)?;
+/// assert!(cmd.get_envs().any(|(k, _)| k == "CONDUIT_HANDOFF_numbers"));
+/// # drop(tx); Ok(()) }
+/// ```
+pub fn handoff<E: Endpoint>(cmd: &mut Command, key: &str, endpoint: E) -> Result<()> {
+    conduit_core::handoff::handoff(cmd, key, endpoint)
+}
+
+/// Adopts the endpoint the parent handed to this process under `key` with
+/// [`handoff`]. The transport is read from the token; if it is not compiled
+/// into this binary the error is [`ErrorKind::Unsupported`] and names the
+/// cargo feature to enable.
+///
+/// # Examples
+///
+/// ```
+/// let err = conduit::adopt::<conduit::Receiver<u32>>("not_handed").unwrap_err();
+/// assert_eq!(err.kind(), conduit::ErrorKind::InvalidInput);
+/// ```
+pub fn adopt<E: Endpoint>(key: &str) -> Result<E> {
+    conduit_core::handoff::adopt_with(key, &Registry)
+}
+
+/// Finds the import function of a handed-over half by its transport name.
+struct Registry;
+
+fn unknown_transport(name: &str) -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        format!("the parent handed over an endpoint of transport `{name}`, which this version of conduit does not know"),
+    )
+}
+
+fn self_check(name: &str) -> Result<Transport> {
+    let t = Transport::from_name(name).ok_or_else(|| unknown_transport(name))?;
+    if t.is_enabled() {
+        Ok(t)
+    } else {
+        Err(t.disabled())
+    }
+}
+
+impl Resolver for Registry {
+    fn check(&self, transport: &str) -> Result<()> {
+        self_check(transport).map(|_| ())
+    }
+
+    fn sender(&self, package: Package) -> Result<Box<dyn FrameSender>> {
+        match self_check(&package.transport)? {
+            #[cfg(feature = "pipe")]
+            Transport::Pipe => Ok(Box::new(conduit_pipe::import_sender(package)?)),
+            #[cfg(feature = "socketpair")]
+            Transport::Socketpair => Ok(Box::new(conduit_socketpair::import_sender(package)?)),
+            #[allow(unreachable_patterns)]
+            other => Err(other.disabled()),
+        }
+    }
+
+    fn receiver(&self, package: Package) -> Result<Box<dyn FrameReceiver>> {
+        match self_check(&package.transport)? {
+            #[cfg(feature = "pipe")]
+            Transport::Pipe => Ok(Box::new(conduit_pipe::import_receiver(package)?)),
+            #[cfg(feature = "socketpair")]
+            Transport::Socketpair => Ok(Box::new(conduit_socketpair::import_receiver(package)?)),
+            #[allow(unreachable_patterns)]
+            other => Err(other.disabled()),
+        }
+    }
+}
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
