@@ -159,6 +159,16 @@ impl StreamSender {
         &self.io
     }
 
+    /// Writes the handshake now instead of with the first frame (for
+    /// connections that check both directions up front, such as named ones).
+    pub fn send_handshake(&mut self) -> Result<()> {
+        if !self.handshake_sent {
+            self.write_all([&handshake(self.cfg), &[]])?;
+            self.handshake_sent = true;
+        }
+        Ok(())
+    }
+
     fn write_all(&mut self, mut bufs: [&[u8]; 2]) -> Result<()> {
         if self.broken {
             return Err(Error::disconnected(
@@ -313,6 +323,44 @@ impl StreamReceiver {
     /// The underlying stream.
     pub fn stream(&self) -> &OsStream {
         &self.io
+    }
+
+    /// Reads and checks the peer's handshake now (instead of on the first
+    /// receive), waiting until `deadline`.
+    pub fn recv_handshake(&mut self, deadline: Option<Instant>) -> Result<()> {
+        loop {
+            self.advance_handshake()?;
+            if !matches!(self.state, State::Handshake) {
+                return Ok(());
+            }
+            self.wait(deadline)?;
+            self.fill()?;
+        }
+    }
+
+    fn advance_handshake(&mut self) -> Result<()> {
+        if matches!(self.state, State::Handshake) && self.end - self.start >= HANDSHAKE_LEN {
+            // advance() stops after the handshake when no header is buffered,
+            // and never consumes a frame it cannot complete.
+            self.advance()?;
+        }
+        Ok(())
+    }
+
+    fn wait(&mut self, deadline: Option<Instant>) -> Result<()> {
+        if let Some(d) = deadline {
+            let readable = self
+                .io
+                .wait_readable(Some(d))
+                .map_err(|e| Error::from_io("wait failed", e))?;
+            if !readable {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    "no message arrived before the deadline",
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn close(&mut self, err: Error) -> Error {

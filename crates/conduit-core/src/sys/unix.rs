@@ -132,13 +132,8 @@ pub fn poll_fd(
 /// inherited, by this child only (its close-on-exec flag is cleared after
 /// `fork`, in the child).
 pub fn send_handles(cmd: &mut Command, handles: Vec<OwnedFd>) -> Result<String> {
-    let (ours, theirs) = rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .map_err(|e| Error::from_io("cannot create the handoff socket pair", e.into()))?;
+    let (ours, theirs) =
+        socketpair().map_err(|e| Error::from_io("cannot create the handoff socket pair", e))?;
     let borrowed: Vec<BorrowedFd<'_>> = handles.iter().map(|h| h.as_fd()).collect();
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(16))];
     let mut control = SendAncillaryBuffer::new(&mut space);
@@ -212,13 +207,50 @@ pub fn receive_handles(part: &str, count: usize) -> Result<Vec<OwnedFd>> {
         )));
     }
     for fd in &fds {
-        rustix::io::fcntl_setfd(fd, FdFlags::CLOEXEC)
-            .map_err(|e| Error::from_io("cannot set close-on-exec", e.into()))?;
+        set_cloexec(fd).map_err(|e| Error::from_io("cannot set close-on-exec", e))?;
     }
     Ok(fds)
 }
 
 /// Creates a close-on-exec pipe: `(read end, write end)`.
+#[cfg(not(target_vendor = "apple"))]
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+}
+
+/// Creates a close-on-exec pipe: `(read end, write end)`.
+///
+/// macOS has no `pipe2`: the flag is set right after creation, so a `fork`
+/// racing in another thread could inherit the descriptors until its `exec`
+/// (the same limitation as std's own pipes there).
+#[cfg(target_vendor = "apple")]
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = rustix::pipe::pipe()?;
+    set_cloexec(&read)?;
+    set_cloexec(&write)?;
+    Ok((read, write))
+}
+
+/// Creates a connected, close-on-exec `AF_UNIX` stream socket pair.
+pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    #[cfg(not(target_vendor = "apple"))]
+    let flags = SocketFlags::CLOEXEC;
+    // macOS has no SOCK_CLOEXEC; see `pipe` for the consequence.
+    #[cfg(target_vendor = "apple")]
+    let flags = SocketFlags::empty();
+    let (a, b) = rustix::net::socketpair(AddressFamily::UNIX, SocketType::STREAM, flags, None)?;
+    #[cfg(target_vendor = "apple")]
+    {
+        set_cloexec(&a)?;
+        set_cloexec(&b)?;
+        // No MSG_NOSIGNAL on macOS: ask the socket not to raise SIGPIPE.
+        rustix::net::sockopt::set_socket_nosigpipe(&a, true)?;
+        rustix::net::sockopt::set_socket_nosigpipe(&b, true)?;
+    }
+    Ok((a, b))
+}
+
+/// Sets close-on-exec on `fd`.
+pub fn set_cloexec(fd: &OwnedFd) -> io::Result<()> {
+    Ok(rustix::io::fcntl_setfd(fd, FdFlags::CLOEXEC)?)
 }
