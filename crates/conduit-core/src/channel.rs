@@ -50,8 +50,8 @@ pub trait FrameReceiver: Send + 'static {
     fn recv_with(&mut self, deadline: Option<Instant>, f: &mut dyn FnMut(&[u8])) -> Result<()>;
 
     /// True when a whole frame is ready to be received; waits for one until
-    /// `deadline`. Fails with `Disconnected` when the peer is gone and nothing
-    /// is left to read.
+    /// `deadline` (`None`: as long as it takes). Fails with `Disconnected` when
+    /// the peer is gone and nothing is left to read.
     fn poll_frame(&mut self, deadline: Option<Instant>) -> Result<bool>;
 
     /// The transport's name.

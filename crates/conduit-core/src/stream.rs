@@ -558,8 +558,7 @@ impl FrameReceiver for StreamReceiver {
     }
 
     fn poll_frame(&mut self, deadline: Option<Instant>) -> Result<bool> {
-        let deadline = deadline.unwrap_or_else(Instant::now);
-        match self.ready(Some(deadline)) {
+        match self.ready(deadline) {
             Ok(()) => Ok(true),
             Err(e) if e.is_timeout() => Ok(false),
             Err(e) => Err(e),
