@@ -637,11 +637,15 @@ fn adopt_errors() -> Result<(), Failed> {
     )?;
     // Malformed and unsupported tokens are checked in a child, whose
     // environment we control.
+    // A compiled-in transport, so that only the token's defect is reported.
+    let on = conduit::Transport::enabled()
+        .first()
+        .map_or("pipe", |t| t.name());
     let mut child = spawn("adopt_checks", |cmd| {
         cmd.env("CONDUIT_HANDOFF_garbage", "hello");
         cmd.env(
             "CONDUIT_HANDOFF_badfd",
-            "conduit1;receiver;fd=notanumber;pipe,1,67108864,1,0",
+            format!("conduit1;receiver;fd=notanumber;{on},1,67108864,1,0"),
         );
         cmd.env(
             "CONDUIT_HANDOFF_unknown",
@@ -656,13 +660,13 @@ fn adopt_errors() -> Result<(), Failed> {
             format!("conduit1;receiver;none;{off},0"),
         );
         cmd.env("CONDUIT_DISABLED_TRANSPORT", off);
-        cmd.env("CONDUIT_HANDOFF_role", "conduit1;sender;none;pipe,0");
+        cmd.env("CONDUIT_HANDOFF_role", format!("conduit1;sender;none;{on},0"));
         Ok(())
     })?;
     child.wait_success()
 }
 
-/// Child for [`adopt_errors`]: checks each prepared token and panics
+/// Child for the `adopt_errors` test: checks each prepared token and panics
 /// (failing the parent's test) on any unexpected answer.
 pub fn child_adopt_checks() {
     let kind = |key: &str| {

