@@ -15,8 +15,16 @@
 
 use std::time::Instant;
 
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::handoff::Package;
+
+/// Test-only: the answer of transports without shared memory to `poke_shared`.
+fn no_shared_memory() -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        "this transport has no shared memory to poke",
+    )
+}
 
 /// The sending half of a byte-level channel.
 pub trait FrameSender: Send + 'static {
@@ -36,6 +44,19 @@ pub trait FrameSender: Send + 'static {
     /// not part of the supported API and may go away.
     #[doc(hidden)]
     fn send_unframed(&mut self, bytes: &[u8]) -> Result<()>;
+
+    /// Overwrites `bytes.len()` bytes of the transport's shared memory at byte
+    /// `offset` of the segment, bypassing every rule of the protocol, and
+    /// returns the segment's length (poke no bytes to only learn it).
+    ///
+    /// This exists for conformance tests that play a hostile peer scribbling on
+    /// shared memory; it is not part of the supported API and may go away.
+    /// Transports without shared memory fail with `Unsupported`.
+    #[doc(hidden)]
+    fn poke_shared(&mut self, offset: u64, bytes: &[u8]) -> Result<u64> {
+        let _ = (offset, bytes);
+        Err(no_shared_memory())
+    }
 }
 
 /// The receiving half of a byte-level channel.
@@ -59,6 +80,14 @@ pub trait FrameReceiver: Send + 'static {
 
     /// Turns the endpoint into handles and parameters for a child process.
     fn export(self: Box<Self>) -> Result<Package>;
+
+    /// Test-only, like [`FrameSender::poke_shared`]: overwrites bytes of the
+    /// transport's shared memory; not part of the supported API.
+    #[doc(hidden)]
+    fn poke_shared(&mut self, offset: u64, bytes: &[u8]) -> Result<u64> {
+        let _ = (offset, bytes);
+        Err(no_shared_memory())
+    }
 }
 
 /// Parameters both ends of a stream connection agree on in the handshake.

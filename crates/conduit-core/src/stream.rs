@@ -326,7 +326,8 @@ impl StreamReceiver {
     }
 
     /// Reads and checks the peer's handshake now (instead of on the first
-    /// receive), waiting until `deadline`.
+    /// receive), waiting until `deadline`. Nothing after the handshake is
+    /// read, so the receiver can still be handed off afterwards.
     pub fn recv_handshake(&mut self, deadline: Option<Instant>) -> Result<()> {
         loop {
             self.advance_handshake()?;
@@ -334,7 +335,7 @@ impl StreamReceiver {
                 return Ok(());
             }
             self.wait(deadline)?;
-            self.fill()?;
+            self.fill(HANDSHAKE_LEN - (self.end - self.start))?;
         }
     }
 
@@ -433,9 +434,10 @@ impl StreamReceiver {
         }
     }
 
-    /// Reads once from the stream (blocking). Large frame bodies are read
-    /// straight into the body buffer.
-    fn fill(&mut self) -> Result<()> {
+    /// Reads once from the stream (blocking), at most `max` bytes into the
+    /// receive buffer. Large frame bodies are read straight into the body
+    /// buffer.
+    fn fill(&mut self, max: usize) -> Result<()> {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -449,9 +451,9 @@ impl StreamReceiver {
                 }
                 return Ok(());
             }
-            self.read_into_buf()?
+            self.read_into_buf(max)?
         } else {
-            self.read_into_buf()?
+            self.read_into_buf(max)?
         };
         if n == 0 {
             let err = match self.state {
@@ -487,15 +489,16 @@ impl StreamReceiver {
         Ok(n)
     }
 
-    fn read_into_buf(&mut self) -> Result<usize> {
+    fn read_into_buf(&mut self, max: usize) -> Result<usize> {
         if self.end == self.buf.len() {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
+        let stop = self.buf.len().min(self.end.saturating_add(max));
         let n = self
             .io
-            .read(&mut self.buf[self.end..])
+            .read(&mut self.buf[self.end..stop])
             .map_err(|e| Error::from_io("receive failed", e))?;
         self.end += n;
         Ok(n)
@@ -516,7 +519,7 @@ impl StreamReceiver {
                     ));
                 }
             }
-            self.fill()?;
+            self.fill(usize::MAX)?;
         }
         Ok(())
     }

@@ -10,6 +10,8 @@
 //! The cross-process conformance suite lives in [`suite`]: it is written once
 //! and instantiated for every transport compiled into the binary
 //! ([`suite::trials`]).
+//! Named endpoints, which are not an anonymous-pair transport, have their own
+//! trials in `named` (feature `named`), run by [`main`] as well.
 
 #![deny(unsafe_code)]
 // Test code: a panic in a child process is how it reports failure to the parent.
@@ -22,6 +24,8 @@ pub use libtest_mimic::{Arguments, Failed, Trial};
 
 pub mod alloc;
 pub mod msg;
+#[cfg(feature = "named")]
+pub mod named;
 pub mod suite;
 
 /// The environment variable that tells a re-executed test binary which child
@@ -42,6 +46,8 @@ pub struct ChildFn {
 /// `trials` plus the conformance suite for every enabled transport.
 pub fn main(children: &[ChildFn], mut trials: Vec<Trial>) -> ! {
     if let Ok(name) = std::env::var(CHILD_ENV) {
+        #[cfg(feature = "named")]
+        let children = &[children, named::CHILDREN].concat();
         let all = suite::CHILDREN.iter().chain(children);
         match all.into_iter().find(|c| c.name == name) {
             Some(c) => {
@@ -54,7 +60,15 @@ pub fn main(children: &[ChildFn], mut trials: Vec<Trial>) -> ! {
             }
         }
     }
-    trials.extend(suite::general_trials());
+    // The general trials need an anonymous transport (a `named`-only build has none).
+    let anonymous = !conduit::Transport::enabled().is_empty();
+    trials.extend(
+        suite::general_trials()
+            .into_iter()
+            .map(|t| t.with_ignored_flag(!anonymous)),
+    );
+    #[cfg(feature = "named")]
+    trials.extend(named::trials());
     for t in conduit::Transport::enabled() {
         trials.extend(suite::trials(t));
     }

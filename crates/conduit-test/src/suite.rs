@@ -4,14 +4,20 @@
 //! `conduit::handoff`.
 //!
 //! Tests that play a misbehaving peer write the wire format by hand, from
-//! `docs/wire-format.md`, rather than with conduit's own encoder.
+//! `docs/wire-format.md` (stream transports) or the segment layout in the
+//! `conduit-shm` crate documentation (shm), rather than with conduit's own
+//! encoder: the liar child picks the format by the transport it was handed,
+//! and the parent's checks are the same for every transport. For shm the
+//! "handshake" is the segment header and a "frame" is a ring record, so those
+//! trials carry shm names. shm also gets a hostile peer that scribbles random
+//! bytes over the shared pages.
 
 use std::process::Command;
 use std::sync::Barrier;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use conduit::{Codec, Duplex, ErrorKind, Receiver, Sender, Transport};
+use conduit::{Codec, Duplex, ErrorKind, FrameSender, Receiver, Sender, Transport};
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
 
 use crate::msg::{any_sequence, Item, Msg};
@@ -46,13 +52,21 @@ pub const CHILDREN: &[ChildFn] = &[
         name: "adopt_checks",
         run: child_adopt_checks,
     },
+    ChildFn {
+        name: "scribbler",
+        run: child_scribbler,
+    },
 ];
 
 type TestFn = fn(Transport) -> Result<(), Failed>;
 
 /// The suite's tests for transport `t`, named `<transport>::<test>`.
 pub fn trials(t: Transport) -> Vec<Trial> {
-    let tests: &[(&str, TestFn)] = &[
+    let shm = t == Transport::Shm;
+    // (stream name, shm name): the misbehaving-peer tests speak each
+    // transport's own format, so their names say what they corrupt.
+    let named = |stream: &'static str, shm_name: &'static str| if shm { shm_name } else { stream };
+    let mut tests: Vec<(&str, TestFn)> = vec![
         ("prop_echo_sequences", prop_echo_sequences),
         (
             "kill_child_while_parent_blocked_in_recv",
@@ -68,15 +82,30 @@ pub fn trials(t: Transport) -> Vec<Trial> {
             poll_exact,
         ),
         (
-            "oversized_frame_is_too_large_without_allocating",
+            named(
+                "oversized_frame_is_too_large_without_allocating",
+                "oversized_record_is_too_large_without_allocating",
+            ),
             oversized_frame,
         ),
-        ("truncated_frame_is_protocol_error", truncated_frame),
+        (
+            named(
+                "truncated_frame_is_protocol_error",
+                "truncated_record_is_protocol_error",
+            ),
+            truncated_frame,
+        ),
         (
             "garbage_cbor_is_decode_error_and_channel_survives",
             garbage_cbor,
         ),
-        ("wrong_handshake_is_protocol_error", wrong_handshake),
+        (
+            named(
+                "wrong_handshake_is_protocol_error",
+                "bad_segment_header_is_protocol_error",
+            ),
+            wrong_handshake,
+        ),
         (
             "unrelated_concurrent_children_do_not_keep_channel_alive",
             unrelated_children,
@@ -85,10 +114,17 @@ pub fn trials(t: Transport) -> Vec<Trial> {
             "handed_receiver_and_duplex_work_in_both_directions",
             handed_roles,
         ),
+        ("many_tiny_messages_echoed_in_order", many_tiny_messages),
     ];
+    if shm {
+        tests.push((
+            "hostile_peer_scribbling_shared_memory_never_panics_or_hangs",
+            hostile_scribbler,
+        ));
+    }
     tests
-        .iter()
-        .map(|&(name, f)| Trial::test(format!("{}::{name}", t.name()), move || f(t)))
+        .into_iter()
+        .map(|(name, f)| Trial::test(format!("{}::{name}", t.name()), move || f(t)))
         .collect()
 }
 
@@ -141,6 +177,88 @@ fn child_sleeper() {
     }
 }
 
+/// A tiny deterministic generator (the child must not depend on the parent's
+/// proptest state).
+fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut x = seed | 1;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
+/// The hostile shm peer: for a while, sends valid messages and receives the
+/// parent's while scribbling random bytes over both shared segments
+/// (`CONDUIT_SCRIBBLE=control` aims at the header and index words), then
+/// exits without ever blocking for long.
+fn child_scribbler() {
+    let seed: u64 = std::env::var("CONDUIT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let control = std::env::var("CONDUIT_SCRIBBLE").as_deref() == Ok("control");
+    let conn: Duplex<Msg, Msg> = conduit::adopt("conn").expect("adopt conn");
+    let (tx, rx) = conn.split();
+    let (mut tx, mut rx) = (tx.into_raw(), rx.into_raw());
+    let run_for = Duration::from_millis(700);
+    let target = move |next: &mut dyn FnMut() -> u64, seg_len: u64, n: u64| {
+        if control && next() % 4 != 0 {
+            next() % 640
+        } else {
+            next() % seg_len.saturating_sub(n).max(1)
+        }
+    };
+    // Neither thread is joined: when the time is up the process exits, even
+    // if a send is blocked on a ring the scribbling made look full.
+    thread::spawn(move || {
+        let mut next = xorshift(seed);
+        let seg_len = tx.poke_shared(0, &[]).unwrap_or(0);
+        let start = Instant::now();
+        let mut buf = Vec::new();
+        let mut i = 0u64;
+        while start.elapsed() < run_for {
+            let msg = match i % 3 {
+                0 => Msg::Int(i as i64),
+                1 => Msg::Text("x".repeat((next() % 300) as usize)),
+                _ => Msg::Job {
+                    id: i,
+                    name: "scribble".into(),
+                    tags: vec![],
+                    payload: vec![i as u8; (next() % 5000) as usize],
+                    priority: None,
+                },
+            };
+            buf.clear();
+            if conduit::Cbor::encode(&msg, &mut buf).is_err() || tx.send_frame(&buf).is_err() {
+                break;
+            }
+            // Scribble after every fourth message on average, so that
+            // stretches of good data alternate with corruption.
+            if next() % 4 == 0 {
+                let n = 1 + next() % 16;
+                let junk: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+                let _ = tx.poke_shared(target(&mut next, seg_len, n), &junk);
+            }
+            i += 1;
+        }
+    });
+    thread::spawn(move || {
+        let mut next = xorshift(seed ^ 0x5eed);
+        let seg_len = rx.poke_shared(0, &[]).unwrap_or(0);
+        let start = Instant::now();
+        let mut buf = Vec::new();
+        while start.elapsed() < run_for {
+            let _ = rx.recv_frame(&mut buf, Some(Instant::now() + Duration::from_millis(20)));
+            let n = 1 + next() % 16;
+            let junk: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+            let _ = rx.poke_shared(target(&mut next, seg_len, n), &junk);
+        }
+    });
+    thread::sleep(run_for + Duration::from_millis(50));
+}
+
 /// The documented handshake (docs/wire-format.md), written by hand.
 fn handshake(version: u16, codec: u8, max_frame: u32) -> Vec<u8> {
     let mut h = b"CNDT".to_vec();
@@ -164,9 +282,31 @@ fn child_liar() {
     let conn: Sender<Vec<u8>> = conduit::adopt("conn").expect("adopt conn");
     let ctl: Duplex<Msg, Msg> = conduit::adopt("ctl").expect("adopt ctl");
     let mut raw = conn.into_raw();
+    let stay = if scenario == "garbage" {
+        // Well-framed garbage needs no hand-written wire format: any transport.
+        raw.send_frame(&[0xff, 0xfe, 0x1c, 0x00, 0x9f])
+            .expect("send garbage");
+        let mut ok = Vec::new();
+        conduit::Cbor::encode(&Msg::Text("after".into()), &mut ok).expect("encode");
+        raw.send_frame(&ok).expect("send after");
+        true
+    } else if raw.transport() == "shm" {
+        liar_shm(&scenario, raw.as_mut(), &ctl)
+    } else {
+        liar_stream(&scenario, raw.as_mut(), &ctl)
+    };
+    if stay {
+        // Stay until the parent is done reading (it drops the control channel).
+        while ctl.recv().is_ok() {}
+    }
+}
+
+/// Plays `scenario` in the stream wire format (docs/wire-format.md), written
+/// by hand; false when the child should exit at once.
+fn liar_stream(scenario: &str, raw: &mut dyn FrameSender, ctl: &Duplex<Msg, Msg>) -> bool {
     let mut write = |b: &[u8]| raw.send_unframed(b).expect("write");
     let good = |v: u16| handshake(v, 1, MAX);
-    match scenario.as_str() {
+    match scenario {
         "huge" => {
             write(&good(1));
             write(&(2u32 << 30).to_le_bytes());
@@ -176,14 +316,7 @@ fn child_liar() {
             write(&good(1));
             write(&100u32.to_le_bytes());
             write(&[7u8; 10]);
-            return; // exit: the stream ends mid-frame
-        }
-        "garbage" => {
-            write(&good(1));
-            write(&frame(&[0xff, 0xfe, 0x1c, 0x00, 0x9f]));
-            let mut ok = Vec::new();
-            conduit::Cbor::encode(&Msg::Text("after".into()), &mut ok).expect("encode");
-            write(&frame(&ok));
+            return false; // exit: the stream ends mid-frame
         }
         "magic" => {
             write(b"HTTP/1.1 200");
@@ -207,16 +340,89 @@ fn child_liar() {
             let whole = [good(1), frame(&ok)].concat();
             let cut = whole.len() - 3;
             write(&whole[..cut]);
-            ctl.send(&Msg::Text("partial written".into()))
-                .expect("status");
-            assert_eq!(ctl.recv().expect("go"), Msg::Text("go".into()));
+            partial_handshake(ctl);
             write(&whole[cut..]);
             ctl.send(&Msg::Text("rest written".into())).expect("status");
         }
         other => panic!("unknown scenario {other}"),
     }
-    // Stay until the parent is done reading (it drops the control channel).
-    while ctl.recv().is_ok() {}
+    true
+}
+
+fn partial_handshake(ctl: &Duplex<Msg, Msg>) {
+    ctl.send(&Msg::Text("partial written".into()))
+        .expect("status");
+    assert_eq!(ctl.recv().expect("go"), Msg::Text("go".into()));
+}
+
+/// An shm ring record, written by hand from the layout in the `conduit-shm`
+/// crate documentation: a 16-byte header (`len`, `kind`, `total`, reserved:
+/// `u32`s in the machine's byte order), the payload, zero padding to a
+/// multiple of 16.
+fn shm_record(kind: u32, len: u32, payload: &[u8]) -> Vec<u8> {
+    let mut r = Vec::new();
+    for w in [len, kind, 0, 0] {
+        r.extend_from_slice(&w.to_ne_bytes());
+    }
+    r.extend_from_slice(payload);
+    r.resize(r.len().div_ceil(16) * 16, 0);
+    r
+}
+
+/// Record kind of a whole message.
+const SHM_WHOLE: u32 = 1;
+
+/// Overwrites the shm segment header word at `offset` (layout in the
+/// `conduit-shm` crate documentation).
+fn shm_header_word(raw: &mut dyn FrameSender, offset: u64, value: u32) {
+    raw.poke_shared(offset, &value.to_ne_bytes()).expect("poke");
+}
+
+/// Plays `scenario` against an shm receiver: records written by hand into the
+/// ring (`send_unframed` copies bytes verbatim at the tail and publishes them)
+/// or a corrupted segment header; false when the child should exit at once.
+fn liar_shm(scenario: &str, raw: &mut dyn FrameSender, ctl: &Duplex<Msg, Msg>) -> bool {
+    match scenario {
+        "huge" => {
+            // A whole-message record announcing 2 GiB.
+            let mut r = shm_record(SHM_WHOLE, 2 << 30, &[]);
+            r.extend_from_slice(&[0u8; 64]);
+            raw.send_unframed(&r).expect("write");
+        }
+        "truncated" => {
+            let r = shm_record(SHM_WHOLE, 100, &[7u8; 100]);
+            raw.send_unframed(&r[..26]).expect("write");
+            return false; // exit: the record stays incomplete
+        }
+        "magic" => {
+            shm_header_word(raw, 0, u32::from_le_bytes(*b"HTTP"));
+            raw.send_frame(b"x").expect("send");
+        }
+        "version" => {
+            shm_header_word(raw, 4, 2);
+            raw.send_frame(b"x").expect("send");
+        }
+        "codec" => {
+            shm_header_word(raw, 8, 9);
+            raw.send_frame(b"x").expect("send");
+        }
+        "maxframe" => {
+            shm_header_word(raw, 12, 1024);
+            raw.send_frame(b"x").expect("send");
+        }
+        "partial" => {
+            let mut ok = Vec::new();
+            conduit::Cbor::encode(&Msg::Text("whole".into()), &mut ok).expect("encode");
+            let r = shm_record(SHM_WHOLE, ok.len() as u32, &ok);
+            let cut = r.len() - 3;
+            raw.send_unframed(&r[..cut]).expect("write");
+            partial_handshake(ctl);
+            raw.send_unframed(&r[cut..]).expect("write");
+            ctl.send(&Msg::Text("rest written".into())).expect("status");
+        }
+        other => panic!("unknown scenario {other}"),
+    }
+    true
 }
 
 // ---------------------------------------------------------------- helpers
@@ -622,6 +828,108 @@ fn handed_roles(t: Transport) -> Result<(), Failed> {
     child.wait_success()
 }
 
+fn many_tiny_messages(t: Transport) -> Result<(), Failed> {
+    // Long streams of 1-byte messages are where a lost wake-up shows (a
+    // stall until a timeout, or a hang).
+    const N: usize = 100_000;
+    let (_typed, typed_child) = t.duplex::<Msg, Msg>().map_err(fail("duplex"))?;
+    let (raw, raw_child) = t.duplex::<Vec<u8>, Vec<u8>>().map_err(fail("duplex"))?;
+    let mut child = spawn("echo", |cmd| {
+        conduit::handoff(cmd, "typed", typed_child)?;
+        conduit::handoff(cmd, "raw", raw_child)
+    })?;
+    let (tx, rx) = raw.split();
+    crate::watchdog("echo of many tiny messages", HANG, || {
+        thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..N {
+                    tx.send(&vec![i as u8]).expect("send");
+                }
+            });
+            for i in 0..N {
+                let got = rx.recv_timeout(HANG).map_err(fail("recv"))?;
+                ensure(got == [i as u8], || format!("message {i}: got {got:?}"))?;
+            }
+            Ok::<(), Failed>(())
+        })
+    })?;
+    drop((tx, rx, _typed));
+    child.wait_success()
+}
+
+fn hostile_scribbler(t: Transport) -> Result<(), Failed> {
+    let mut totals = [0usize; 6];
+    for round in 0..8u64 {
+        let (conn, conn_child) = t.duplex::<Msg, Msg>().map_err(fail("duplex"))?;
+        let mut child = spawn("scribbler", |cmd| {
+            cmd.env("CONDUIT_SEED", (round * 7919 + 17).to_string());
+            if round % 2 == 0 {
+                cmd.env("CONDUIT_SCRIBBLE", "control");
+            }
+            conduit::handoff(cmd, "conn", conn_child)
+        })?;
+        let (tx, rx) = conn.split();
+        let start = Instant::now();
+        // [data, decode errors, protocol/too-large, timeouts, disconnected, sent]
+        let outcome = crate::watchdog("parent of a scribbling child", HANG, || {
+            thread::scope(|s| {
+                let sender = s.spawn(|| {
+                    let mut sent = 0usize;
+                    let msg = Msg::Text("from the parent".into());
+                    while sent < 100_000 && tx.send(&msg).is_ok() {
+                        sent += 1;
+                    }
+                    sent
+                });
+                let mut seen = [0usize; 5];
+                loop {
+                    match rx.recv_timeout(Duration::from_secs(2)) {
+                        Ok(_) => seen[0] += 1,
+                        Err(e) => match e.kind() {
+                            ErrorKind::Decode => seen[1] += 1,
+                            ErrorKind::Protocol | ErrorKind::TooLarge => {
+                                seen[2] += 1;
+                                break;
+                            }
+                            ErrorKind::Timeout => {
+                                seen[3] += 1;
+                                if seen[3] > 10 {
+                                    break;
+                                }
+                            }
+                            ErrorKind::Disconnected => {
+                                seen[4] += 1;
+                                break;
+                            }
+                            other => panic!("unexpected {other:?} error: {e}"),
+                        },
+                    }
+                }
+                // Let the sender see the end too: the child exits on its own.
+                drop(rx);
+                let sent = sender.join().expect("the parent's sender panicked");
+                (seen, sent)
+            })
+        });
+        let (seen, sent) = outcome;
+        for (total, n) in totals.iter_mut().zip(seen.iter().chain([&sent])) {
+            *total += n;
+        }
+        let took = start.elapsed();
+        ensure(took < Duration::from_secs(25), || {
+            format!("round {round} took {took:?}")
+        })?;
+        drop(tx);
+        // The child only pokes and exits; it must not have crashed either.
+        child.wait_success()?;
+    }
+    eprintln!(
+        "scribbler: {} messages, {} decode errors, {} protocol/too-large, {} timeouts, {} disconnects; {} sent",
+        totals[0], totals[1], totals[2], totals[3], totals[4], totals[5]
+    );
+    Ok(())
+}
+
 fn adopt_errors() -> Result<(), Failed> {
     let missing = conduit::adopt::<Receiver<Msg>>("never_handed");
     let e = expect_kind("missing key", missing, ErrorKind::InvalidInput)?;
@@ -660,7 +968,10 @@ fn adopt_errors() -> Result<(), Failed> {
             format!("conduit1;receiver;none;{off},0"),
         );
         cmd.env("CONDUIT_DISABLED_TRANSPORT", off);
-        cmd.env("CONDUIT_HANDOFF_role", format!("conduit1;sender;none;{on},0"));
+        cmd.env(
+            "CONDUIT_HANDOFF_role",
+            format!("conduit1;sender;none;{on},0"),
+        );
         Ok(())
     })?;
     child.wait_success()

@@ -6,15 +6,20 @@
 //! ```
 //!
 //! The child is this same executable, started with the endpoint handed to it
-//! by `conduit::handoff`. Numbers depend on the machine and its load; the
-//! `cargo xtask bench` command measures more carefully.
+//! by `conduit::handoff`. With the `named` feature
+//! (`--features named`, or `all-transports`) a last row measures a named
+//! endpoint: the child connects by name to a listener of the parent.
+//! Numbers depend on the machine and its load; the `cargo xtask bench`
+//! command measures more carefully.
 
-use std::process::Command;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use conduit::{Duplex, Transport};
 
 const CHILD_ENV: &str = "CONDUIT_DEMO_CHILD";
+/// Tells the child to connect to this name instead of adopting an endpoint.
+const NAME_ENV: &str = "CONDUIT_DEMO_NAME";
 const PING: u8 = 0;
 const DATA: u8 = 1;
 const END: u8 = 2;
@@ -35,58 +40,79 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.env(CHILD_ENV, "1");
         conduit::handoff(&mut cmd, "conn", theirs)?;
-        let mut child = cmd.spawn()?;
-
-        let mut ping = vec![0u8; 64];
-        ping[0] = PING;
-        for _ in 0..1000 {
-            conn.send(&ping)?;
-            conn.recv()?;
-        }
-        let mut rtts = Vec::with_capacity(round_trips);
-        for _ in 0..round_trips {
-            let start = Instant::now();
-            conn.send(&ping)?;
-            conn.recv()?;
-            rtts.push(start.elapsed());
-        }
-        rtts.sort();
-
-        let mut data = vec![0u8; 64];
-        data[0] = DATA;
-        let start = Instant::now();
-        for _ in 0..messages {
-            conn.send(&data)?;
-        }
-        conn.send(&vec![END])?;
-        let count = conn.recv()?;
-        let elapsed = start.elapsed();
-        let got = u64::from_le_bytes(count.as_slice().try_into()?);
-        if got != messages as u64 {
-            return Err(format!(
-                "{}: child counted {got} messages, sent {messages}",
-                t.name()
-            )
-            .into());
-        }
-        drop(conn);
-        let status = child.wait()?;
-        if !status.success() {
-            return Err(format!("{}: child failed: {status}", t.name()).into());
-        }
-        println!(
-            "{:<12} {:>14.0} {:>12} {:>12}",
-            t.name(),
-            messages as f64 / elapsed.as_secs_f64(),
-            micros(rtts[rtts.len() / 2]),
-            micros(rtts[rtts.len() * 99 / 100]),
-        );
+        let child = cmd.spawn()?;
+        measure(t.name(), conn, child, round_trips, messages)?;
+    }
+    #[cfg(feature = "named")]
+    {
+        let name = format!("conduit-demo-{}", std::process::id());
+        let listener = conduit::named::Listener::<Vec<u8>, Vec<u8>>::bind(&name)?;
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.env(CHILD_ENV, "1").env(NAME_ENV, &name);
+        let child = cmd.spawn()?;
+        let conn = listener.accept_timeout(Duration::from_secs(30))?;
+        measure("named", conn, child, round_trips, messages)?;
     }
     Ok(())
 }
 
+/// Round trips, then a one-way stream, with `child` at the other end of `conn`.
+fn measure(
+    label: &str,
+    conn: Duplex<Vec<u8>, Vec<u8>>,
+    mut child: Child,
+    round_trips: usize,
+    messages: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut ping = vec![0u8; 64];
+    ping[0] = PING;
+    for _ in 0..1000 {
+        conn.send(&ping)?;
+        conn.recv()?;
+    }
+    let mut rtts = Vec::with_capacity(round_trips);
+    for _ in 0..round_trips {
+        let start = Instant::now();
+        conn.send(&ping)?;
+        conn.recv()?;
+        rtts.push(start.elapsed());
+    }
+    rtts.sort();
+
+    let mut data = vec![0u8; 64];
+    data[0] = DATA;
+    let start = Instant::now();
+    for _ in 0..messages {
+        conn.send(&data)?;
+    }
+    conn.send(&vec![END])?;
+    let count = conn.recv()?;
+    let elapsed = start.elapsed();
+    let got = u64::from_le_bytes(count.as_slice().try_into()?);
+    if got != messages as u64 {
+        return Err(format!("{label}: child counted {got} messages, sent {messages}").into());
+    }
+    drop(conn);
+    let status = child.wait()?;
+    if !status.success() {
+        return Err(format!("{label}: child failed: {status}").into());
+    }
+    println!(
+        "{:<12} {:>14.0} {:>12} {:>12}",
+        label,
+        messages as f64 / elapsed.as_secs_f64(),
+        micros(rtts[rtts.len() / 2]),
+        micros(rtts[rtts.len() * 99 / 100]),
+    );
+    Ok(())
+}
+
 fn child() -> Result<(), Box<dyn std::error::Error>> {
-    let conn: Duplex<Vec<u8>, Vec<u8>> = conduit::adopt("conn")?;
+    let conn: Duplex<Vec<u8>, Vec<u8>> = match std::env::var(NAME_ENV) {
+        #[cfg(feature = "named")]
+        Ok(name) => conduit::named::connect_timeout(&name, Duration::from_secs(30))?,
+        _ => conduit::adopt("conn")?,
+    };
     let mut count = 0u64;
     for msg in conn.iter() {
         let msg = msg?;

@@ -1,0 +1,92 @@
+//! Constants of the segment layout described in the crate documentation.
+
+/// `"CNDS"` read as a little-endian `u32`.
+pub const MAGIC: u32 = u32::from_le_bytes(*b"CNDS");
+/// Version of the segment layout and ring protocol.
+pub const VERSION: u32 = 1;
+/// Where the ring's data bytes start in the segment.
+pub const DATA_OFFSET: usize = 1024;
+/// Smallest ring capacity.
+pub const MIN_CAPACITY: u32 = 4096;
+/// Largest ring capacity.
+pub const MAX_CAPACITY: u32 = 1 << 30;
+/// Size of a record header; records start at multiples of it.
+pub const RECORD_HEADER: u32 = 16;
+
+/// Record kinds (the second word of a record header).
+pub mod kind {
+    /// A whole message.
+    pub const WHOLE: u32 = 1;
+    /// The first piece of a message streamed in pieces; carries the total.
+    pub const FIRST: u32 = 2;
+    /// A middle piece.
+    pub const MORE: u32 = 3;
+    /// The last piece.
+    pub const LAST: u32 = 4;
+    /// Filler up to the end of the ring.
+    pub const PAD: u32 = 5;
+}
+
+/// The control words of a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Word {
+    Magic,
+    Version,
+    Codec,
+    MaxFrame,
+    Capacity,
+    DataOffset,
+    /// Bytes ever published by the sender (mod 2^32).
+    Tail,
+    /// Bytes ever consumed by the receiver (mod 2^32).
+    Head,
+    /// Odd while the receiver is parked; written by the receiver only.
+    RxWait,
+    /// Bumped by the sender before it wakes the receiver; the receiver parks on it.
+    RxBell,
+    /// 1 once the receiver is gone.
+    RxClosed,
+    /// Odd while the sender is parked on a full ring; written by the sender only.
+    TxWait,
+    /// Bumped by the receiver before it wakes the sender; the sender parks on it.
+    TxBell,
+    /// 1 once the sender is gone.
+    TxClosed,
+}
+
+impl Word {
+    /// Byte offset in the segment; a multiple of 4 below [`DATA_OFFSET`].
+    pub const fn offset(self) -> usize {
+        match self {
+            Word::Magic => 0,
+            Word::Version => 4,
+            Word::Codec => 8,
+            Word::MaxFrame => 12,
+            Word::Capacity => 16,
+            Word::DataOffset => 20,
+            Word::Tail => 128,
+            Word::Head => 256,
+            Word::RxWait => 384,
+            Word::RxBell => 388,
+            Word::RxClosed => 392,
+            Word::TxWait => 512,
+            Word::TxBell => 516,
+            Word::TxClosed => 520,
+        }
+    }
+}
+
+/// Bytes a record with `payload` bytes takes in the ring (header + payload
+/// rounded up to the record alignment).
+pub const fn record_len(payload: u64) -> u64 {
+    RECORD_HEADER as u64 + payload.div_ceil(RECORD_HEADER as u64) * RECORD_HEADER as u64
+}
+
+/// Encodes a record header.
+pub fn header(len: u32, kind: u32, total: u32) -> [u8; RECORD_HEADER as usize] {
+    let mut h = [0u8; RECORD_HEADER as usize];
+    h[0..4].copy_from_slice(&len.to_ne_bytes());
+    h[4..8].copy_from_slice(&kind.to_ne_bytes());
+    h[8..12].copy_from_slice(&total.to_ne_bytes());
+    h
+}

@@ -1,0 +1,873 @@
+//! The ring protocol: the sender's [`Producer`] and the receiver's
+//! [`Consumer`] over one segment, in safe code on top of [`crate::mem`].
+//!
+//! Each side keeps its own index (the producer its tail, the consumer its
+//! head) in a local variable and only *stores* it to the segment; the peer's
+//! index is loaded and validated before use. See the crate documentation for
+//! the layout, the invariants and the wake-up protocol.
+
+use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
+use std::time::{Duration, Instant};
+
+use conduit_core::{Error, ErrorKind, Result};
+
+use crate::layout::{self, kind, record_len, Word, RECORD_HEADER as HDR};
+use crate::mem::Region;
+use crate::sys::Link;
+
+/// What both ends of a ring agree on, plus this side's waiting policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Params {
+    /// Ring capacity in bytes: a power of two.
+    pub cap: u32,
+    /// Largest message in bytes.
+    pub max_frame: u32,
+    /// Codec id.
+    pub codec: u8,
+    /// How long to spin before parking.
+    pub spin: Duration,
+    /// How long one park may last before the peer's liveness is checked.
+    pub tick: Duration,
+    /// Lend whole messages in place in `recv_with`.
+    pub zero_copy: bool,
+}
+
+impl Params {
+    /// Largest record written whole; bigger messages are streamed in pieces.
+    fn whole_limit(&self) -> u64 {
+        u64::from(self.cap / 2)
+    }
+
+    /// Largest payload of one piece.
+    fn max_piece(&self) -> usize {
+        (self.cap / 4) as usize
+    }
+}
+
+/// Writes a fresh segment header for `p`.
+pub fn init_header(region: &Region, p: &Params) {
+    region.word(Word::Version).store(layout::VERSION, Release);
+    region.word(Word::Codec).store(u32::from(p.codec), Release);
+    region.word(Word::MaxFrame).store(p.max_frame, Release);
+    region.word(Word::Capacity).store(p.cap, Release);
+    region
+        .word(Word::DataOffset)
+        .store(layout::DATA_OFFSET as u32, Release);
+    region.word(Word::Magic).store(layout::MAGIC, Release);
+}
+
+/// Checks the segment header against this side's parameters.
+pub fn check_header(region: &Region, p: &Params) -> Result<()> {
+    let load = |w| region.word(w).load(Acquire);
+    let magic = load(Word::Magic);
+    if magic != layout::MAGIC {
+        return Err(Error::protocol(format!(
+            "bad shm segment header: magic {:02x?} is not {:?}; the peer is not a conduit endpoint",
+            magic.to_le_bytes(),
+            "CNDS"
+        )));
+    }
+    let version = load(Word::Version);
+    if version != layout::VERSION {
+        return Err(Error::protocol(format!(
+            "the peer speaks conduit shm protocol v{version}, this side v{}: build both with the same conduit version",
+            layout::VERSION
+        )));
+    }
+    let codec = load(Word::Codec);
+    if codec != u32::from(p.codec) {
+        return Err(Error::protocol(format!(
+            "the peer encodes messages with codec id {codec}, this side expects codec id {}: use the same codec on both sides",
+            p.codec
+        )));
+    }
+    let max = load(Word::MaxFrame);
+    if max != p.max_frame {
+        return Err(Error::protocol(format!(
+            "the peer's maximum frame size is {max} bytes, ours is {}: configure both ends with the same max_frame",
+            p.max_frame
+        )));
+    }
+    let cap = load(Word::Capacity);
+    let data = load(Word::DataOffset);
+    if cap != p.cap || data != layout::DATA_OFFSET as u32 {
+        return Err(Error::protocol(format!(
+            "the segment header describes a ring of {cap} bytes at offset {data}, this side expects {} bytes at {}: the shared memory is corrupted",
+            p.cap,
+            layout::DATA_OFFSET
+        )));
+    }
+    Ok(())
+}
+
+/// How a wait ended.
+enum Waited {
+    /// The watched word changed, the peer rang, or the peer closed its end.
+    Moved,
+    /// The deadline passed.
+    Deadline,
+    /// The peer's process is gone (its lifeline closed).
+    PeerGone,
+}
+
+/// The words one side waits with.
+struct WaitWords {
+    /// The peer's index (tail for the consumer, head for the producer).
+    index: Word,
+    /// Our "parked" flag (episode counter, odd while parked).
+    flag: Word,
+    /// The word we park on, which the peer bumps before waking us.
+    bell: Word,
+    /// The peer's "closed" flag.
+    closed: Word,
+}
+
+const CONSUMER_WAIT: WaitWords = WaitWords {
+    index: Word::Tail,
+    flag: Word::RxWait,
+    bell: Word::RxBell,
+    closed: Word::TxClosed,
+};
+
+const PRODUCER_WAIT: WaitWords = WaitWords {
+    index: Word::Head,
+    flag: Word::TxWait,
+    bell: Word::TxBell,
+    closed: Word::RxClosed,
+};
+
+/// Spins for up to `limit` (and not past `deadline`) until `ready()`.
+fn spin(limit: Duration, deadline: Option<Instant>, ready: impl Fn() -> bool) -> bool {
+    if ready() {
+        return true;
+    }
+    if limit.is_zero() {
+        return false;
+    }
+    let start = Instant::now();
+    let mut end = start.checked_add(limit).unwrap_or(start);
+    if let Some(d) = deadline {
+        end = end.min(d);
+    }
+    loop {
+        for _ in 0..64 {
+            std::hint::spin_loop();
+            if ready() {
+                return true;
+            }
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+    }
+}
+
+/// Spins, then parks until the peer's index differs from `seen`, the peer
+/// rings or closes, `deadline` passes, or the peer's process is gone.
+///
+/// The parked flag is set and cleared by this side only (the waker never
+/// touches it, so a late waker cannot erase a later park). The bell is read
+/// after the flag is set and before the final look at the ring, and the
+/// waker bumps the bell after publishing and before waking; so either this
+/// side sees the new index, or the futex sees a changed bell, or the wake-up
+/// finds this side asleep.
+fn wait_change(
+    region: &Region,
+    link: &Link,
+    p: &Params,
+    words: &WaitWords,
+    seen: u32,
+    episode: &mut u32,
+    deadline: Option<Instant>,
+) -> Result<Waited> {
+    let index = region.word(words.index);
+    let closed = region.word(words.closed);
+    let moved = || index.load(Acquire) != seen || closed.load(Acquire) != 0;
+    if spin(p.spin, deadline, moved) {
+        return Ok(Waited::Moved);
+    }
+    let flag = region.word(words.flag);
+    let bell = region.word(words.bell);
+    loop {
+        let now = Instant::now();
+        let timeout = match deadline {
+            Some(d) if d <= now => return Ok(Waited::Deadline),
+            Some(d) => (d - now).min(p.tick),
+            None => p.tick,
+        };
+        *episode = episode.wrapping_add(1) | 1;
+        flag.store(*episode, SeqCst);
+        let rung = bell.load(SeqCst);
+        let ready = index.load(SeqCst) != seen || closed.load(SeqCst) != 0;
+        let timed_out = if ready {
+            Ok(false)
+        } else {
+            link.wait(bell, rung, timeout)
+        };
+        *episode = episode.wrapping_add(1);
+        flag.store(*episode, Release);
+        let timed_out = timed_out?;
+        if ready || moved() {
+            return Ok(Waited::Moved);
+        }
+        if timed_out {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(Waited::Deadline);
+            }
+            if !link.peer_alive() {
+                return Ok(Waited::PeerGone);
+            }
+        } else {
+            // Woken (or a spurious return): the peer rang but may not have
+            // published yet; look again before parking anew.
+            if spin(p.spin, deadline, moved) {
+                return Ok(Waited::Moved);
+            }
+        }
+    }
+}
+
+/// Rings the peer's bell if it is parked in an episode we have not woken yet.
+fn ring_peer(region: &Region, link: &Link, flag: Word, bell: Word, woken: &mut u32) {
+    let episode = region.word(flag).load(SeqCst);
+    if episode & 1 == 1 && episode != *woken {
+        *woken = episode;
+        let bell = region.word(bell);
+        bell.fetch_add(1, SeqCst);
+        link.wake(bell);
+    }
+}
+
+fn closed_error(state: &Option<(ErrorKind, String)>) -> Option<Error> {
+    state
+        .as_ref()
+        .map(|(kind, msg)| Error::new(*kind, format!("channel closed: {msg}")))
+}
+
+/// The sending side of a ring.
+#[derive(Debug)]
+pub struct Producer {
+    region: Region,
+    link: Link,
+    p: Params,
+    /// Our tail: authoritative, only ever stored to the segment.
+    tail: u32,
+    /// The last validated head of the receiver.
+    head_seen: u32,
+    /// The receiver's park episode we last woke.
+    woken: u32,
+    /// Our own park episode counter.
+    episode: u32,
+    /// Set once the channel is unusable.
+    broken: Option<(ErrorKind, String)>,
+}
+
+impl Producer {
+    /// A producer whose tail is `tail` (0 for a new ring).
+    pub fn new(region: Region, link: Link, p: Params, tail: u32) -> Producer {
+        Producer {
+            region,
+            link,
+            p,
+            tail,
+            // Assume the ring is full until the head has been read and checked.
+            head_seen: tail.wrapping_sub(p.cap),
+            woken: 0,
+            episode: 0,
+            broken: None,
+        }
+    }
+
+    fn fail(&mut self, e: Error) -> Error {
+        self.broken = Some((e.kind(), e.message().to_string()));
+        e
+    }
+
+    /// Sends one message, blocking while the ring is full.
+    pub fn send(&mut self, frame: &[u8]) -> Result<()> {
+        if let Some(e) = closed_error(&self.broken) {
+            return Err(e);
+        }
+        if frame.len() > self.p.max_frame as usize {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "message of {} bytes exceeds the maximum frame size of {} bytes; raise max_frame on both ends or send it in parts",
+                    frame.len(),
+                    self.p.max_frame
+                ),
+            ));
+        }
+        if self.region.word(Word::RxClosed).load(Acquire) != 0 {
+            return Err(self.fail(Error::disconnected("the receiver closed the channel")));
+        }
+        let rec = record_len(frame.len() as u64);
+        if rec > self.p.whole_limit() {
+            return self.send_pieces(frame);
+        }
+        let rec = rec as u32;
+        let cap = self.p.cap;
+        let off = self.tail & (cap - 1);
+        let to_end = cap - off;
+        // A whole record never wraps: pad to the end of the ring first.
+        let (pad, at) = if rec > to_end { (to_end, 0) } else { (0, off) };
+        self.reserve(pad + rec)?;
+        if pad > 0 {
+            self.region
+                .write(off, &layout::header(pad - HDR, kind::PAD, 0))?;
+        }
+        self.region
+            .write(at, &layout::header(frame.len() as u32, kind::WHOLE, 0))?;
+        self.region.write(at + HDR, frame)?;
+        self.publish(self.tail.wrapping_add(pad + rec));
+        Ok(())
+    }
+
+    fn send_pieces(&mut self, frame: &[u8]) -> Result<()> {
+        let cap = self.p.cap;
+        let total = frame.len() as u32;
+        let mut sent = 0usize;
+        while sent < frame.len() {
+            let off = self.tail & (cap - 1);
+            let to_end = cap - off;
+            if to_end == HDR {
+                self.reserve(HDR)?;
+                self.region.write(off, &layout::header(0, kind::PAD, 0))?;
+                self.publish(self.tail.wrapping_add(HDR));
+                continue;
+            }
+            let piece = (frame.len() - sent)
+                .min(self.p.max_piece())
+                .min((to_end - HDR) as usize);
+            // to_end is a multiple of HDR, so the record ends by the ring's end.
+            let rec = record_len(piece as u64) as u32;
+            self.reserve(rec)?;
+            let (k, t) = if sent == 0 {
+                (kind::FIRST, total)
+            } else if sent + piece == frame.len() {
+                (kind::LAST, 0)
+            } else {
+                (kind::MORE, 0)
+            };
+            self.region
+                .write(off, &layout::header(piece as u32, k, t))?;
+            self.region.write(off + HDR, &frame[sent..sent + piece])?;
+            sent += piece;
+            self.publish(self.tail.wrapping_add(rec));
+        }
+        Ok(())
+    }
+
+    /// Test hook: copies `bytes` verbatim into the ring at the tail (wrapping
+    /// at the end) and publishes them.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        if let Some(e) = closed_error(&self.broken) {
+            return Err(e);
+        }
+        if bytes.len() > self.p.cap as usize {
+            return Err(Error::invalid_input("more raw bytes than the ring holds"));
+        }
+        self.reserve(bytes.len() as u32)?;
+        let cap = self.p.cap;
+        let off = self.tail & (cap - 1);
+        let first = bytes.len().min((cap - off) as usize);
+        self.region.write(off, &bytes[..first])?;
+        self.region.write(0, &bytes[first..])?;
+        self.publish(self.tail.wrapping_add(bytes.len() as u32));
+        Ok(())
+    }
+
+    fn free(&self) -> u32 {
+        self.p.cap - self.tail.wrapping_sub(self.head_seen)
+    }
+
+    /// Checks and takes a head value read from the segment.
+    fn accept_head(&mut self, head: u32) -> Result<()> {
+        let in_flight = self.tail.wrapping_sub(self.head_seen);
+        let advanced = head.wrapping_sub(self.head_seen);
+        if advanced > in_flight {
+            let e = Error::protocol(format!(
+                "the receiver's ring index {head} is inconsistent with ours (tail {}, last head {}): the shared memory is corrupted",
+                self.tail, self.head_seen
+            ));
+            return Err(self.fail(e));
+        }
+        self.head_seen = head;
+        Ok(())
+    }
+
+    /// Waits until `need` (at most the capacity) bytes are free at the tail.
+    fn reserve(&mut self, need: u32) -> Result<()> {
+        loop {
+            if self.free() >= need {
+                return Ok(());
+            }
+            let closed = self.region.word(Word::RxClosed).load(Acquire) != 0;
+            let head = self.region.word(Word::Head).load(Acquire);
+            self.accept_head(head)?;
+            if self.free() >= need {
+                return Ok(());
+            }
+            if closed {
+                return Err(self.fail(Error::disconnected("the receiver closed the channel")));
+            }
+            let waited = wait_change(
+                &self.region,
+                &self.link,
+                &self.p,
+                &PRODUCER_WAIT,
+                head,
+                &mut self.episode,
+                None,
+            )?;
+            if let Waited::PeerGone = waited {
+                let head = self.region.word(Word::Head).load(Acquire);
+                self.accept_head(head)?;
+                if self.free() < need {
+                    return Err(self.fail(Error::disconnected("the receiver exited or was killed")));
+                }
+            }
+        }
+    }
+
+    /// Makes the ring up to `tail` visible and wakes the receiver if it is parked.
+    fn publish(&mut self, tail: u32) {
+        self.tail = tail;
+        self.region.word(Word::Tail).store(tail, SeqCst);
+        ring_peer(
+            &self.region,
+            &self.link,
+            Word::RxWait,
+            Word::RxBell,
+            &mut self.woken,
+        );
+    }
+
+    /// Marks the sending side closed and wakes the receiver.
+    pub fn close(&mut self) {
+        self.region.word(Word::TxClosed).store(1, SeqCst);
+        let bell = self.region.word(Word::RxBell);
+        bell.fetch_add(1, SeqCst);
+        self.link.wake(bell);
+    }
+
+    /// The broken state, if any.
+    pub fn broken(&self) -> Option<Error> {
+        closed_error(&self.broken)
+    }
+
+    /// The region (for the test hook).
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// Takes the producer apart for a handoff: region, link, params, tail.
+    pub fn into_parts(self) -> (Region, Link, Params, u32) {
+        (self.region, self.link, self.p, self.tail)
+    }
+}
+
+/// Where the next message is.
+pub enum Ready {
+    /// Whole in the ring: payload at `off`, `len` bytes, record of `rec` bytes.
+    InRing { off: u32, len: u32, rec: u32 },
+    /// Reassembled from pieces in the consumer's buffer.
+    Assembled,
+}
+
+/// What the record at the head is.
+enum Step {
+    /// Not enough published bytes for the next record yet.
+    NeedMore,
+    /// Padding of `n` bytes to skip.
+    Skip(u32),
+    /// A whole message.
+    Whole { off: u32, len: u32, rec: u32 },
+    /// A piece of a message.
+    Piece {
+        kind: u32,
+        off: u32,
+        len: u32,
+        total: u32,
+        rec: u32,
+    },
+}
+
+#[derive(Debug)]
+enum RxState {
+    Idle,
+    /// Collecting pieces of a message of `total` bytes into `buf`.
+    Assembling {
+        total: u32,
+    },
+    /// A message is complete in `buf`.
+    Assembled,
+    Closed(ErrorKind, String),
+}
+
+/// The receiving side of a ring.
+#[derive(Debug)]
+pub struct Consumer {
+    region: Region,
+    link: Link,
+    p: Params,
+    /// Our head: authoritative, only ever stored to the segment.
+    head: u32,
+    /// The last validated tail of the sender.
+    tail_seen: u32,
+    /// The sender's park episode we last woke.
+    woken: u32,
+    /// Our own park episode counter.
+    episode: u32,
+    state: RxState,
+    /// Reassembly buffer.
+    buf: Vec<u8>,
+}
+
+fn timeout_error() -> Error {
+    Error::new(ErrorKind::Timeout, "no message arrived before the deadline")
+}
+
+impl Consumer {
+    /// A consumer whose head is `head` (0 for a new ring).
+    pub fn new(region: Region, link: Link, p: Params, head: u32) -> Consumer {
+        Consumer {
+            region,
+            link,
+            p,
+            head,
+            tail_seen: head,
+            woken: 0,
+            episode: 0,
+            state: RxState::Idle,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Closes the channel for good with `e` and tells the sender.
+    fn close(&mut self, e: Error) -> Error {
+        if !matches!(self.state, RxState::Closed(..)) {
+            self.state = RxState::Closed(e.kind(), e.message().to_string());
+            self.signal_closed();
+        }
+        e
+    }
+
+    fn signal_closed(&self) {
+        self.region.word(Word::RxClosed).store(1, SeqCst);
+        let bell = self.region.word(Word::TxBell);
+        bell.fetch_add(1, SeqCst);
+        self.link.wake(bell);
+    }
+
+    /// Marks the receiving side closed and wakes the sender.
+    pub fn close_on_drop(&mut self) {
+        self.signal_closed();
+    }
+
+    /// Reads and validates the record at the head.
+    fn step(&self) -> Result<Step> {
+        let avail = self.tail_seen.wrapping_sub(self.head);
+        if avail < HDR {
+            return Ok(Step::NeedMore);
+        }
+        let cap = self.p.cap;
+        // The head only moves by whole records and padding, so `off` is a
+        // multiple of HDR and a whole header fits before the ring's end.
+        let off = self.head & (cap - 1);
+        let room = cap - off;
+        let len = self.region.load(off)?;
+        let k = self.region.load(off + 4)?;
+        let total = self.region.load(off + 8)?;
+        if k == kind::PAD {
+            return Ok(if avail < room {
+                Step::NeedMore
+            } else {
+                Step::Skip(room)
+            });
+        }
+        let assembling = match self.state {
+            RxState::Assembling { total } => Some(total),
+            _ => None,
+        };
+        match k {
+            kind::WHOLE | kind::FIRST => {
+                if assembling.is_some() {
+                    return Err(Error::protocol(
+                        "a new message started before the previous one was complete: the shared memory is corrupted",
+                    ));
+                }
+                let size = if k == kind::WHOLE { len } else { total };
+                if size > self.p.max_frame {
+                    return Err(Error::new(
+                        ErrorKind::TooLarge,
+                        format!(
+                            "the peer announced a frame of {size} bytes, above the maximum of {} bytes; the channel is closed",
+                            self.p.max_frame
+                        ),
+                    ));
+                }
+                if k == kind::FIRST && len > total {
+                    return Err(Error::protocol(format!(
+                        "a first piece of {len} bytes is longer than its message of {total} bytes: the shared memory is corrupted"
+                    )));
+                }
+            }
+            kind::MORE | kind::LAST => {
+                let Some(total) = assembling else {
+                    return Err(Error::protocol(
+                        "a piece arrived outside of a message: the shared memory is corrupted",
+                    ));
+                };
+                let got = self.buf.len() as u64 + u64::from(len);
+                let fits = if k == kind::LAST {
+                    got == u64::from(total)
+                } else {
+                    got < u64::from(total)
+                };
+                if !fits {
+                    return Err(Error::protocol(format!(
+                        "pieces add up to {got} bytes for a message of {total} bytes: the shared memory is corrupted"
+                    )));
+                }
+            }
+            other => {
+                return Err(Error::protocol(format!(
+                "unknown record kind {other} at ring offset {off}: the shared memory is corrupted"
+            )))
+            }
+        }
+        let rec = record_len(u64::from(len));
+        if rec > u64::from(room) {
+            return Err(Error::protocol(format!(
+                "a record of {len} bytes at ring offset {off} runs past the end of the ring: the shared memory is corrupted"
+            )));
+        }
+        let rec = rec as u32;
+        if avail < rec {
+            return Ok(Step::NeedMore);
+        }
+        Ok(if k == kind::WHOLE {
+            Step::Whole {
+                off: off + HDR,
+                len,
+                rec,
+            }
+        } else {
+            Step::Piece {
+                kind: k,
+                off: off + HDR,
+                len,
+                total,
+                rec,
+            }
+        })
+    }
+
+    fn take_piece(&mut self, k: u32, off: u32, len: u32, total: u32, rec: u32) -> Result<()> {
+        if k == kind::FIRST {
+            self.buf.clear();
+            // `total` was checked against max_frame before this allocation.
+            self.buf.try_reserve_exact(total as usize).map_err(|_| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!("cannot allocate {total} bytes for an incoming message"),
+                )
+            })?;
+            self.state = RxState::Assembling { total };
+        }
+        self.buf.extend_from_slice(self.region.slice(off, len)?);
+        self.release(rec);
+        if self.buf.len() == total as usize || k == kind::LAST {
+            self.state = RxState::Assembled;
+        }
+        Ok(())
+    }
+
+    /// Gives `n` bytes at the head back to the sender.
+    fn release(&mut self, n: u32) {
+        self.head = self.head.wrapping_add(n);
+        self.region.word(Word::Head).store(self.head, SeqCst);
+        ring_peer(
+            &self.region,
+            &self.link,
+            Word::TxWait,
+            Word::TxBell,
+            &mut self.woken,
+        );
+    }
+
+    /// The sender is gone and the tail no longer moves.
+    fn sender_gone(&mut self, why: &str) -> Error {
+        let pending =
+            self.tail_seen != self.head || matches!(self.state, RxState::Assembling { .. });
+        self.state = RxState::Closed(ErrorKind::Disconnected, why.to_string());
+        if pending {
+            Error::protocol(
+                "truncated message: the sender stopped in the middle of a message (did it crash while sending?)",
+            )
+        } else {
+            Error::disconnected(why)
+        }
+    }
+
+    /// Makes the next message ready, waiting until `deadline`.
+    pub fn ready(&mut self, deadline: Option<Instant>) -> Result<Ready> {
+        loop {
+            match &self.state {
+                RxState::Closed(kind, msg) => {
+                    return Err(Error::new(*kind, format!("channel closed: {msg}")))
+                }
+                RxState::Assembled => return Ok(Ready::Assembled),
+                RxState::Idle | RxState::Assembling { .. } => {}
+            }
+            if let Err(e) = check_header(&self.region, &self.p) {
+                return Err(self.close(e));
+            }
+            let step = match self.step() {
+                Ok(step) => step,
+                Err(e) => return Err(self.close(e)),
+            };
+            match step {
+                Step::Skip(n) => self.release(n),
+                Step::Whole { off, len, rec } => return Ok(Ready::InRing { off, len, rec }),
+                Step::Piece {
+                    kind,
+                    off,
+                    len,
+                    total,
+                    rec,
+                } => {
+                    if let Err(e) = self.take_piece(kind, off, len, total, rec) {
+                        return Err(self.close(e));
+                    }
+                }
+                Step::NeedMore => {
+                    // Closed first, then the tail: a sender publishes before it closes.
+                    let closed = self.region.word(Word::TxClosed).load(Acquire) != 0;
+                    if self.refresh_tail()? {
+                        continue;
+                    }
+                    if closed {
+                        return Err(self.sender_gone("the sender closed the channel"));
+                    }
+                    let waited = wait_change(
+                        &self.region,
+                        &self.link,
+                        &self.p,
+                        &CONSUMER_WAIT,
+                        self.tail_seen,
+                        &mut self.episode,
+                        deadline,
+                    )?;
+                    match waited {
+                        Waited::Moved => {}
+                        Waited::Deadline => return Err(timeout_error()),
+                        Waited::PeerGone => {
+                            if !self.refresh_tail()? {
+                                return Err(self.sender_gone("the sender exited or was killed"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Loads and checks the tail; true when it moved.
+    fn refresh_tail(&mut self) -> Result<bool> {
+        let tail = self.region.word(Word::Tail).load(Acquire);
+        if tail == self.tail_seen {
+            return Ok(false);
+        }
+        if tail.wrapping_sub(self.head) > self.p.cap {
+            let e = Error::protocol(format!(
+                "the sender's ring index {tail} is inconsistent with ours (head {}): the shared memory is corrupted",
+                self.head
+            ));
+            return Err(self.close(e));
+        }
+        self.tail_seen = tail;
+        Ok(true)
+    }
+
+    /// Receives one message into `out`.
+    pub fn recv_frame(&mut self, out: &mut Vec<u8>, deadline: Option<Instant>) -> Result<()> {
+        match self.ready(deadline)? {
+            Ready::InRing { off, len, rec } => {
+                out.clear();
+                match self.region.slice(off, len) {
+                    Ok(bytes) => out.extend_from_slice(bytes),
+                    Err(e) => return Err(self.close(e)),
+                }
+                self.release(rec);
+            }
+            Ready::Assembled => {
+                std::mem::swap(out, &mut self.buf);
+                self.buf.clear();
+                self.state = RxState::Idle;
+            }
+        }
+        Ok(())
+    }
+
+    /// Receives one message and lends it to `f`.
+    pub fn recv_with(&mut self, deadline: Option<Instant>, f: &mut dyn FnMut(&[u8])) -> Result<()> {
+        match self.ready(deadline)? {
+            Ready::InRing { off, len, rec } => {
+                if self.p.zero_copy {
+                    match self.region.slice(off, len) {
+                        Ok(bytes) => f(bytes),
+                        Err(e) => return Err(self.close(e)),
+                    }
+                } else {
+                    self.buf.clear();
+                    match self.region.slice(off, len) {
+                        Ok(bytes) => self.buf.extend_from_slice(bytes),
+                        Err(e) => return Err(self.close(e)),
+                    }
+                    f(&self.buf);
+                }
+                self.release(rec);
+            }
+            Ready::Assembled => {
+                self.state = RxState::Idle;
+                f(&self.buf);
+            }
+        }
+        if self.buf.capacity() > 4 << 20 {
+            // Do not keep a huge buffer alive after one huge message.
+            self.buf = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// True when a whole message is ready, waiting until `deadline`.
+    pub fn poll(&mut self, deadline: Option<Instant>) -> Result<bool> {
+        match self.ready(Some(deadline.unwrap_or_else(Instant::now))) {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_timeout() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The region (for the test hook).
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// Takes the consumer apart for a handoff: region, link, params, head.
+    /// Fails when part of a message has been taken out of the ring already.
+    pub fn into_parts(self) -> Result<(Region, Link, Params, u32)> {
+        match self.state {
+            RxState::Idle => Ok((self.region, self.link, self.p, self.head)),
+            RxState::Closed(kind, msg) => Err(Error::new(
+                kind,
+                format!("cannot hand off a closed receiver: {msg}"),
+            )),
+            RxState::Assembling { .. } | RxState::Assembled => Err(Error::invalid_input(
+                "cannot hand off a receiver in the middle of a message; hand it off before receiving",
+            )),
+        }
+    }
+}
