@@ -1,0 +1,410 @@
+//! `conduit-bench`: conduit's transports side by side with the raw OS limits,
+//! `ipc-channel`, `interprocess` and Python `multiprocessing`.
+//!
+//! Run it through `cargo xtask bench [--quick] [--only <system>]...`, which
+//! builds this binary in release mode first. Every workload runs between two
+//! real OS processes: the binary re-executes itself as the child (the
+//! environment variable [`proc::CHILD_ENV`] says which side of which case it
+//! is), and conduit endpoints reach the child with `conduit::handoff`.
+//!
+//! Method: a warm-up, then at least three timed repetitions per case; the
+//! table shows the median of the repetition medians, the spread (min–max of
+//! the repetition medians) and the ratio to the raw OS limit of the same kind.
+//! The two processes are pinned to distinct CPUs where the OS allows it. The
+//! results go to stdout (a table), `results.json` and `bench.svg` in the output
+//! directory (`target/conduit-bench/` by default). Slowness never fails the
+//! run: this is a measurement, not a test.
+
+mod child;
+mod link;
+mod plan;
+mod plot;
+mod proc;
+mod report;
+mod stats;
+mod sys_conduit;
+mod sys_interprocess;
+mod sys_ipc;
+mod sys_python;
+mod sys_raw;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use plan::{Case, Group, System};
+use report::{CaseResult, Outcome};
+
+/// The result type of the bench: any error, as a message for the table.
+pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Builds an error from a message.
+pub fn err(msg: impl Into<String>) -> Box<dyn std::error::Error + Send + Sync> {
+    msg.into().into()
+}
+
+const HELP: &str = "\
+usage: conduit-bench [--quick] [--only <system>[,<system>...]]... [--reps <n>] [--out <dir>] [--no-pin] [--list]
+
+Measures 64 B round-trip latency (median, p99), 64 B one-way messages/s and
+64 KiB / 1 MiB one-way GB/s between two processes, for every conduit
+transport, the raw OS limits, ipc-channel, interprocess and Python
+multiprocessing. Prints a table, writes results.json and bench.svg.
+
+options:
+  --quick        short warm-up and repetitions (the whole run takes < 1 minute)
+  --only <s>     run only these systems (repeatable or comma list); a name
+                 matches a system id (conduit-shm), a group (raw, conduit,
+                 ipc-channel, interprocess, python) or a word of an id (shm,
+                 pipe); the raw limits a system is compared with run too
+  --reps <n>     timed repetitions per case (default 5, --quick 3; at least 3)
+  --out <dir>    where results.json and bench.svg go
+                 (default: <target dir>/conduit-bench)
+  --no-pin       do not pin the two processes to distinct CPUs
+  --list         list the systems and their workloads, then exit
+
+`cargo xtask bench [options]` builds this binary in release mode and runs it.";
+
+/// Command-line options.
+#[derive(Debug, Default)]
+pub struct Opts {
+    /// Short run.
+    pub quick: bool,
+    /// System filters (`--only`).
+    pub only: Vec<String>,
+    /// Repetitions per case.
+    pub reps: Option<usize>,
+    /// Output directory.
+    pub out: Option<PathBuf>,
+    /// Do not pin processes to CPUs.
+    pub no_pin: bool,
+    /// List the systems and exit.
+    pub list: bool,
+}
+
+impl Opts {
+    fn parse(args: &[String]) -> Result<Option<Opts>, String> {
+        let mut opts = Opts::default();
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
+                _ => (arg.as_str(), None),
+            };
+            let mut value = |name: &str| -> Result<String, String> {
+                inline
+                    .clone()
+                    .or_else(|| it.next().cloned())
+                    .ok_or_else(|| format!("{name} needs a value"))
+            };
+            match flag {
+                "-h" | "--help" => return Ok(None),
+                "--quick" => opts.quick = true,
+                "--full" => opts.quick = false,
+                "--no-pin" => opts.no_pin = true,
+                "--list" => opts.list = true,
+                "--only" => {
+                    let v = value("--only")?;
+                    opts.only.extend(
+                        v.split(',')
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_owned),
+                    );
+                }
+                "--reps" => {
+                    let v = value("--reps")?;
+                    let n: usize = v
+                        .parse()
+                        .map_err(|_| format!("--reps: `{v}` is not a number"))?;
+                    opts.reps = Some(n.max(3));
+                }
+                "--out" => opts.out = Some(PathBuf::from(value("--out")?)),
+                other => return Err(format!("unknown argument `{other}`\n\n{HELP}")),
+            }
+        }
+        Ok(Some(opts))
+    }
+}
+
+/// How long each case measures.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    /// Untimed warm-up before the repetitions.
+    pub warmup: Duration,
+    /// Length of one timed repetition.
+    pub rep: Duration,
+    /// Number of timed repetitions.
+    pub reps: usize,
+}
+
+impl Budget {
+    fn new(opts: &Opts) -> Budget {
+        let (warmup, rep, reps) = if opts.quick {
+            (Duration::from_millis(30), Duration::from_millis(80), 3)
+        } else {
+            (Duration::from_millis(300), Duration::from_millis(500), 5)
+        };
+        Budget {
+            warmup,
+            rep,
+            reps: opts.reps.unwrap_or(reps),
+        }
+    }
+
+    /// The longest a case may take before its child is killed: the planned
+    /// time, several times over, plus room for slow process start-up.
+    pub fn case_timeout(&self) -> Duration {
+        (self.warmup + self.rep * self.reps as u32) * 4 + Duration::from_secs(20)
+    }
+}
+
+fn main() -> ExitCode {
+    if let Some(spec) = std::env::var_os(proc::CHILD_ENV) {
+        return child::main(&spec.to_string_lossy());
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = match Opts::parse(&args) {
+        Ok(Some(opts)) => opts,
+        Ok(None) => {
+            println!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Err(msg) => {
+            eprintln!("conduit-bench: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&opts) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("conduit-bench: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The parent side: plans the cases, runs them, reports.
+fn run(opts: &Opts) -> Res<ExitCode> {
+    let systems = plan::systems();
+    if opts.list {
+        for s in &systems {
+            let ws: Vec<&str> = s.workloads.iter().map(|w| w.id()).collect();
+            let state = match &s.unsupported {
+                Some(why) => format!("  (skipped: {why})"),
+                None => String::new(),
+            };
+            println!(
+                "{:<20} {:<13} {}{state}",
+                s.id,
+                s.group.name(),
+                ws.join(" ")
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cases = plan::select(&systems, &opts.only)?;
+    let budget = Budget::new(opts);
+    let pinning = proc::Pinning::detect(opts.no_pin);
+    let out_dir = match &opts.out {
+        Some(dir) => dir.clone(),
+        None => default_out_dir()?,
+    };
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|e| err(format!("cannot create {}: {e}", out_dir.display())))?;
+    let needs_python = cases
+        .iter()
+        .any(|c| systems[c.system].group == Group::Python);
+    let python = if needs_python {
+        sys_python::Python::find(&out_dir)
+    } else {
+        Err("not needed".into())
+    };
+    let ctx = Ctx {
+        budget,
+        pinning,
+        python,
+    };
+
+    let mode = if opts.quick { "quick" } else { "full" };
+    eprintln!(
+        "conduit-bench: {mode} run, {} cases; warm-up {} ms, {} repetitions of {} ms each; {}",
+        cases.len(),
+        budget.warmup.as_millis(),
+        budget.reps,
+        budget.rep.as_millis(),
+        ctx.pinning.describe()
+    );
+    if let Some(extra) = plan::added_references(&systems, &cases, &opts.only) {
+        eprintln!("conduit-bench: also running the raw limits they are compared with: {extra}");
+    }
+    let load_before = report::load_average();
+    let started = Instant::now();
+    let mut results = Vec::new();
+    let total = cases.len();
+    let current = hang_guard();
+    for (i, case) in cases.iter().enumerate() {
+        let sys = &systems[case.system];
+        let what = format!(
+            "[{}/{total}] {} {}",
+            i + 1,
+            sys.label,
+            case.workload.title()
+        );
+        eprint!("{what} ... ");
+        *current.lock().unwrap_or_else(PoisonError::into_inner) = Some((
+            Instant::now() + budget.case_timeout() + Duration::from_secs(30),
+            what,
+        ));
+        let outcome = run_case(sys, case, &ctx);
+        *current.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        match &outcome {
+            Outcome::Done(s) => eprintln!("{}", report::format_value(case.workload, s.median)),
+            Outcome::Skipped(why) => eprintln!("skipped: {why}"),
+            Outcome::Failed(why) => eprintln!("FAILED: {why}"),
+        }
+        results.push(CaseResult {
+            system: case.system,
+            workload: case.workload,
+            outcome,
+        });
+    }
+    let elapsed = started.elapsed();
+    let load_after = report::load_average();
+    let meta = report::Meta {
+        mode,
+        budget,
+        pinning: ctx.pinning.describe(),
+        load_before,
+        load_after,
+        elapsed,
+        python: ctx.python.as_ref().ok().map(|p| p.version.clone()),
+        cpus: ctx.pinning.allowed.len(),
+    };
+    let table = report::table(&systems, &results, &meta);
+    println!("{table}");
+    let json_path = out_dir.join("results.json");
+    std::fs::write(&json_path, report::json(&systems, &results, &meta))
+        .map_err(|e| err(format!("cannot write {}: {e}", json_path.display())))?;
+    let svg_path = out_dir.join("bench.svg");
+    match plot::svg(&systems, &results, &meta, &svg_path) {
+        Ok(()) => {}
+        Err(e) => eprintln!("conduit-bench: cannot draw {}: {e}", svg_path.display()),
+    }
+    println!("wrote {} and {}", json_path.display(), svg_path.display());
+
+    // A conduit case that failed is a bug in conduit (lost, corrupted or
+    // reordered data, a hang): make it visible in the exit status. Other
+    // systems failing (Python missing, ipc-channel unavailable) is only noted.
+    let conduit_failed = results.iter().any(|r| {
+        systems[r.system].group == Group::Conduit && matches!(r.outcome, Outcome::Failed(_))
+    });
+    Ok(if conduit_failed {
+        eprintln!("conduit-bench: a conduit case failed (see the notes under the table)");
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `$CARGO_TARGET_DIR/conduit-bench`, else `<dir of this exe>/../conduit-bench`
+/// (the binary lives in `target/release/`).
+fn default_out_dir() -> Res<PathBuf> {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return Ok(PathBuf::from(dir).join("conduit-bench"));
+    }
+    let exe = std::env::current_exe()?;
+    let target = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .ok_or_else(|| err("cannot find the target directory: pass --out"))?;
+    Ok(target.join("conduit-bench"))
+}
+
+/// What every case needs from the parent.
+pub struct Ctx {
+    /// How long to measure.
+    pub budget: Budget,
+    /// Which CPUs the two processes use.
+    pub pinning: proc::Pinning,
+    /// The Python interpreter, or why there is none.
+    pub python: Result<sys_python::Python, String>,
+}
+
+fn run_case(sys: &System, case: &Case, ctx: &Ctx) -> Outcome {
+    if let Some(why) = &sys.unsupported {
+        return Outcome::Skipped(why.clone());
+    }
+    let w = case.workload;
+    ctx.pinning.enter_parent(w.pinned());
+    let res = plan::run(sys, w, ctx);
+    match res {
+        Ok(reps) => Outcome::Done(stats::Summary::new(&reps)),
+        Err(e) => match e.downcast::<plan::Skip>() {
+            Ok(skip) => Outcome::Skipped(skip.0),
+            // conduit failing is a finding; the others failing on this
+            // machine (a sandbox, a missing module) is only a note.
+            Err(e) if sys.group == Group::Conduit => Outcome::Failed(e.to_string()),
+            Err(e) => Outcome::Skipped(format!("failed here: {e}")),
+        },
+    }
+}
+
+/// The case in progress and when it must be over.
+type Current = Arc<Mutex<Option<(Instant, String)>>>;
+
+/// Ends the whole run if a case outlives its deadline: the last line of
+/// defence against a hang (each child also has a watchdog and a lifetime).
+fn hang_guard() -> Current {
+    let current: Current = Arc::new(Mutex::new(None));
+    let watched = Arc::clone(&current);
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let stuck = watched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .filter(|(deadline, _)| Instant::now() > *deadline)
+            .map(|(_, what)| what.clone());
+        if let Some(what) = stuck {
+            eprintln!("\nconduit-bench: {what} is stuck past its deadline; giving up");
+            std::process::exit(2);
+        }
+    });
+    current
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plan::Workload;
+
+    #[test]
+    fn parses_flags() {
+        let args: Vec<String> = [
+            "--quick",
+            "--only",
+            "shm,pipe",
+            "--only=python",
+            "--reps",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let opts = Opts::parse(&args).unwrap().unwrap();
+        assert!(opts.quick);
+        assert_eq!(opts.only, ["shm", "pipe", "python"]);
+        assert_eq!(opts.reps, Some(3));
+        assert!(Opts::parse(&["--bogus".to_string()]).is_err());
+        assert!(Opts::parse(&["--help".to_string()]).unwrap().is_none());
+    }
+
+    #[test]
+    fn workloads_round_trip_ids() {
+        for w in Workload::ALL {
+            assert_eq!(Workload::from_id(w.id()), Some(w));
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! conduit's transports, through the public typed API: a `Duplex<Vec<u8>,
+//! Vec<u8>>` (the raw byte path) or a `Duplex<Sample, Sample>` (CBOR), handed
+//! to the child with `conduit::handoff` — or, for `conduit::named`, a
+//! listener the child connects to by name.
+
+use std::time::Duration;
+
+use conduit::{Duplex, Transport};
+
+use crate::link::{self, BytesLink, Sample, TypedLink};
+use crate::plan::Workload;
+use crate::proc::{self, Spawned};
+use crate::stats::Rep;
+use crate::{err, Ctx, Res};
+
+/// The handoff key of the child's endpoint.
+const KEY: &str = "bench";
+
+/// A byte duplex as a [`BytesLink`].
+pub struct Bytes(pub Duplex<Vec<u8>, Vec<u8>>);
+
+impl BytesLink for Bytes {
+    fn send(&mut self, msg: &Vec<u8>) -> Res<()> {
+        Ok(self.0.send(msg)?)
+    }
+
+    fn recv(&mut self, buf: &mut Vec<u8>, _len: usize) -> Res<bool> {
+        match self.0.recv() {
+            Ok(v) => {
+                *buf = v;
+                Ok(true)
+            }
+            Err(e) if e.is_disconnected() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// A typed duplex as a [`TypedLink`].
+pub struct Typed(pub Duplex<Sample, Sample>);
+
+impl TypedLink for Typed {
+    fn send(&mut self, msg: &Sample) -> Res<()> {
+        Ok(self.0.send(msg)?)
+    }
+
+    fn recv(&mut self) -> Res<Option<Sample>> {
+        match self.0.recv() {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_disconnected() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The parent side of workload `w` on transport `t`.
+pub fn parent(t: Transport, sys_id: &str, w: Workload, ctx: &Ctx) -> Res<Vec<Rep>> {
+    let mut cmd = proc::child_command(sys_id, w, ctx)?;
+    let timeout = ctx.budget.case_timeout();
+    if w.typed() {
+        let (mine, theirs) = t.duplex::<Sample, Sample>()?;
+        conduit::handoff(&mut cmd, KEY, theirs)?;
+        let child = Spawned::spawn(&mut cmd, timeout, false)?;
+        drop(cmd);
+        let mut link = Typed(mine);
+        let res = link::parent_typed(&mut link, w, &ctx.budget);
+        drop(link);
+        child.finish(res)
+    } else {
+        let (mine, theirs) = t.duplex::<Vec<u8>, Vec<u8>>()?;
+        conduit::handoff(&mut cmd, KEY, theirs)?;
+        let child = Spawned::spawn(&mut cmd, timeout, false)?;
+        drop(cmd);
+        let mut link = Bytes(mine);
+        let res = link::parent_bytes(&mut link, w, &ctx.budget);
+        drop(link);
+        child.finish(res)
+    }
+}
+
+/// The child side: adopts the endpoint (whatever its transport) and serves.
+pub fn child(w: Workload) -> Res<()> {
+    if w.typed() {
+        link::child_typed(&mut Typed(conduit::adopt(KEY)?))
+    } else {
+        link::child_bytes(&mut Bytes(conduit::adopt(KEY)?), w)
+    }
+}
+
+/// Set in the child of a named case: the name to connect to.
+const NAME_ENV: &str = "CONDUIT_BENCH_NAMED";
+
+/// The parent side of workload `w` over `conduit::named`: binds a fresh name,
+/// starts the child, accepts its connection.
+pub fn named_parent(sys_id: &str, w: Workload, ctx: &Ctx) -> Res<Vec<Rep>> {
+    let name = format!(
+        "conduit-bench-{}-{:016x}",
+        std::process::id(),
+        fastrand::u64(..)
+    );
+    let mut cmd = proc::child_command(sys_id, w, ctx)?;
+    cmd.env(NAME_ENV, &name);
+    let timeout = ctx.budget.case_timeout();
+    if w.typed() {
+        let listener = conduit::named::Listener::<Sample, Sample>::bind(&name)?;
+        let child = Spawned::spawn(&mut cmd, timeout, false)?;
+        let res = listener
+            .accept_timeout(timeout)
+            .map_err(Into::into)
+            .and_then(|conn| link::parent_typed(&mut Typed(conn), w, &ctx.budget));
+        drop(listener);
+        child.finish(res)
+    } else {
+        let listener = conduit::named::Listener::<Vec<u8>, Vec<u8>>::bind(&name)?;
+        let child = Spawned::spawn(&mut cmd, timeout, false)?;
+        let res = listener
+            .accept_timeout(timeout)
+            .map_err(Into::into)
+            .and_then(|conn| link::parent_bytes(&mut Bytes(conn), w, &ctx.budget));
+        drop(listener);
+        child.finish(res)
+    }
+}
+
+/// The child side of a named case: connects by name and serves.
+pub fn named_child(w: Workload) -> Res<()> {
+    let name = std::env::var(NAME_ENV).map_err(|_| err(format!("{NAME_ENV} is not set")))?;
+    let wait = Duration::from_secs(30);
+    if w.typed() {
+        link::child_typed(&mut Typed(conduit::named::connect_timeout(&name, wait)?))
+    } else {
+        link::child_bytes(&mut Bytes(conduit::named::connect_timeout(&name, wait)?), w)
+    }
+}
