@@ -18,13 +18,14 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
-  test-matrix  run the conduit-tests suite once per transport feature set
+  test-matrix  run the conduit-tests suite once per transport feature set, then crate tests
                [--transport <t>] [--cases <n>] [--quick] [--profile <p>] [-- <runner args>]
   ci           fmt, clippy per feature set, doc, test-matrix, xcheck, actionlint
                [--skip-test-matrix] [--skip-xcheck] [--skip-actionlint] [--quick]
   xcheck       clippy for Windows/macOS targets and Windows tests under Wine (Linux only)
                [--no-wine] [--targets a,b] [cargo args]
-  bench        benchmarks (not yet implemented)
+  bench        conduit vs raw OS limits, ipc-channel, interprocess, Python (release build)
+               [--quick] [--only <system>] [--reps <n>] [--out <dir>] [--no-pin] [--list]
 
 `cargo xtask <command> --help` tells more about one command.";
 

@@ -1,5 +1,6 @@
 //! `cargo xtask test-matrix`: runs the `conduit-tests` suite once per transport
-//! feature set and prints a table of the results.
+//! feature set, then the transport crates' own tests, and prints a table of
+//! the results.
 //!
 //! The transports are read at run time from the `all-transports` feature of
 //! `crates/conduit/Cargo.toml`: every plain feature listed there is a transport.
@@ -21,10 +22,11 @@ usage: cargo xtask test-matrix [options] [-- <runner args>]
 
 Runs the conduit-tests suite once per transport feature set: each transport
 alone (--no-default-features --features <t>), all-transports, and the default
-set. Uses `cargo nextest run` when cargo-nextest is installed, else `cargo test`.
+set; then the crates' own tests (conduit-core and conduit-<t>). Uses `cargo nextest run` when cargo-nextest is installed, else `cargo test`.
 
 options:
-  --transport <t>  only the feature sets that contain transport <t>
+  --transport <t>  only the feature sets that contain transport <t> (and the
+                   tests of conduit-core and conduit-<t>)
   --cases <n>      PROPTEST_CASES for the property tests
   --quick          PROPTEST_CASES=8 unless --cases is given
   --profile <p>    nextest profile (default: $CONDUIT_NEXTEST_PROFILE, else `default`)
@@ -34,6 +36,10 @@ options:
 const TEST_PACKAGE: &str = "conduit-tests";
 /// The manifest that defines the transport features.
 const FACADE_MANIFEST: &str = "crates/conduit/Cargo.toml";
+/// The crate every transport builds on; its own tests run in the last row.
+const CORE_PACKAGE: &str = "conduit-core";
+/// The name of the row that runs the crates' own tests.
+const CRATE_TESTS: &str = "crate tests";
 /// The feature that lists every transport.
 const ALL_TRANSPORTS: &str = "all-transports";
 
@@ -114,6 +120,8 @@ pub fn feature_sets() -> Result<Vec<FeatureSet>, String> {
 fn sets_for(t: &Transports) -> Vec<FeatureSet> {
     let only = |features: &str| {
         vec![
+            "-p".to_owned(),
+            TEST_PACKAGE.to_owned(),
             "--no-default-features".to_owned(),
             "--features".to_owned(),
             features.to_owned(),
@@ -135,10 +143,27 @@ fn sets_for(t: &Transports) -> Vec<FeatureSet> {
     });
     sets.push(FeatureSet {
         name: "default".to_owned(),
-        cargo_args: Vec::new(),
+        cargo_args: vec!["-p".to_owned(), TEST_PACKAGE.to_owned()],
         transports: t.default.clone(),
     });
     sets
+}
+
+/// The row after the feature sets: the crates' own tests (ring and codec unit
+/// tests, blocking behaviour of shm, ...) of `conduit-core` and of the crate of
+/// each given transport (`conduit-<t>`), with all features.
+fn crate_tests_set(transports: &[String]) -> FeatureSet {
+    let mut cargo_args = vec!["-p".to_owned(), CORE_PACKAGE.to_owned()];
+    for t in transports {
+        cargo_args.push("-p".to_owned());
+        cargo_args.push(format!("conduit-{t}"));
+    }
+    cargo_args.push("--all-features".to_owned());
+    FeatureSet {
+        name: CRATE_TESTS.to_owned(),
+        cargo_args,
+        transports: transports.to_vec(),
+    }
 }
 
 #[derive(Debug, Default)]
@@ -202,6 +227,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
             ));
         }
         sets.retain(|s| s.transports.contains(t));
+        sets.push(crate_tests_set(std::slice::from_ref(t)));
+    } else {
+        sets.push(crate_tests_set(&transports.all));
     }
 
     let sh = util::shell()?;
@@ -249,12 +277,12 @@ pub fn run(args: &[String]) -> Result<(), String> {
         );
         let mut cmd = if nextest {
             sh.cmd(&cargo)
-                .args(["nextest", "run", "-p", TEST_PACKAGE])
+                .args(["nextest", "run"])
                 .args(&set.cargo_args)
                 .args(["--profile", &profile])
         } else {
             sh.cmd(&cargo)
-                .args(["test", "-p", TEST_PACKAGE, "--no-fail-fast"])
+                .args(["test", "--no-fail-fast"])
                 .args(&set.cargo_args)
         };
         if !opts.runner_args.is_empty() {
@@ -410,9 +438,28 @@ all-transports = [
         let sets = sets_for(&t);
         assert_eq!(
             sets[1].cargo_args,
-            ["--no-default-features", "--features", "shm"]
+            [
+                "-p",
+                "conduit-tests",
+                "--no-default-features",
+                "--features",
+                "shm"
+            ]
         );
-        assert!(sets[3].cargo_args.is_empty());
+        assert_eq!(sets[3].cargo_args, ["-p", "conduit-tests"]);
+        let crates = crate_tests_set(&t.all);
+        assert_eq!(
+            crates.cargo_args,
+            [
+                "-p",
+                "conduit-core",
+                "-p",
+                "conduit-pipe",
+                "-p",
+                "conduit-shm",
+                "--all-features"
+            ]
+        );
     }
 
     #[test]

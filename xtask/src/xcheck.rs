@@ -43,7 +43,8 @@ options:
   --targets a,b    targets for clippy (default: x86_64-pc-windows-msvc,
                    x86_64-pc-windows-gnu, aarch64-apple-darwin, x86_64-apple-darwin)
   [cargo args]     replace the default package selection of both steps
-                   (clippy: --workspace --all-features; Wine tests: -p conduit-tests --all-features)
+                   (clippy: --workspace --all-features; Wine tests: --workspace --all-features
+                   except conduit-bench and xtask)
   -- <args>        passed to the Windows test binaries
 
 environment: XCHECK_HOME (Wine prefix cache, default ~/.cache/xcheck),
@@ -572,9 +573,18 @@ fn wine_tests(sh: &Shell, env: &XEnv, opts: &Options, start: Instant) -> Result<
         ),
     );
     let package_args: Vec<String> = if opts.cargo_args.is_empty() {
-        ["-p", "conduit-tests", "--all-features"]
-            .map(String::from)
-            .to_vec()
+        // Everything with tests that runs on Windows: the conformance suite
+        // and the crates' own tests; not the Linux-measured bench, not xtask.
+        [
+            "--workspace",
+            "--all-features",
+            "--exclude",
+            "conduit-bench",
+            "--exclude",
+            "xtask",
+        ]
+        .map(String::from)
+        .to_vec()
     } else {
         opts.cargo_args.clone()
     };
