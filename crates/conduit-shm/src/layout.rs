@@ -2,8 +2,9 @@
 
 /// `"CNDS"` read as a little-endian `u32`.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"CNDS");
-/// Version of the segment layout and ring protocol.
-pub const VERSION: u32 = 1;
+/// Version of the segment layout and ring protocol (2: records are published
+/// by their kind word; version 1 published a tail index).
+pub const VERSION: u32 = 2;
 /// Where the ring's data bytes start in the segment.
 pub const DATA_OFFSET: usize = 1024;
 /// Smallest ring capacity.
@@ -15,6 +16,9 @@ pub const RECORD_HEADER: u32 = 16;
 
 /// Record kinds (the second word of a record header).
 pub mod kind {
+    /// Not written yet: the sender stores a real kind here last, publishing
+    /// the record.
+    pub const EMPTY: u32 = 0;
     /// A whole message.
     pub const WHOLE: u32 = 1;
     /// The first piece of a message streamed in pieces; carries the total.
@@ -36,8 +40,6 @@ pub enum Word {
     MaxFrame,
     Capacity,
     DataOffset,
-    /// Bytes ever published by the sender (mod 2^32).
-    Tail,
     /// Bytes ever consumed by the receiver (mod 2^32).
     Head,
     /// Odd while the receiver is parked; written by the receiver only.
@@ -64,7 +66,6 @@ impl Word {
             Word::MaxFrame => 12,
             Word::Capacity => 16,
             Word::DataOffset => 20,
-            Word::Tail => 128,
             Word::Head => 256,
             Word::RxWait => 384,
             Word::RxBell => 388,
@@ -82,7 +83,13 @@ pub const fn record_len(payload: u64) -> u64 {
     RECORD_HEADER as u64 + payload.div_ceil(RECORD_HEADER as u64) * RECORD_HEADER as u64
 }
 
+/// Offset of the kind word in a record header.
+pub const KIND_AT: u32 = 4;
+/// Offset of the total word in a record header.
+pub const TOTAL_AT: u32 = 8;
+
 /// Encodes a record header.
+#[cfg(test)]
 pub fn header(len: u32, kind: u32, total: u32) -> [u8; RECORD_HEADER as usize] {
     let mut h = [0u8; RECORD_HEADER as usize];
     h[0..4].copy_from_slice(&len.to_ne_bytes());

@@ -24,12 +24,12 @@
 //! | offset | word | written by | meaning |
 //! |-------:|------|------------|---------|
 //! | 0 | magic | creator | `"CNDS"` |
-//! | 4 | version | creator | 1 |
+//! | 4 | version | creator | 2 |
 //! | 8 | codec | creator | codec id (1 = CBOR) |
 //! | 12 | max frame | creator | largest message, bytes |
 //! | 16 | capacity | creator | ring bytes, a power of two |
 //! | 20 | data offset | creator | 1024 |
-//! | 128 | tail | sender | bytes ever published, mod 2³² |
+//! | 128 | (reserved) | | the tail index of protocol v1, unused |
 //! | 256 | head | receiver | bytes ever consumed, mod 2³² |
 //! | 384 | rx wait | receiver | park episode; odd while the receiver is parked |
 //! | 388 | rx bell | sender | bumped before waking the receiver, which parks on it |
@@ -42,9 +42,23 @@
 //! A record starts at a ring position that is a multiple of 16 and never
 //! wraps around the end of the ring. Its 16-byte header is `len` (payload
 //! bytes), `kind`, `total` and a reserved word, followed by the payload padded
-//! to a multiple of 16. Kinds: 1 = a whole message; 2/3/4 = first/middle/last
-//! piece of a message streamed in pieces (the first carries the message's
-//! `total` length); 5 = padding up to the end of the ring. Messages whose
+//! to a multiple of 16. Kinds: 0 = empty (not written yet); 1 = a whole
+//! message; 2/3/4 = first/middle/last piece of a message streamed in pieces
+//! (the first carries the message's `total` length); 5 = padding up to the
+//! end of the ring.
+//!
+//! **Publication.** There is no shared tail index: the sender writes a
+//! record's payload, `len` and `total`, then stores its `kind` (a
+//! sequentially consistent store), and that store publishes it. Before that,
+//! it stores `kind = 0` in the slot right after the record, where the next
+//! record will go, so the receiver, having consumed this record, finds an
+//! empty slot rather than what an earlier lap of the ring left there. (When a
+//! record goes to the start of the ring after padding, the record is
+//! complete before the padding that leads to it is published.) The receiver
+//! watches the `kind` word at its head: one cache line carries both the
+//! "something arrived" signal and the start of the message, which saves a
+//! cache-line transfer per message against a separate tail word (protocol
+//! v1) and is what the 64-byte round trip pays for. Messages whose
 //! record fits in half the ring are written whole (and can be lent in place);
 //! larger ones, up to `max_frame` whatever the ring size, are streamed in
 //! pieces of at most a quarter of the ring and reassembled by the receiver.
@@ -55,19 +69,20 @@
 //! write anything anywhere at any time. So:
 //!
 //! 1. Each side keeps its own index (sender: tail, receiver: head) in a local
-//!    variable, which is authoritative; it only ever *stores* it to the
-//!    segment. Index arithmetic uses the capacity from this side's own
-//!    configuration, never the one in the segment.
-//! 2. A peer index is loaded once, then checked: `tail - head ≤ capacity`
-//!    (mod 2³²) as seen by the receiver; as seen by the sender, the head may
-//!    only move forward, and not past the tail. A violation is `Protocol`
-//!    and closes the channel.
+//!    variable, which is authoritative; the receiver only ever *stores* its
+//!    head to the segment, the sender keeps its tail to itself. Index
+//!    arithmetic uses the capacity from this side's own configuration, never
+//!    the one in the segment.
+//! 2. The sender loads the receiver's head once, then checks it: it may only
+//!    move forward, and not past the tail. A violation is `Protocol` and
+//!    closes the channel.
 //! 3. A record header is loaded word by word with atomic loads into locals and
 //!    checked before use: a known kind; `len` (or a first piece's `total`) at
 //!    most `max_frame`, else `TooLarge` — before anything is allocated; the
-//!    whole record inside the ring and inside the published bytes; pieces in
-//!    order and adding up exactly to `total`. The reassembly buffer is
-//!    allocated only after `total` passed the `max_frame` check.
+//!    whole record inside the ring (a record that would run past the ring's
+//!    end is `Protocol`); pieces in order and adding up exactly to `total`.
+//!    The reassembly buffer is allocated only after `total` passed the
+//!    `max_frame` check.
 //! 4. Every access to the data area goes through `mem::Region`, which
 //!    bounds-checks offset and length against the capacity, so no value read
 //!    from the segment can make this process touch memory outside the
@@ -94,8 +109,8 @@
 //! mechanism, cross-process), on Windows on an auto-reset event handed over
 //! with the segment. The parked side sets its own "wait" word to an odd
 //! episode number, reads its bell, looks at the ring once more and parks on
-//! the bell. The other side, after publishing (tail or head, a sequentially
-//! consistent store), reads that word and, if it shows an episode it has not
+//! the bell. The other side, after publishing (a record's kind word or the
+//! head, a sequentially consistent store), reads that word and, if it shows an episode it has not
 //! woken yet, bumps the bell and wakes it. Only the sleeper ever writes its
 //! wait word, so a late waker cannot erase a later park (the classic lost
 //! wake-up), and a busy stream of messages costs no system call unless the

@@ -76,16 +76,22 @@ impl Region {
         Ok(unsafe { self.seg.as_ptr().add(DATA_OFFSET + off as usize) })
     }
 
-    /// Loads the ring word at `off` (a multiple of 4).
-    pub fn load(&self, off: u32) -> Result<u32> {
+    /// The ring word at `off` (a multiple of 4), as an atomic.
+    pub fn atomic(&self, off: u32) -> Result<&AtomicU32> {
         if off % 4 != 0 {
             return Err(out_of_bounds(u64::from(off), 4));
         }
         let p = self.check(off, 4)?;
         // SAFETY: `p` is in bounds (checked) and 4-aligned (page-aligned base,
-        // DATA_OFFSET and `off` multiples of 4); see `word` for why an atomic
-        // view of shared memory is sound.
-        Ok(unsafe { &*p.cast::<AtomicU32>() }.load(Ordering::Relaxed))
+        // DATA_OFFSET and `off` multiples of 4); the mapping lives as long as
+        // `self.seg`, which the returned reference borrows. See `word` for why
+        // an atomic view of shared memory is sound.
+        Ok(unsafe { &*p.cast::<AtomicU32>() })
+    }
+
+    /// Loads the ring word at `off` (a multiple of 4).
+    pub fn load(&self, off: u32) -> Result<u32> {
+        Ok(self.atomic(off)?.load(Ordering::Relaxed))
     }
 
     /// Copies `src` into the ring at `off`.

@@ -44,11 +44,11 @@ impl SpinPair {
 
     /// The word the first side writes.
     pub fn ping(&self) -> &AtomicU32 {
-        self.region.word(Word::Tail)
+        self.region.word(Word::Head)
     }
 
     /// The word the second side writes.
     pub fn pong(&self) -> &AtomicU32 {
-        self.region.word(Word::Head)
+        self.region.word(Word::TxWait)
     }
 }

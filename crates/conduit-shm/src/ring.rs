@@ -6,7 +6,7 @@
 //! index is loaded and validated before use. See the crate documentation for
 //! the layout, the invariants and the wake-up protocol.
 
-use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::time::{Duration, Instant};
 
 use conduit_core::{Error, ErrorKind, Result};
@@ -42,6 +42,14 @@ impl Params {
     fn max_piece(&self) -> usize {
         (self.cap / 4) as usize
     }
+}
+
+/// Splits raw record bytes around the first kind word: bytes 0..4, the
+/// kind, bytes 8.. (`None` when there is no whole kind word).
+fn split_kind(bytes: &[u8]) -> Option<(&[u8], u32, &[u8])> {
+    let word = bytes.get(4..8)?;
+    let kind = u32::from_ne_bytes([word[0], word[1], word[2], word[3]]);
+    Some((&bytes[..4], kind, &bytes[8..]))
 }
 
 /// Writes a fresh segment header for `p`.
@@ -110,34 +118,26 @@ enum Waited {
     PeerGone,
 }
 
-/// The words one side waits with.
-struct WaitWords {
-    /// The peer's index (tail for the consumer, head for the producer).
-    index: Word,
+/// The words one side parks with.
+struct ParkWords {
     /// Our "parked" flag (episode counter, odd while parked).
     flag: Word,
     /// The word we park on, which the peer bumps before waking us.
     bell: Word,
-    /// The peer's "closed" flag.
-    closed: Word,
 }
 
-const CONSUMER_WAIT: WaitWords = WaitWords {
-    index: Word::Tail,
+const CONSUMER_PARK: ParkWords = ParkWords {
     flag: Word::RxWait,
     bell: Word::RxBell,
-    closed: Word::TxClosed,
 };
 
-const PRODUCER_WAIT: WaitWords = WaitWords {
-    index: Word::Head,
+const PRODUCER_PARK: ParkWords = ParkWords {
     flag: Word::TxWait,
     bell: Word::TxBell,
-    closed: Word::RxClosed,
 };
 
 /// Spins for up to `limit` (and not past `deadline`) until `ready()`.
-fn spin(limit: Duration, deadline: Option<Instant>, ready: impl Fn() -> bool) -> bool {
+fn spin(limit: Duration, deadline: Option<Instant>, ready: &dyn Fn() -> bool) -> bool {
     if ready() {
         return true;
     }
@@ -162,28 +162,26 @@ fn spin(limit: Duration, deadline: Option<Instant>, ready: impl Fn() -> bool) ->
     }
 }
 
-/// Spins, then parks until the peer's index differs from `seen`, the peer
-/// rings or closes, `deadline` passes, or the peer's process is gone.
+/// Spins, then parks until `ready()` (the peer published, moved its index
+/// or closed), `deadline` passes, or the peer's process is gone. `ready` must
+/// load the words it looks at with `SeqCst`.
 ///
 /// The parked flag is set and cleared by this side only (the waker never
 /// touches it, so a late waker cannot erase a later park). The bell is read
-/// after the flag is set and before the final look at the ring, and the
-/// waker bumps the bell after publishing and before waking; so either this
-/// side sees the new index, or the futex sees a changed bell, or the wake-up
-/// finds this side asleep.
-fn wait_change(
+/// after the flag is set and before the final look at `ready`, and the
+/// waker bumps the bell after publishing (a `SeqCst` store) and before
+/// waking; so either this side sees the change, or the futex sees a changed
+/// bell, or the wake-up finds this side asleep.
+fn wait_until(
     region: &Region,
     link: &Link,
     p: &Params,
-    words: &WaitWords,
-    seen: u32,
+    words: &ParkWords,
+    ready: &dyn Fn() -> bool,
     episode: &mut u32,
     deadline: Option<Instant>,
 ) -> Result<Waited> {
-    let index = region.word(words.index);
-    let closed = region.word(words.closed);
-    let moved = || index.load(Acquire) != seen || closed.load(Acquire) != 0;
-    if spin(p.spin, deadline, moved) {
+    if spin(p.spin, deadline, ready) {
         return Ok(Waited::Moved);
     }
     let flag = region.word(words.flag);
@@ -198,8 +196,8 @@ fn wait_change(
         *episode = episode.wrapping_add(1) | 1;
         flag.store(*episode, SeqCst);
         let rung = bell.load(SeqCst);
-        let ready = index.load(SeqCst) != seen || closed.load(SeqCst) != 0;
-        let timed_out = if ready {
+        let was_ready = ready();
+        let timed_out = if was_ready {
             Ok(false)
         } else {
             link.wait(bell, rung, timeout)
@@ -207,7 +205,7 @@ fn wait_change(
         *episode = episode.wrapping_add(1);
         flag.store(*episode, Release);
         let timed_out = timed_out?;
-        if ready || moved() {
+        if was_ready || ready() {
             return Ok(Waited::Moved);
         }
         if timed_out {
@@ -220,7 +218,7 @@ fn wait_change(
         } else {
             // Woken (or a spurious return): the peer rang but may not have
             // published yet; look again before parking anew.
-            if spin(p.spin, deadline, moved) {
+            if spin(p.spin, deadline, ready) {
                 return Ok(Waited::Moved);
             }
         }
@@ -311,16 +309,22 @@ impl Producer {
         let to_end = cap - off;
         // A whole record never wraps: pad to the end of the ring first.
         let (pad, at) = if rec > to_end { (to_end, 0) } else { (0, off) };
-        self.reserve(pad + rec)?;
+        // pad < rec <= cap / 2, so pad + rec + HDR <= cap.
+        self.reserve(pad + rec + HDR)?;
+        let end = self.tail.wrapping_add(pad + rec);
+        self.clear_slot(end)?;
+        self.write_record(at, frame.len() as u32, 0, frame)?;
         if pad > 0 {
+            // The record at offset 0 is complete before the padding that
+            // leads the receiver to it is published.
             self.region
-                .write(off, &layout::header(pad - HDR, kind::PAD, 0))?;
+                .atomic(at + layout::KIND_AT)?
+                .store(kind::WHOLE, Release);
+            self.write_record(off, pad - HDR, 0, &[])?;
+            self.publish(off, kind::PAD, end)
+        } else {
+            self.publish(at, kind::WHOLE, end)
         }
-        self.region
-            .write(at, &layout::header(frame.len() as u32, kind::WHOLE, 0))?;
-        self.region.write(at + HDR, frame)?;
-        self.publish(self.tail.wrapping_add(pad + rec));
-        Ok(())
     }
 
     fn send_pieces(&mut self, frame: &[u8]) -> Result<()> {
@@ -331,9 +335,11 @@ impl Producer {
             let off = self.tail & (cap - 1);
             let to_end = cap - off;
             if to_end == HDR {
-                self.reserve(HDR)?;
-                self.region.write(off, &layout::header(0, kind::PAD, 0))?;
-                self.publish(self.tail.wrapping_add(HDR));
+                self.reserve(HDR + HDR)?;
+                let end = self.tail.wrapping_add(HDR);
+                self.clear_slot(end)?;
+                self.write_record(off, 0, 0, &[])?;
+                self.publish(off, kind::PAD, end)?;
                 continue;
             }
             let piece = (frame.len() - sent)
@@ -341,7 +347,7 @@ impl Producer {
                 .min((to_end - HDR) as usize);
             // to_end is a multiple of HDR, so the record ends by the ring's end.
             let rec = record_len(piece as u64) as u32;
-            self.reserve(rec)?;
+            self.reserve(rec + HDR)?;
             let (k, t) = if sent == 0 {
                 (kind::FIRST, total)
             } else if sent + piece == frame.len() {
@@ -349,32 +355,71 @@ impl Producer {
             } else {
                 (kind::MORE, 0)
             };
-            self.region
-                .write(off, &layout::header(piece as u32, k, t))?;
-            self.region.write(off + HDR, &frame[sent..sent + piece])?;
+            let end = self.tail.wrapping_add(rec);
+            self.clear_slot(end)?;
+            self.write_record(off, piece as u32, t, &frame[sent..sent + piece])?;
             sent += piece;
-            self.publish(self.tail.wrapping_add(rec));
+            self.publish(off, k, end)?;
         }
         Ok(())
     }
 
-    /// Test hook: copies `bytes` verbatim into the ring at the tail (wrapping
-    /// at the end) and publishes them.
+    /// Marks the record slot at ring position `pos` (the next tail) empty, so
+    /// that the receiver, reaching it, waits instead of reading what an
+    /// earlier lap left there. Done before the record that ends at `pos` is
+    /// published, which orders it before the receiver gets there.
+    fn clear_slot(&self, pos: u32) -> Result<()> {
+        let off = pos & (self.p.cap - 1);
+        self.region
+            .atomic(off + layout::KIND_AT)?
+            .store(kind::EMPTY, Relaxed);
+        Ok(())
+    }
+
+    /// Writes a record at ring offset `at`: everything but its kind word,
+    /// which stays `EMPTY` until [`Producer::publish`].
+    fn write_record(&self, at: u32, len: u32, total: u32, payload: &[u8]) -> Result<()> {
+        self.region.atomic(at)?.store(len, Relaxed);
+        self.region
+            .atomic(at + layout::TOTAL_AT)?
+            .store(total, Relaxed);
+        self.region.write(at + HDR, payload)
+    }
+
+    /// Test hook: copies `bytes` verbatim into the ring at the tail
+    /// (wrapping at the end), storing the kind word of the first record
+    /// (bytes 4..8) last, which publishes them.
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
         if let Some(e) = closed_error(&self.broken) {
             return Err(e);
         }
-        if bytes.len() > self.p.cap as usize {
+        if bytes.len() + HDR as usize > self.p.cap as usize {
             return Err(Error::invalid_input("more raw bytes than the ring holds"));
         }
-        self.reserve(bytes.len() as u32)?;
+        let n = bytes.len() as u32;
+        self.reserve(n + HDR)?;
+        let end = self.tail.wrapping_add(n);
+        if end % HDR == 0 {
+            self.clear_slot(end)?;
+        }
+        let Some((head, kind_word, rest)) = split_kind(bytes) else {
+            self.write_wrapping(self.tail, bytes)?;
+            self.tail = end;
+            return Ok(());
+        };
+        let off = self.tail & (self.p.cap - 1);
+        self.write_wrapping(self.tail, head)?;
+        self.write_wrapping(self.tail.wrapping_add(layout::TOTAL_AT), rest)?;
+        self.publish(off, kind_word, end)
+    }
+
+    /// Copies `bytes` into the ring from position `pos`, wrapping at the end.
+    fn write_wrapping(&self, pos: u32, bytes: &[u8]) -> Result<()> {
         let cap = self.p.cap;
-        let off = self.tail & (cap - 1);
+        let off = pos & (cap - 1);
         let first = bytes.len().min((cap - off) as usize);
         self.region.write(off, &bytes[..first])?;
-        self.region.write(0, &bytes[first..])?;
-        self.publish(self.tail.wrapping_add(bytes.len() as u32));
-        Ok(())
+        self.region.write(0, &bytes[first..])
     }
 
     fn free(&self) -> u32 {
@@ -411,12 +456,15 @@ impl Producer {
             if closed {
                 return Err(self.fail(Error::disconnected("the receiver closed the channel")));
             }
-            let waited = wait_change(
+            let head_word = self.region.word(Word::Head);
+            let closed_word = self.region.word(Word::RxClosed);
+            let moved = || head_word.load(SeqCst) != head || closed_word.load(SeqCst) != 0;
+            let waited = wait_until(
                 &self.region,
                 &self.link,
                 &self.p,
-                &PRODUCER_WAIT,
-                head,
+                &PRODUCER_PARK,
+                &moved,
                 &mut self.episode,
                 None,
             )?;
@@ -430,10 +478,16 @@ impl Producer {
         }
     }
 
-    /// Makes the ring up to `tail` visible and wakes the receiver if it is parked.
-    fn publish(&mut self, tail: u32) {
-        self.tail = tail;
-        self.region.word(Word::Tail).store(tail, SeqCst);
+    /// Publishes the record at ring offset `at` by storing its kind (all of
+    /// it and the empty slot after it were written before), takes `end` as
+    /// the new tail and wakes the receiver if it is parked.
+    fn publish(&mut self, at: u32, kind: u32, end: u32) -> Result<()> {
+        // SeqCst: ordered before the load of the receiver's wait word in
+        // `ring_peer` (see `wait_until`).
+        self.region
+            .atomic(at + layout::KIND_AT)?
+            .store(kind, SeqCst);
+        self.tail = end;
         ring_peer(
             &self.region,
             &self.link,
@@ -441,6 +495,7 @@ impl Producer {
             Word::RxBell,
             &mut self.woken,
         );
+        Ok(())
     }
 
     /// Marks the sending side closed and wakes the receiver.
@@ -513,8 +568,6 @@ pub struct Consumer {
     p: Params,
     /// Our head: authoritative, only ever stored to the segment.
     head: u32,
-    /// The last validated tail of the sender.
-    tail_seen: u32,
     /// The sender's park episode we last woke.
     woken: u32,
     /// Our own park episode counter.
@@ -536,7 +589,6 @@ impl Consumer {
             link,
             p,
             head,
-            tail_seen: head,
             woken: 0,
             episode: 0,
             state: RxState::Idle,
@@ -565,26 +617,29 @@ impl Consumer {
         self.signal_closed();
     }
 
+    /// The kind word of the record slot at the head.
+    fn head_kind(&self) -> Result<&std::sync::atomic::AtomicU32> {
+        // The head only moves by whole records and padding, so its offset is
+        // a multiple of HDR and a whole header fits before the ring's end.
+        self.region
+            .atomic((self.head & (self.p.cap - 1)) + layout::KIND_AT)
+    }
+
     /// Reads and validates the record at the head.
     fn step(&self) -> Result<Step> {
-        let avail = self.tail_seen.wrapping_sub(self.head);
-        if avail < HDR {
-            return Ok(Step::NeedMore);
-        }
         let cap = self.p.cap;
-        // The head only moves by whole records and padding, so `off` is a
-        // multiple of HDR and a whole header fits before the ring's end.
         let off = self.head & (cap - 1);
         let room = cap - off;
+        // Acquire: the sender stores the kind last, so once it is not EMPTY
+        // the rest of the record is written.
+        let k = self.head_kind()?.load(Acquire);
+        if k == kind::EMPTY {
+            return Ok(Step::NeedMore);
+        }
         let len = self.region.load(off)?;
-        let k = self.region.load(off + 4)?;
-        let total = self.region.load(off + 8)?;
+        let total = self.region.load(off + layout::TOTAL_AT)?;
         if k == kind::PAD {
-            return Ok(if avail < room {
-                Step::NeedMore
-            } else {
-                Step::Skip(room)
-            });
+            return Ok(Step::Skip(room));
         }
         let assembling = match self.state {
             RxState::Assembling { total } => Some(total),
@@ -644,9 +699,6 @@ impl Consumer {
             )));
         }
         let rec = rec as u32;
-        if avail < rec {
-            return Ok(Step::NeedMore);
-        }
         Ok(if k == kind::WHOLE {
             Step::Whole {
                 off: off + HDR,
@@ -699,8 +751,7 @@ impl Consumer {
 
     /// The sender is gone and the tail no longer moves.
     fn sender_gone(&mut self, why: &str) -> Error {
-        let pending =
-            self.tail_seen != self.head || matches!(self.state, RxState::Assembling { .. });
+        let pending = matches!(self.state, RxState::Assembling { .. });
         self.state = RxState::Closed(ErrorKind::Disconnected, why.to_string());
         if pending {
             Error::protocol(
@@ -743,20 +794,27 @@ impl Consumer {
                     }
                 }
                 Step::NeedMore => {
-                    // Closed first, then the tail: a sender publishes before it closes.
-                    let closed = self.region.word(Word::TxClosed).load(Acquire) != 0;
-                    if self.refresh_tail()? {
+                    // Closed first, then the slot: a sender publishes before
+                    // it closes.
+                    let closed = self.region.word(Word::TxClosed).load(SeqCst) != 0;
+                    if self.published()? {
                         continue;
                     }
                     if closed {
                         return Err(self.sender_gone("the sender closed the channel"));
                     }
-                    let waited = wait_change(
+                    // Field by field, to leave `self.episode` free to borrow.
+                    let slot = (self.head & (self.p.cap - 1)) + layout::KIND_AT;
+                    let kind_word = self.region.atomic(slot)?;
+                    let closed_word = self.region.word(Word::TxClosed);
+                    let moved =
+                        || kind_word.load(SeqCst) != kind::EMPTY || closed_word.load(SeqCst) != 0;
+                    let waited = wait_until(
                         &self.region,
                         &self.link,
                         &self.p,
-                        &CONSUMER_WAIT,
-                        self.tail_seen,
+                        &CONSUMER_PARK,
+                        &moved,
                         &mut self.episode,
                         deadline,
                     )?;
@@ -764,7 +822,7 @@ impl Consumer {
                         Waited::Moved => {}
                         Waited::Deadline => return Err(timeout_error()),
                         Waited::PeerGone => {
-                            if !self.refresh_tail()? {
+                            if !self.published()? {
                                 return Err(self.sender_gone("the sender exited or was killed"));
                             }
                         }
@@ -774,21 +832,12 @@ impl Consumer {
         }
     }
 
-    /// Loads and checks the tail; true when it moved.
-    fn refresh_tail(&mut self) -> Result<bool> {
-        let tail = self.region.word(Word::Tail).load(Acquire);
-        if tail == self.tail_seen {
-            return Ok(false);
+    /// True when a record is published at the head.
+    fn published(&mut self) -> Result<bool> {
+        match self.head_kind() {
+            Ok(word) => Ok(word.load(Acquire) != kind::EMPTY),
+            Err(e) => Err(self.close(e)),
         }
-        if tail.wrapping_sub(self.head) > self.p.cap {
-            let e = Error::protocol(format!(
-                "the sender's ring index {tail} is inconsistent with ours (head {}): the shared memory is corrupted",
-                self.head
-            ));
-            return Err(self.close(e));
-        }
-        self.tail_seen = tail;
-        Ok(true)
     }
 
     /// Receives one message into `out`.

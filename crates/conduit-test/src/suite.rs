@@ -323,7 +323,7 @@ fn liar_stream(scenario: &str, raw: &mut dyn FrameSender, ctl: &Duplex<Msg, Msg>
             write(&frame(b"x"));
         }
         "version" => {
-            write(&good(2));
+            write(&good(3)); // a version from the future
             write(&frame(b"x"));
         }
         "codec" => {
@@ -360,8 +360,18 @@ fn partial_handshake(ctl: &Duplex<Msg, Msg>) {
 /// `u32`s in the machine's byte order), the payload, zero padding to a
 /// multiple of 16.
 fn shm_record(kind: u32, len: u32, payload: &[u8]) -> Vec<u8> {
+    shm_record_with_total(kind, len, 0, payload)
+}
+
+/// A piece of a message streamed in pieces; a first piece carries the
+/// message's `total` length.
+fn shm_piece(kind: u32, total: u32, payload: &[u8]) -> Vec<u8> {
+    shm_record_with_total(kind, payload.len() as u32, total, payload)
+}
+
+fn shm_record_with_total(kind: u32, len: u32, total: u32, payload: &[u8]) -> Vec<u8> {
     let mut r = Vec::new();
-    for w in [len, kind, 0, 0] {
+    for w in [len, kind, total, 0] {
         r.extend_from_slice(&w.to_ne_bytes());
     }
     r.extend_from_slice(payload);
@@ -369,8 +379,10 @@ fn shm_record(kind: u32, len: u32, payload: &[u8]) -> Vec<u8> {
     r
 }
 
-/// Record kind of a whole message.
+/// Record kinds: a whole message, the first and the last piece of one.
 const SHM_WHOLE: u32 = 1;
+const SHM_FIRST: u32 = 2;
+const SHM_LAST: u32 = 4;
 
 /// Overwrites the shm segment header word at `offset` (layout in the
 /// `conduit-shm` crate documentation).
@@ -379,7 +391,8 @@ fn shm_header_word(raw: &mut dyn FrameSender, offset: u64, value: u32) {
 }
 
 /// Plays `scenario` against an shm receiver: records written by hand into the
-/// ring (`send_unframed` copies bytes verbatim at the tail and publishes them)
+/// ring (`send_unframed` copies bytes verbatim at the tail and publishes them
+/// by storing the first record's kind word last)
 /// or a corrupted segment header; false when the child should exit at once.
 fn liar_shm(scenario: &str, raw: &mut dyn FrameSender, ctl: &Duplex<Msg, Msg>) -> bool {
     match scenario {
@@ -390,16 +403,19 @@ fn liar_shm(scenario: &str, raw: &mut dyn FrameSender, ctl: &Duplex<Msg, Msg>) -
             raw.send_unframed(&r).expect("write");
         }
         "truncated" => {
-            let r = shm_record(SHM_WHOLE, 100, &[7u8; 100]);
-            raw.send_unframed(&r[..26]).expect("write");
-            return false; // exit: the record stays incomplete
+            // Records are published whole (their kind word is stored last),
+            // so a message is cut short between pieces: the first piece of a
+            // 100-byte message, then the sender is gone.
+            let r = shm_piece(SHM_FIRST, 100, &[7u8; 10]);
+            raw.send_unframed(&r).expect("write");
+            return false; // exit: the message stays incomplete
         }
         "magic" => {
             shm_header_word(raw, 0, u32::from_le_bytes(*b"HTTP"));
             raw.send_frame(b"x").expect("send");
         }
         "version" => {
-            shm_header_word(raw, 4, 2);
+            shm_header_word(raw, 4, 3);
             raw.send_frame(b"x").expect("send");
         }
         "codec" => {
@@ -413,11 +429,14 @@ fn liar_shm(scenario: &str, raw: &mut dyn FrameSender, ctl: &Duplex<Msg, Msg>) -
         "partial" => {
             let mut ok = Vec::new();
             conduit::Cbor::encode(&Msg::Text("whole".into()), &mut ok).expect("encode");
-            let r = shm_record(SHM_WHOLE, ok.len() as u32, &ok);
-            let cut = r.len() - 3;
-            raw.send_unframed(&r[..cut]).expect("write");
+            // The message in two pieces: the first is published, the
+            // last (3 bytes) only after the parent has looked.
+            let cut = ok.len() - 3;
+            let first = shm_piece(SHM_FIRST, ok.len() as u32, &ok[..cut]);
+            raw.send_unframed(&first).expect("write");
             partial_handshake(ctl);
-            raw.send_unframed(&r[cut..]).expect("write");
+            let last = shm_piece(SHM_LAST, 0, &ok[cut..]);
+            raw.send_unframed(&last).expect("write");
             ctl.send(&Msg::Text("rest written".into())).expect("status");
         }
         other => panic!("unknown scenario {other}"),
@@ -665,7 +684,8 @@ fn poll_exact(t: Transport) -> Result<(), Failed> {
     ensure(status == Msg::Text("partial written".into()), || {
         format!("{status:?}")
     })?;
-    // All but the last 3 bytes of a frame are in the channel: not ready.
+    // All but the last 3 bytes of a frame are in the channel (shm: all but
+    // the last piece of the message): not ready.
     ensure(
         !rx.poll(Duration::from_millis(20)).map_err(fail("poll"))?,
         || "poll true on a partial frame".into(),
@@ -746,7 +766,7 @@ fn wrong_handshake(t: Transport) -> Result<(), Failed> {
         let why = e.to_string();
         let hint = match scenario {
             "magic" => "not a conduit endpoint",
-            "version" => "protocol v2",
+            "version" => "protocol v3",
             "codec" => "codec id 9",
             _ => "max_frame",
         };
