@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 
 use conduit::named::{connect, connect_timeout, connect_with, Listener};
 use conduit::{Codec, Duplex, ErrorKind, FrameConfig};
-use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
-use proptest::{prop_assert, prop_assert_eq};
+use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
 
-use crate::msg::{any_sequence, Item, Msg};
+use crate::msg::{any_sequence, Msg};
 use crate::{ensure, fail, spawn, ChildFn, Failed, Spawned, Trial};
 
 /// Generous bound after which a blocked call counts as hung.
@@ -318,61 +317,7 @@ fn prop_echo_by_name() -> Result<(), Failed> {
     };
     let mut runner = TestRunner::new(config);
     let result = runner.run(&any_sequence(), |seq| {
-        let typed_sent: Vec<Msg> = seq
-            .iter()
-            .filter_map(|i| match i {
-                Item::Typed(m) => Some(m.clone()),
-                Item::Raw(_) => None,
-            })
-            .collect();
-        let raw_sent: Vec<_> = seq
-            .iter()
-            .filter_map(|i| match i {
-                Item::Raw(p) => Some(*p),
-                Item::Typed(_) => None,
-            })
-            .collect();
-        let (typed_got, raw_got) = crate::watchdog("named echo case", HANG * 4, || {
-            thread::scope(|s| {
-                s.spawn(|| {
-                    for item in &seq {
-                        match item {
-                            Item::Typed(m) => typed.send(m).expect("send typed"),
-                            Item::Raw(p) => raw.send(&p.bytes()).expect("send raw"),
-                        }
-                    }
-                });
-                let tg = s.spawn(|| {
-                    (0..typed_sent.len())
-                        .map(|_| typed.recv())
-                        .collect::<Vec<_>>()
-                });
-                let rg = s.spawn(|| (0..raw_sent.len()).map(|_| raw.recv()).collect::<Vec<_>>());
-                (tg.join(), rg.join())
-            })
-        });
-        let typed_got = typed_got.map_err(|_| TestCaseError::fail("typed receiver panicked"))?;
-        let raw_got = raw_got.map_err(|_| TestCaseError::fail("raw receiver panicked"))?;
-        for (i, (got, want)) in typed_got.into_iter().zip(&typed_sent).enumerate() {
-            let got = got.map_err(|e| TestCaseError::fail(format!("typed echo {i}: {e}")))?;
-            prop_assert_eq!(&got, want, "typed message {} differs", i);
-        }
-        for (i, (got, want)) in raw_got.into_iter().zip(&raw_sent).enumerate() {
-            let got = got.map_err(|e| TestCaseError::fail(format!("raw echo {i}: {e}")))?;
-            prop_assert!(
-                got == want.bytes(),
-                "raw message {} ({} bytes) differs",
-                i,
-                want.len
-            );
-        }
-        prop_assert!(!typed
-            .poll(Duration::ZERO)
-            .map_err(|e| TestCaseError::fail(e.to_string()))?);
-        prop_assert!(!raw
-            .poll(Duration::ZERO)
-            .map_err(|e| TestCaseError::fail(e.to_string()))?);
-        Ok(())
+        crate::suite::echo_case("named echo case", seq, &typed, &raw)
     });
     result.map_err(|e| Failed::from(e.to_string()))?;
     drop((typed, raw));

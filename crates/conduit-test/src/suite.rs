@@ -481,6 +481,72 @@ fn spawn_liar(t: Transport, scenario: &str) -> Result<Liar, Failed> {
     Ok((child, rx, ctl))
 }
 
+/// One case of the echo property: sends `seq` over `typed` and `raw` (a child
+/// echoes both) and checks that everything came back once, intact, in order.
+pub(crate) fn echo_case(
+    what: &str,
+    seq: Vec<Item>,
+    typed: &Duplex<Msg, Msg>,
+    raw: &Duplex<Vec<u8>, Vec<u8>>,
+) -> Result<(), TestCaseError> {
+    let typed_sent: Vec<Msg> = seq
+        .iter()
+        .filter_map(|i| {
+            if let Item::Typed(m) = i {
+                Some(m.clone())
+            } else {
+                None
+            }
+        })
+        .collect();
+    let raw_sent: Vec<_> = seq
+        .iter()
+        .filter_map(|i| if let Item::Raw(p) = i { Some(*p) } else { None })
+        .collect();
+    let (typed_got, raw_got) = crate::watchdog(what, HANG * 4, || {
+        thread::scope(|s| {
+            s.spawn(|| {
+                for item in &seq {
+                    match item {
+                        Item::Typed(m) => typed.send(m).expect("send typed"),
+                        Item::Raw(p) => raw.send(&p.bytes()).expect("send raw"),
+                    }
+                }
+            });
+            let tg = s.spawn(|| {
+                (0..typed_sent.len())
+                    .map(|_| typed.recv())
+                    .collect::<Vec<_>>()
+            });
+            let rg = s.spawn(|| (0..raw_sent.len()).map(|_| raw.recv()).collect::<Vec<_>>());
+            (tg.join(), rg.join())
+        })
+    });
+    let typed_got = typed_got.map_err(|_| TestCaseError::fail("typed receiver panicked"))?;
+    let raw_got = raw_got.map_err(|_| TestCaseError::fail("raw receiver panicked"))?;
+    for (i, (got, want)) in typed_got.into_iter().zip(&typed_sent).enumerate() {
+        let got = got.map_err(|e| TestCaseError::fail(format!("typed echo {i}: {e}")))?;
+        prop_assert_eq!(&got, want, "typed message {} differs", i);
+    }
+    for (i, (got, want)) in raw_got.into_iter().zip(&raw_sent).enumerate() {
+        let got = got.map_err(|e| TestCaseError::fail(format!("raw echo {i}: {e}")))?;
+        prop_assert!(
+            got == want.bytes(),
+            "raw message {} ({} bytes) differs",
+            i,
+            want.len
+        );
+    }
+    // Nothing extra arrived (no duplicates).
+    prop_assert!(!typed
+        .poll(Duration::ZERO)
+        .map_err(|e| TestCaseError::fail(e.to_string()))?);
+    prop_assert!(!raw
+        .poll(Duration::ZERO)
+        .map_err(|e| TestCaseError::fail(e.to_string()))?);
+    Ok(())
+}
+
 // ---------------------------------------------------------------- tests
 
 fn prop_echo_sequences(t: Transport) -> Result<(), Failed> {
@@ -500,62 +566,7 @@ fn prop_echo_sequences(t: Transport) -> Result<(), Failed> {
     };
     let mut runner = TestRunner::new(config);
     let result = runner.run(&any_sequence(), |seq| {
-        let typed_sent: Vec<Msg> = seq
-            .iter()
-            .filter_map(|i| {
-                if let Item::Typed(m) = i {
-                    Some(m.clone())
-                } else {
-                    None
-                }
-            })
-            .collect();
-        let raw_sent: Vec<_> = seq
-            .iter()
-            .filter_map(|i| if let Item::Raw(p) = i { Some(*p) } else { None })
-            .collect();
-        let (typed_got, raw_got) = crate::watchdog("echo case", HANG * 4, || {
-            thread::scope(|s| {
-                s.spawn(|| {
-                    for item in &seq {
-                        match item {
-                            Item::Typed(m) => typed.send(m).expect("send typed"),
-                            Item::Raw(p) => raw.send(&p.bytes()).expect("send raw"),
-                        }
-                    }
-                });
-                let tg = s.spawn(|| {
-                    (0..typed_sent.len())
-                        .map(|_| typed.recv())
-                        .collect::<Vec<_>>()
-                });
-                let rg = s.spawn(|| (0..raw_sent.len()).map(|_| raw.recv()).collect::<Vec<_>>());
-                (tg.join(), rg.join())
-            })
-        });
-        let typed_got = typed_got.map_err(|_| TestCaseError::fail("typed receiver panicked"))?;
-        let raw_got = raw_got.map_err(|_| TestCaseError::fail("raw receiver panicked"))?;
-        for (i, (got, want)) in typed_got.into_iter().zip(&typed_sent).enumerate() {
-            let got = got.map_err(|e| TestCaseError::fail(format!("typed echo {i}: {e}")))?;
-            prop_assert_eq!(&got, want, "typed message {} differs", i);
-        }
-        for (i, (got, want)) in raw_got.into_iter().zip(&raw_sent).enumerate() {
-            let got = got.map_err(|e| TestCaseError::fail(format!("raw echo {i}: {e}")))?;
-            prop_assert!(
-                got == want.bytes(),
-                "raw message {} ({} bytes) differs",
-                i,
-                want.len
-            );
-        }
-        // Nothing extra arrived (no duplicates).
-        prop_assert!(!typed
-            .poll(Duration::ZERO)
-            .map_err(|e| TestCaseError::fail(e.to_string()))?);
-        prop_assert!(!raw
-            .poll(Duration::ZERO)
-            .map_err(|e| TestCaseError::fail(e.to_string()))?);
-        Ok(())
+        echo_case("echo case", seq, &typed, &raw)
     });
     result.map_err(|e| Failed::from(e.to_string()))?;
     drop(typed);

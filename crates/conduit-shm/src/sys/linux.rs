@@ -28,8 +28,8 @@ pub fn create_segment(len: usize) -> io::Result<OwnedFd> {
 }
 
 /// Checks that a handed-over descriptor is a memfd sealed against shrinking
-/// with at least `len` bytes.
-pub fn check_segment(fd: &OwnedFd, len: usize) -> Result<()> {
+/// (its size is checked by the caller).
+pub fn check_segment(fd: &OwnedFd) -> Result<()> {
     let seals = rustix::fs::fcntl_get_seals(fd).map_err(|_| {
         Error::protocol("the handed shm segment is not a sealed memfd (was it made by conduit?)")
     })?;
@@ -37,14 +37,6 @@ pub fn check_segment(fd: &OwnedFd, len: usize) -> Result<()> {
         return Err(Error::protocol(
             "the handed shm segment is not sealed against shrinking; refusing to map it",
         ));
-    }
-    let stat = rustix::fs::fstat(fd)
-        .map_err(|e| Error::from_io("cannot inspect the handed shm segment", e.into()))?;
-    if u64::try_from(stat.st_size).unwrap_or(0) < len as u64 {
-        return Err(Error::protocol(format!(
-            "the handed shm segment has {} bytes, the ring needs {len}",
-            stat.st_size
-        )));
     }
     Ok(())
 }

@@ -54,7 +54,7 @@ mod os {
         Err(unsupported())
     }
 
-    pub fn check_segment(_fd: &OwnedFd, _len: usize) -> Result<()> {
+    pub fn check_segment(_fd: &OwnedFd) -> Result<()> {
         Err(Error::new(
             ErrorKind::Unsupported,
             "the shm transport supports Linux, macOS and Windows",
@@ -98,7 +98,15 @@ impl Segment {
     /// Maps a handed-over segment, checking that it has at least `len` bytes
     /// and cannot shrink.
     pub fn open(fd: OwnedFd, len: usize) -> Result<Segment> {
-        os::check_segment(&fd, len)?;
+        os::check_segment(&fd)?;
+        let stat = rustix::fs::fstat(&fd)
+            .map_err(|e| Error::from_io("cannot inspect the handed shm segment", e.into()))?;
+        if u64::try_from(stat.st_size).unwrap_or(0) < len as u64 {
+            return Err(Error::protocol(format!(
+                "the handed shm segment has {} bytes, the ring needs {len}",
+                stat.st_size
+            )));
+        }
         Segment::map(fd, len)
     }
 
