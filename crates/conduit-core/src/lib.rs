@@ -22,7 +22,7 @@ pub use channel::{FrameConfig, FrameReceiver, FrameSender, DEFAULT_MAX_FRAME};
 pub use codec::{Cbor, Codec};
 pub use error::{Error, ErrorKind, Result};
 pub use handoff::{Endpoint, Package, Resolver, Role};
-pub use typed::{Duplex, Iter, Receiver, Sender};
+pub use typed::{deadline_after, Duplex, Iter, Receiver, Sender};
 
 /// Re-exported so that message types can mark byte fields
 /// `#[serde(with = "conduit::serde_bytes")]`.

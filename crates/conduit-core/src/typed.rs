@@ -23,8 +23,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn deadline_after(timeout: Duration) -> Option<Instant> {
-    // A timeout too large to represent is "forever".
+/// The deadline `timeout` from now, as the `deadline` arguments of this
+/// crate take it: `None` (wait forever) when the timeout is too large for an
+/// `Instant`.
+pub fn deadline_after(timeout: Duration) -> Option<Instant> {
     Instant::now().checked_add(timeout)
 }
 

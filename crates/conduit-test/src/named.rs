@@ -9,13 +9,11 @@ use std::time::{Duration, Instant};
 
 use conduit::named::{connect, connect_timeout, connect_with, Listener};
 use conduit::{Codec, Duplex, ErrorKind, FrameConfig};
-use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
 
-use crate::msg::{any_sequence, Msg};
+use crate::msg::Msg;
+use crate::suite::{echo_loop, echo_property, HANG};
 use crate::{ensure, fail, spawn, ChildFn, Failed, Spawned, Trial};
 
-/// Generous bound after which a blocked call counts as hung.
-const HANG: Duration = Duration::from_secs(30);
 /// The environment variable that gives a child the name to connect to.
 const NAME_ENV: &str = "CONDUIT_TEST_NAME";
 /// Clients in the many-clients test.
@@ -132,24 +130,7 @@ fn spawn_with_name(child: &str, name: &str) -> Result<Spawned, Failed> {
     })
 }
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(16)
-}
-
 // ---------------------------------------------------------------- children
-
-fn echo_loop<T: serde::Serialize + serde::de::DeserializeOwned + 'static>(d: &Duplex<T, T>) {
-    loop {
-        match d.recv() {
-            Ok(m) => d.send(&m).expect("echo send"),
-            Err(e) if e.is_disconnected() => return,
-            Err(e) => panic!("echo: {e}"),
-        }
-    }
-}
 
 /// Connects twice by name (typed, then raw) and echoes on both.
 fn child_echo() {
@@ -307,19 +288,15 @@ fn prop_echo_by_name() -> Result<(), Failed> {
     // accepted, so the second connection is the raw one.
     let raw: Duplex<Vec<u8>, Vec<u8>> =
         retype(listener.accept_timeout(HANG).map_err(fail("accept raw"))?);
-    let config = Config {
-        cases: cases(),
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
+    echo_property(
+        "named echo case",
+        concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/proptest-regressions/named_echo.txt"
-        )))),
-        ..Config::default()
-    };
-    let mut runner = TestRunner::new(config);
-    let result = runner.run(&any_sequence(), |seq| {
-        crate::suite::echo_case("named echo case", seq, &typed, &raw)
-    });
-    result.map_err(|e| Failed::from(e.to_string()))?;
+        ),
+        &typed,
+        &raw,
+    )?;
     drop((typed, raw));
     child.wait_success()
 }

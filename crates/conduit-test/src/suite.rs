@@ -24,7 +24,7 @@ use crate::msg::{any_sequence, Item, Msg};
 use crate::{ensure, fail, spawn, ChildFn, Failed, Trial};
 
 /// Generous bound after which a blocked call counts as hung.
-const HANG: Duration = Duration::from_secs(30);
+pub(crate) const HANG: Duration = Duration::from_secs(30);
 
 /// The child functions the suite uses.
 pub const CHILDREN: &[ChildFn] = &[
@@ -147,7 +147,10 @@ fn child_echo() {
     });
 }
 
-fn echo_loop<T: serde::Serialize + serde::de::DeserializeOwned + 'static>(d: &Duplex<T, T>) {
+/// Echoes every message on `d` until the peer is gone.
+pub(crate) fn echo_loop<T: serde::Serialize + serde::de::DeserializeOwned + 'static>(
+    d: &Duplex<T, T>,
+) {
     loop {
         match d.recv() {
             Ok(m) => d.send(&m).expect("echo send"),
@@ -446,6 +449,7 @@ fn liar_shm(scenario: &str, raw: &mut dyn FrameSender, ctl: &Duplex<Msg, Msg>) -
 
 // ---------------------------------------------------------------- helpers
 
+/// Property cases per test: `PROPTEST_CASES`, else 16.
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
@@ -481,9 +485,28 @@ fn spawn_liar(t: Transport, scenario: &str) -> Result<Liar, Failed> {
     Ok((child, rx, ctl))
 }
 
+/// The echo property: random sequences of typed and raw messages sent over
+/// `typed` and `raw` to a child that echoes both; failing cases persist in
+/// `regressions`.
+pub(crate) fn echo_property(
+    what: &str,
+    regressions: &'static str,
+    typed: &Duplex<Msg, Msg>,
+    raw: &Duplex<Vec<u8>, Vec<u8>>,
+) -> Result<(), Failed> {
+    let config = Config {
+        cases: cases(),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(regressions))),
+        ..Config::default()
+    };
+    TestRunner::new(config)
+        .run(&any_sequence(), |seq| echo_case(what, seq, typed, raw))
+        .map_err(|e| Failed::from(e.to_string()))
+}
+
 /// One case of the echo property: sends `seq` over `typed` and `raw` (a child
 /// echoes both) and checks that everything came back once, intact, in order.
-pub(crate) fn echo_case(
+fn echo_case(
     what: &str,
     seq: Vec<Item>,
     typed: &Duplex<Msg, Msg>,
@@ -556,19 +579,12 @@ fn prop_echo_sequences(t: Transport) -> Result<(), Failed> {
         conduit::handoff(cmd, "typed", typed_child)?;
         conduit::handoff(cmd, "raw", raw_child)
     })?;
-    let config = Config {
-        cases: cases(),
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/proptest-regressions/echo.txt"
-        )))),
-        ..Config::default()
-    };
-    let mut runner = TestRunner::new(config);
-    let result = runner.run(&any_sequence(), |seq| {
-        echo_case("echo case", seq, &typed, &raw)
-    });
-    result.map_err(|e| Failed::from(e.to_string()))?;
+    echo_property(
+        "echo case",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/proptest-regressions/echo.txt"),
+        &typed,
+        &raw,
+    )?;
     drop(typed);
     drop(raw);
     child.wait_success()

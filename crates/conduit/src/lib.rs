@@ -89,6 +89,36 @@ pub use conduit_core::{
 };
 use conduit_core::{Package, Resolver};
 
+/// Wraps byte-level endpoints into a typed one-way channel.
+#[cfg(any(feature = "pipe", feature = "socketpair", feature = "shm"))]
+fn typed_channel<T>(tx: impl FrameSender, rx: impl FrameReceiver) -> (Sender<T>, Receiver<T>)
+where
+    T: Serialize + DeserializeOwned + 'static,
+{
+    (
+        Sender::from_raw(Box::new(tx)),
+        Receiver::from_raw(Box::new(rx)),
+    )
+}
+
+/// Wraps a byte-level sender and receiver into one typed end of a connection.
+#[cfg(any(
+    feature = "pipe",
+    feature = "socketpair",
+    feature = "shm",
+    feature = "named"
+))]
+fn typed_duplex<S, R>(tx: impl FrameSender, rx: impl FrameReceiver) -> Duplex<S, R>
+where
+    S: Serialize + 'static,
+    R: DeserializeOwned + 'static,
+{
+    Duplex::from_parts(
+        Sender::from_raw(Box::new(tx)),
+        Receiver::from_raw(Box::new(rx)),
+    )
+}
+
 /// Declares a transport module with the common constructor shape.
 macro_rules! transport_module {
     ($feature:literal, $name:ident, $krate:ident, $doc:literal) => {
@@ -125,7 +155,7 @@ macro_rules! transport_module {
                 cfg: FrameConfig,
             ) -> Result<(Sender<T>, Receiver<T>)> {
                 let (tx, rx) = $krate::channel(cfg)?;
-                Ok((Sender::from_raw(Box::new(tx)), Receiver::from_raw(Box::new(rx))))
+                Ok(typed_channel(tx, rx))
             }
 
             /// Creates a two-way connection with the default [`FrameConfig`].
@@ -162,10 +192,7 @@ macro_rules! transport_module {
                 R: Serialize + DeserializeOwned + 'static,
             {
                 let ((a_tx, a_rx), (b_tx, b_rx)) = $krate::duplex(cfg)?;
-                Ok((
-                    Duplex::from_parts(Sender::from_raw(Box::new(a_tx)), Receiver::from_raw(Box::new(a_rx))),
-                    Duplex::from_parts(Sender::from_raw(Box::new(b_tx)), Receiver::from_raw(Box::new(b_rx))),
-                ))
+                Ok((typed_duplex(a_tx, a_rx), typed_duplex(b_tx, b_rx)))
             }
         }
     };

@@ -63,22 +63,15 @@ use serde::Serialize;
 
 #[cfg(doc)]
 use crate::ErrorKind;
-use crate::{Duplex, FrameConfig, Receiver, Result, Sender};
+use crate::{Duplex, FrameConfig, Result};
+use conduit_core::deadline_after;
 
 fn typed<S, R>((tx, rx): conduit_named::DuplexEnd) -> Duplex<S, R>
 where
     S: Serialize + 'static,
     R: DeserializeOwned + 'static,
 {
-    Duplex::from_parts(
-        Sender::from_raw(Box::new(tx)),
-        Receiver::from_raw(Box::new(rx)),
-    )
-}
-
-fn deadline_after(timeout: Duration) -> Option<Instant> {
-    // A timeout too large to represent is "forever".
-    Instant::now().checked_add(timeout)
+    crate::typed_duplex(tx, rx)
 }
 
 /// A bound name that accepts typed connections: each is a `Duplex<S, R>`

@@ -47,10 +47,7 @@ pub fn channel_with<T: Serialize + DeserializeOwned + 'static>(
     cfg: ShmConfig,
 ) -> Result<(Sender<T>, Receiver<T>)> {
     let (tx, rx) = conduit_shm::channel(cfg)?;
-    Ok((
-        Sender::from_raw(Box::new(tx)),
-        Receiver::from_raw(Box::new(rx)),
-    ))
+    Ok(crate::typed_channel(tx, rx))
 }
 
 /// Creates a two-way connection with the default [`ShmConfig`].
@@ -90,13 +87,7 @@ where
 {
     let ((a_tx, a_rx), (b_tx, b_rx)) = conduit_shm::duplex(cfg)?;
     Ok((
-        Duplex::from_parts(
-            Sender::from_raw(Box::new(a_tx)),
-            Receiver::from_raw(Box::new(a_rx)),
-        ),
-        Duplex::from_parts(
-            Sender::from_raw(Box::new(b_tx)),
-            Receiver::from_raw(Box::new(b_rx)),
-        ),
+        crate::typed_duplex(a_tx, a_rx),
+        crate::typed_duplex(b_tx, b_rx),
     ))
 }
