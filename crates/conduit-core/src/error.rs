@@ -118,6 +118,30 @@ impl Error {
         Error::new(ErrorKind::InvalidInput, message)
     }
 
+    /// A [`ErrorKind::Timeout`] error.
+    pub fn timeout(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Timeout, message)
+    }
+
+    /// A [`ErrorKind::TooLarge`] error.
+    pub fn too_large(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::TooLarge, message)
+    }
+
+    /// The [`ErrorKind::TooLarge`] error of a sender asked to send `len`
+    /// bytes on a channel whose maximum frame is `max` bytes.
+    pub fn frame_too_large(len: usize, max: u32) -> Error {
+        Error::too_large(format!(
+            "message of {len} bytes exceeds the maximum frame size of {max} bytes; raise max_frame on both ends or send it in parts"
+        ))
+    }
+
+    /// The error of a call on a channel that an earlier error closed for
+    /// good: the same kind, with `message` (the earlier one) as context.
+    pub fn closed(kind: ErrorKind, message: &str) -> Error {
+        Error::new(kind, format!("channel closed: {message}"))
+    }
+
     /// Maps an OS error met while doing `what` to a conduit error: a broken pipe,
     /// reset or aborted connection becomes [`ErrorKind::Disconnected`], a timeout
     /// [`ErrorKind::Timeout`], anything else [`ErrorKind::Io`].

@@ -36,6 +36,13 @@ const HEADER_LEN: usize = 4;
 const COALESCE_LIMIT: usize = 16 * 1024;
 /// Size of the receive buffer: several small frames are read per system call.
 const READ_BUF: usize = 64 * 1024;
+/// The most a receiver sets aside for a frame body before its bytes arrive;
+/// larger bodies grow (doubling) as they arrive, so a header announcing a
+/// huge frame commits no memory for bytes that never come.
+const BODY_CHUNK: usize = 1 << 20;
+/// A body buffer above this capacity is released once its frame has been
+/// delivered, so one large message does not pin its memory.
+const BODY_KEEP: usize = 2 << 20;
 
 /// Encodes the handshake for `cfg`.
 pub fn handshake(cfg: FrameConfig) -> [u8; HANDSHAKE_LEN] {
@@ -208,14 +215,7 @@ impl StreamSender {
 impl FrameSender for StreamSender {
     fn send_frame(&mut self, frame: &[u8]) -> Result<()> {
         if frame.len() > self.cfg.max_frame as usize {
-            return Err(Error::new(
-                ErrorKind::TooLarge,
-                format!(
-                    "message of {} bytes exceeds the maximum frame size of {} bytes; raise max_frame on both ends or send it in parts",
-                    frame.len(),
-                    self.cfg.max_frame
-                ),
-            ));
+            return Err(Error::frame_too_large(frame.len(), self.cfg.max_frame));
         }
         let mut head = [0u8; HANDSHAKE_LEN + HEADER_LEN];
         let mut head_len = 0;
@@ -289,8 +289,12 @@ pub struct StreamReceiver {
     buf: Box<[u8]>,
     start: usize,
     end: usize,
+    /// The frame body being collected: `body[..body_got]` has arrived; the
+    /// rest of `body` is initialized room for what comes next.
     body: Vec<u8>,
     body_got: usize,
+    /// An error met by `poll_frame`, reported by the next receive.
+    pending: Option<Error>,
 }
 
 impl StreamReceiver {
@@ -306,6 +310,7 @@ impl StreamReceiver {
             end: 0,
             body: Vec::new(),
             body_got: 0,
+            pending: None,
         }
     }
 
@@ -348,6 +353,8 @@ impl StreamReceiver {
         Ok(())
     }
 
+    /// Waits until the stream is readable or `deadline` passes (`Timeout`);
+    /// without a deadline the next read blocks instead.
     fn wait(&mut self, deadline: Option<Instant>) -> Result<()> {
         if let Some(d) = deadline {
             let readable = self
@@ -355,18 +362,27 @@ impl StreamReceiver {
                 .wait_readable(Some(d))
                 .map_err(|e| Error::from_io("wait failed", e))?;
             if !readable {
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    "no message arrived before the deadline",
-                ));
+                return Err(Error::timeout("no message arrived before the deadline"));
             }
         }
         Ok(())
     }
 
+    /// Closes the receiver for good: later calls fail with `kind`.
+    fn close_as(&mut self, kind: ErrorKind, message: &str) {
+        self.state = State::Closed(kind, message.to_string());
+    }
+
     fn close(&mut self, err: Error) -> Error {
-        self.state = State::Closed(err.kind(), err.message().to_string());
+        self.close_as(err.kind(), err.message());
         err
+    }
+
+    /// The peer closed the stream: closed as `Disconnected` for later calls;
+    /// `now` is what this call reports.
+    fn peer_closed(&mut self, now: Error) -> Error {
+        self.close_as(ErrorKind::Disconnected, "the peer closed the channel");
+        now
     }
 
     /// Advances the state machine over buffered bytes; true when a frame is ready.
@@ -398,28 +414,26 @@ impl StreamReceiver {
                     l.copy_from_slice(&self.buf[self.start..self.start + HEADER_LEN]);
                     let len = u32::from_le_bytes(l) as usize;
                     if len > self.cfg.max_frame as usize {
-                        let e = Error::new(
-                            ErrorKind::TooLarge,
-                            format!(
-                                "the peer announced a frame of {len} bytes, above the maximum of {} bytes; the channel is closed",
-                                self.cfg.max_frame
-                            ),
-                        );
+                        let e = Error::too_large(format!(
+                            "the peer announced a frame of {len} bytes, above the maximum of {} bytes; the channel is closed",
+                            self.cfg.max_frame
+                        ));
                         return Err(self.close(e));
                     }
                     self.start += HEADER_LEN;
                     if avail - HEADER_LEN >= len {
                         self.state = State::ReadyInBuf { len };
                     } else {
-                        // Allocation happens only after the length was checked.
+                        // Allocation happens only after the length was
+                        // checked, and only as the bytes arrive.
                         self.body.clear();
-                        self.body.resize(len, 0);
                         self.body_got = 0;
                         self.state = State::Body { len };
                     }
                 }
                 State::Body { len } => {
                     let k = avail.min(len - self.body_got);
+                    self.grow_body(len, self.body_got + k);
                     self.body[self.body_got..self.body_got + k]
                         .copy_from_slice(&self.buf[self.start..self.start + k]);
                     self.body_got += k;
@@ -463,28 +477,32 @@ impl StreamReceiver {
                 State::Handshake if self.start == self.end => {
                     Error::disconnected("the peer closed the channel before sending anything")
                 }
-                _ => Error::protocol(
-                    "truncated frame: the peer closed the channel in the middle of a frame (did it crash while sending?)",
-                ),
+                _ => truncated(),
             };
-            let closed = Error::disconnected("the peer closed the channel");
-            self.state = State::Closed(closed.kind(), closed.message().to_string());
-            return Err(err);
+            return Err(self.peer_closed(err));
         }
         Ok(())
     }
 
+    /// Makes `body[..need]` initialized room for a frame of `len` bytes:
+    /// at least `BODY_CHUNK` (or `len`) at first, then doubling, never past
+    /// `len`, so memory is committed as bytes arrive.
+    fn grow_body(&mut self, len: usize, need: usize) {
+        if self.body.len() < need {
+            let grown = need.max(self.body.len() * 2).max(BODY_CHUNK).min(len);
+            self.body.resize(grown, 0);
+        }
+    }
+
     fn read_into_body(&mut self, len: usize) -> Result<usize> {
+        self.grow_body(len, self.body_got + 1);
+        let room = self.body.len();
         let n = self
             .io
-            .read(&mut self.body[self.body_got..len])
+            .read(&mut self.body[self.body_got..room])
             .map_err(|e| Error::from_io("receive failed", e))?;
         if n == 0 {
-            let closed = Error::disconnected("the peer closed the channel");
-            self.state = State::Closed(closed.kind(), closed.message().to_string());
-            return Err(Error::protocol(
-                "truncated frame: the peer closed the channel in the middle of a frame (did it crash while sending?)",
-            ));
+            return Err(self.peer_closed(truncated()));
         }
         Ok(n)
     }
@@ -506,23 +524,31 @@ impl StreamReceiver {
 
     /// Makes a frame ready, waiting until `deadline`.
     fn ready(&mut self, deadline: Option<Instant>) -> Result<()> {
+        if let Some(e) = self.pending.take() {
+            return Err(e);
+        }
         while !self.advance()? {
-            if let Some(d) = deadline {
-                let readable = self
-                    .io
-                    .wait_readable(Some(d))
-                    .map_err(|e| Error::from_io("wait failed", e))?;
-                if !readable {
-                    return Err(Error::new(
-                        ErrorKind::Timeout,
-                        "no message arrived before the deadline",
-                    ));
-                }
-            }
+            self.wait(deadline)?;
             self.fill(usize::MAX)?;
         }
         Ok(())
     }
+
+    /// Hands the body buffer's memory back after a large frame.
+    fn release_large_body(&mut self) {
+        if self.body.capacity() > BODY_KEEP {
+            self.body = Vec::new();
+        } else {
+            self.body.clear();
+        }
+        self.body_got = 0;
+    }
+}
+
+fn truncated() -> Error {
+    Error::protocol(
+        "truncated frame: the peer closed the channel in the middle of a frame (did it crash while sending?)",
+    )
 }
 
 impl FrameReceiver for StreamReceiver {
@@ -536,7 +562,7 @@ impl FrameReceiver for StreamReceiver {
             }
             _ => {
                 std::mem::swap(out, &mut self.body);
-                self.body.clear();
+                self.release_large_body();
             }
         }
         self.state = State::Header;
@@ -555,6 +581,7 @@ impl FrameReceiver for StreamReceiver {
             _ => {
                 self.state = State::Header;
                 f(&self.body);
+                self.release_large_body();
             }
         }
         Ok(())
@@ -564,7 +591,11 @@ impl FrameReceiver for StreamReceiver {
         match self.ready(deadline) {
             Ok(()) => Ok(true),
             Err(e) if e.is_timeout() => Ok(false),
-            Err(e) => Err(e),
+            Err(e) => {
+                // The next receive fails at once: that counts as ready.
+                self.pending = Some(e);
+                Ok(true)
+            }
         }
     }
 

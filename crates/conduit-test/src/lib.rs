@@ -48,7 +48,10 @@ pub fn main(children: &[ChildFn], mut trials: Vec<Trial>) -> ! {
     if let Ok(name) = std::env::var(CHILD_ENV) {
         #[cfg(feature = "named")]
         let children = &[children, named::CHILDREN].concat();
-        let all = suite::CHILDREN.iter().chain(children);
+        let all = suite::CHILDREN
+            .iter()
+            .chain(suite::hardening::CHILDREN)
+            .chain(children);
         match all.into_iter().find(|c| c.name == name) {
             Some(c) => {
                 (c.run)();

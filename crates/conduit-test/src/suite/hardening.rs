@@ -1,0 +1,271 @@
+//! Conformance tests for the holes outside probes found (the hardening
+//! issue): calls that must notice a killed peer whatever their timeout,
+//! `poll` semantics, replayed or looping shared-memory records, and memory a
+//! receiver commits for a frame that has not arrived.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use conduit::{Codec, Duplex, ErrorKind, Sender, Transport};
+
+use super::{expect_kind, spawn_idle, HANG};
+use crate::msg::Msg;
+use crate::{ensure, fail, spawn, ChildFn, Failed};
+
+/// The promise: every call reports a dead peer within this long.
+const NOTICE: Duration = Duration::from_secs(1);
+
+/// The child functions of these tests.
+pub(crate) const CHILDREN: &[ChildFn] = &[ChildFn {
+    name: "hardening_liar",
+    run: child_liar,
+}];
+
+/// Plays `CONDUIT_SCENARIO` on the sender handed under `conn`, tells the
+/// parent "sent" on `ctl`, then waits to be killed (or for `ctl` to close).
+fn child_liar() {
+    let scenario = std::env::var("CONDUIT_SCENARIO").expect("scenario");
+    let conn: Sender<Vec<u8>> = conduit::adopt("conn").expect("adopt conn");
+    let ctl: Duplex<Msg, Msg> = conduit::adopt("ctl").expect("adopt ctl");
+    let mut raw = conn.into_raw();
+    let mut once = Vec::new();
+    conduit::Cbor::encode(&Msg::Text("once".into()), &mut once).expect("encode");
+    match scenario.as_str() {
+        // shm: one message, then a padding record that sends the receiver
+        // back to the start of the ring, where that message still lies.
+        "replay" => {
+            raw.send_frame(&once).expect("send");
+            raw.send_unframed(&super::shm_record(SHM_PAD, 0, &[]))
+                .expect("write padding");
+        }
+        // shm: a padding record at ring offset 0, which would skip a whole
+        // lap and land on itself again.
+        "pad_at_start" => {
+            raw.send_unframed(&super::shm_record(SHM_PAD, 0, &[]))
+                .expect("write padding");
+        }
+        // Streams: a frame header announcing 64 MiB, then 100 bytes of it.
+        "announce" => {
+            raw.send_unframed(&super::handshake(1, 1, super::MAX))
+                .expect("write");
+            raw.send_unframed(&(64u32 << 20).to_le_bytes())
+                .expect("write");
+            raw.send_unframed(&[1u8; 100]).expect("write");
+        }
+        other => panic!("unknown scenario {other}"),
+    }
+    ctl.send(&Msg::Text("sent".into())).expect("status");
+    while ctl.recv().is_ok() {}
+}
+
+/// The shm record kind of padding (see the `conduit-shm` crate docs).
+const SHM_PAD: u32 = 5;
+
+/// Spawns the liar with `scenario` and waits for its "sent".
+fn spawn_liar(t: Transport, scenario: &str) -> Result<super::Liar, Failed> {
+    let (tx, rx) = t.channel::<Msg>().map_err(fail("channel"))?;
+    let (ctl, ctl_child) = t.duplex::<Msg, Msg>().map_err(fail("duplex"))?;
+    let child = spawn("hardening_liar", |cmd| {
+        cmd.env("CONDUIT_SCENARIO", scenario);
+        conduit::handoff(cmd, "conn", tx)?;
+        conduit::handoff(cmd, "ctl", ctl_child)
+    })?;
+    let status = ctl.recv_timeout(HANG).map_err(fail("status"))?;
+    ensure(status == Msg::Text("sent".into()), || format!("{status:?}"))?;
+    Ok((child, rx, ctl))
+}
+
+/// How a test looks for the peer's death.
+#[derive(Clone, Copy, Debug)]
+enum Probe {
+    TryRecv,
+    ShortTimeout,
+    Poll,
+    Send,
+}
+
+/// Calls `probe` on `conn` until it reports the peer gone; fails after
+/// [`NOTICE`].
+fn until_disconnected(probe: Probe, conn: &Duplex<Msg, Msg>) -> Result<(), Failed> {
+    let start = Instant::now();
+    let mut calls = 0u64;
+    loop {
+        calls += 1;
+        let gone = match probe {
+            Probe::TryRecv => match conn.try_recv() {
+                Err(e) if e.kind() == ErrorKind::Empty => false,
+                other => expect_kind("try_recv", other, ErrorKind::Disconnected).map(|_| true)?,
+            },
+            Probe::ShortTimeout => match conn.recv_timeout(Duration::from_millis(10)) {
+                Err(e) if e.is_timeout() => false,
+                other => {
+                    expect_kind("recv_timeout", other, ErrorKind::Disconnected).map(|_| true)?
+                }
+            },
+            Probe::Poll => {
+                if conn.poll(Duration::from_millis(20)).map_err(fail("poll"))? {
+                    // Ready because the peer is gone: the receive says so.
+                    expect_kind("recv after poll", conn.try_recv(), ErrorKind::Disconnected)?;
+                    true
+                } else {
+                    false
+                }
+            }
+            Probe::Send => match conn.send(&Msg::Int(calls as i64)) {
+                Ok(()) => false,
+                Err(e) => {
+                    expect_kind("send", Err::<(), _>(e), ErrorKind::Disconnected)?;
+                    true
+                }
+            },
+        };
+        if gone {
+            return Ok(());
+        }
+        let took = start.elapsed();
+        ensure(took < NOTICE, || {
+            format!("{probe:?}: the killed peer was not noticed after {took:?} ({calls} calls)")
+        })?;
+    }
+}
+
+/// Item 4: non-blocking and short-timeout calls, and sends, notice a peer
+/// killed with SIGKILL within a second.
+pub(crate) fn nonblocking_calls_notice_a_killed_peer(t: Transport) -> Result<(), Failed> {
+    for probe in [
+        Probe::TryRecv,
+        Probe::ShortTimeout,
+        Probe::Poll,
+        Probe::Send,
+    ] {
+        let (mut child, conn) = spawn_idle(t)?;
+        child.kill()?;
+        until_disconnected(probe, &conn)?;
+    }
+    Ok(())
+}
+
+/// Item 5: `poll(Duration::MAX)` waits (it is not "now"), and a gone peer
+/// counts as ready, on every transport.
+pub(crate) fn poll_waits_and_counts_a_gone_peer_as_ready(t: Transport) -> Result<(), Failed> {
+    let (tx, rx) = t.channel::<Msg>().map_err(fail("channel"))?;
+    let sender = thread::spawn(move || tx.send(&Msg::Int(1)).map(|()| tx));
+    let ready = crate::watchdog("poll(Duration::MAX)", HANG, || rx.poll(Duration::MAX));
+    ensure(ready.map_err(fail("poll"))?, || {
+        "poll(Duration::MAX) returned false".into()
+    })?;
+    let tx = sender
+        .join()
+        .map_err(|_| Failed::from("sender panicked"))?
+        .map_err(fail("send"))?;
+    let got = rx.try_recv().map_err(fail("try_recv"))?;
+    ensure(got == Msg::Int(1), || format!("{got:?}"))?;
+    let dropper = thread::spawn(move || drop(tx));
+    let ready = crate::watchdog("poll(Duration::MAX) on a gone peer", HANG, || {
+        rx.poll(Duration::MAX)
+    });
+    ensure(ready.map_err(fail("poll on a gone peer"))?, || {
+        "poll on a gone peer returned false".into()
+    })?;
+    dropper
+        .join()
+        .map_err(|_| Failed::from("dropper panicked"))?;
+    ensure(rx.poll(Duration::ZERO).map_err(fail("poll"))?, || {
+        "poll(0) on a gone peer returned false".into()
+    })?;
+    expect_kind("recv on a gone peer", rx.recv(), ErrorKind::Disconnected)?;
+    Ok(())
+}
+
+/// Items 2 and 3 (shm): a padding record never makes the receiver read a
+/// consumed record again or loop over the ring; after the sender is killed
+/// every call reports `Disconnected`.
+pub(crate) fn shm_records_are_never_replayed(t: Transport) -> Result<(), Failed> {
+    let (mut child, rx, _ctl) = spawn_liar(t, "replay")?;
+    let got = rx.recv_timeout(HANG).map_err(fail("the one message"))?;
+    ensure(got == Msg::Text("once".into()), || format!("{got:?}"))?;
+    child.kill()?;
+    let start = Instant::now();
+    let mut copies = 0u64;
+    crate::watchdog("recv after a padding record", HANG, || loop {
+        match rx.recv_timeout(Duration::from_millis(10)) {
+            Ok(m) => {
+                copies += 1;
+                if copies >= 1000 {
+                    return Err(Failed::from(format!(
+                        "the consumed message was delivered again {copies} times: {m:?}"
+                    )));
+                }
+            }
+            Err(e) if e.is_timeout() => {}
+            Err(e) if e.is_disconnected() => return Ok(()),
+            Err(e) => return Err(Failed::from(format!("unexpected error: {e}"))),
+        }
+        if start.elapsed() > NOTICE {
+            return Err(Failed::from("not disconnected within 1 s of the kill"));
+        }
+    })?;
+    ensure(copies == 0, || format!("replayed {copies} times"))?;
+
+    // A padding record at the ring's start: an error or a timeout, at once.
+    let (_child, rx, _ctl) = spawn_liar(t, "pad_at_start")?;
+    let res = crate::watchdog(
+        "recv_timeout over padding at offset 0",
+        Duration::from_secs(5),
+        || rx.recv_timeout(Duration::from_millis(200)),
+    );
+    match res {
+        Err(e) if matches!(e.kind(), ErrorKind::Protocol | ErrorKind::Timeout) => Ok(()),
+        other => {
+            Err(format!("padding at offset 0: expected Protocol or Timeout, got {other:?}").into())
+        }
+    }
+}
+
+/// Item 10 (streams): a header announcing 64 MiB commits no 64 MiB before the
+/// bytes arrive, and a receiver does not keep a large buffer after a large
+/// message.
+pub(crate) fn announced_frames_commit_memory_as_it_arrives(t: Transport) -> Result<(), Failed> {
+    let (_child, rx, _ctl) = spawn_liar(t, "announce")?;
+    crate::alloc::reset_largest();
+    expect_kind(
+        "recv_timeout of a frame still arriving",
+        rx.recv_timeout(Duration::from_millis(100)),
+        ErrorKind::Timeout,
+    )?;
+    let largest = crate::alloc::largest();
+    ensure(largest <= 2 << 20, || {
+        format!("the receiver allocated {largest} bytes for 100 bytes of an announced 64 MiB frame")
+    })?;
+
+    // Retained memory after one large message, echoed by a child.
+    let (typed, typed_child) = t.duplex::<Msg, Msg>().map_err(fail("duplex"))?;
+    let (_raw, raw_child) = t.duplex::<Vec<u8>, Vec<u8>>().map_err(fail("duplex"))?;
+    let mut child = spawn("echo", |cmd| {
+        conduit::handoff(cmd, "typed", typed_child)?;
+        conduit::handoff(cmd, "raw", raw_child)
+    })?;
+    let big = Msg::Job {
+        id: 1,
+        name: "big".into(),
+        tags: vec![],
+        payload: vec![0x5a; 32 << 20],
+        priority: None,
+    };
+    // A small round trip first, so that the endpoints' steady buffers exist.
+    typed.send(&Msg::Int(0)).map_err(fail("send"))?;
+    typed.recv_timeout(HANG).map_err(fail("recv"))?;
+    let before = crate::alloc::net();
+    typed.send(&big).map_err(fail("send big"))?;
+    let back = typed.recv_timeout(HANG).map_err(fail("recv big"))?;
+    ensure(back == big, || "the large message came back changed".into())?;
+    drop(back);
+    let after = crate::alloc::net();
+    let kept = after - before;
+    ensure(kept < 4 << 20, || {
+        format!("the endpoints keep {kept} bytes after one 32 MiB message")
+    })?;
+    drop(big);
+    drop((typed, _raw));
+    child.wait_success()
+}
