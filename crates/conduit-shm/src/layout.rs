@@ -2,9 +2,10 @@
 
 /// `"CNDS"` read as a little-endian `u32`.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"CNDS");
-/// Version of the segment layout and ring protocol (2: records are published
-/// by their kind word; version 1 published a tail index).
-pub const VERSION: u32 = 2;
+/// Version of the segment layout and ring protocol (3: a record carries its
+/// ring position; 2: records are published by their kind word; 1 published
+/// a tail index).
+pub const VERSION: u32 = 3;
 /// Where the ring's data bytes start in the segment.
 pub const DATA_OFFSET: usize = 1024;
 /// Smallest ring capacity.
@@ -87,13 +88,26 @@ pub const fn record_len(payload: u64) -> u64 {
 pub const KIND_AT: u32 = 4;
 /// Offset of the total word in a record header.
 pub const TOTAL_AT: u32 = 8;
+/// Offset of the position word in a record header: the ring position
+/// (bytes ever written before the record, mod 2³²) the record was written
+/// at, so that a record left from an earlier lap never passes for a new one.
+pub const POS_AT: u32 = 12;
 
-/// Encodes a record header.
+/// Encodes a record header (position 0: the raw-send test hook fills in the
+/// real one).
 #[cfg(test)]
 pub fn header(len: u32, kind: u32, total: u32) -> [u8; RECORD_HEADER as usize] {
     let mut h = [0u8; RECORD_HEADER as usize];
     h[0..4].copy_from_slice(&len.to_ne_bytes());
     h[4..8].copy_from_slice(&kind.to_ne_bytes());
     h[8..12].copy_from_slice(&total.to_ne_bytes());
+    h
+}
+
+/// Encodes a record header written at ring position `pos`.
+#[cfg(test)]
+pub fn header_at(len: u32, kind: u32, total: u32, pos: u32) -> [u8; RECORD_HEADER as usize] {
+    let mut h = header(len, kind, total);
+    h[12..16].copy_from_slice(&pos.to_ne_bytes());
     h
 }

@@ -24,7 +24,7 @@
 //! | offset | word | written by | meaning |
 //! |-------:|------|------------|---------|
 //! | 0 | magic | creator | `"CNDS"` |
-//! | 4 | version | creator | 2 |
+//! | 4 | version | creator | 3 |
 //! | 8 | codec | creator | codec id (1 = CBOR) |
 //! | 12 | max frame | creator | largest message, bytes |
 //! | 16 | capacity | creator | ring bytes, a power of two |
@@ -41,8 +41,9 @@
 //!
 //! A record starts at a ring position that is a multiple of 16 and never
 //! wraps around the end of the ring. Its 16-byte header is `len` (payload
-//! bytes), `kind`, `total` and a reserved word, followed by the payload padded
-//! to a multiple of 16. Kinds: 0 = empty (not written yet); 1 = a whole
+//! bytes), `kind`, `total` and `pos` (the ring position the record was
+//! written at: bytes ever written before it, mod 2³²), followed by the
+//! payload padded to a multiple of 16. Kinds: 0 = empty (not written yet); 1 = a whole
 //! message; 2/3/4 = first/middle/last piece of a message streamed in pieces
 //! (the first carries the message's `total` length); 5 = padding up to the
 //! end of the ring.
@@ -59,8 +60,7 @@
 //! "something arrived" signal and the start of the message, which saves a
 //! cache-line transfer per message against a separate tail word (protocol
 //! v1) and is what the 64-byte round trip pays for. Messages whose
-//! record fits in half the ring are written whole (and can be lent in place);
-//! larger ones, up to `max_frame` whatever the ring size, are streamed in
+//! record fits in half the ring are written whole; larger ones, up to `max_frame` whatever the ring size, are streamed in
 //! pieces of at most a quarter of the ring and reassembled by the receiver.
 //!
 //! # Invariants, and how they are enforced
@@ -92,15 +92,26 @@
 //! 5. The header words are compared with this side's configuration whenever
 //!    the receiver looks at the ring; a mismatch (wrong magic, version, codec,
 //!    `max_frame` or capacity) is `Protocol`.
+//! 6. Nothing is read twice. A record counts as published at the head only
+//!    when its kind is not `EMPTY` *and* its `pos` word equals the head; the
+//!    head only moves forward (by whole records, or by padding to the ring's
+//!    end — padding at the ring's start is `Protocol`), so a record left from
+//!    an earlier lap, which a killed or hostile sender can expose, is "not
+//!    published yet" and the receiver waits (and notices a dead sender)
+//!    instead of delivering it again.
+//! 7. Every loop over shared state is bounded: each turn consumes a record
+//!    or waits, the deadline is checked every 64 turns, and a wait always
+//!    ends by the deadline or the liveness interval.
+//! 8. No Rust reference to peer-writable memory is formed: payloads are
+//!    copied out through raw pointers (`mem::Region::copy_out`) before
+//!    anything reads them, also for `recv_with`, which lends the private
+//!    copy (a `&[u8]` over bytes another process may write is undefined
+//!    behaviour, and a hostile peer would write them).
 //!
 //! A hostile peer can therefore make this side fail with `Protocol`,
 //! `TooLarge` or `Disconnected`, deliver garbage (a `Decode` error in the
 //! typed layer), or wait until its deadline — never read or write out of
-//! bounds, allocate more than `max_frame`, or panic. One caveat is inherent
-//! to zero-copy: bytes lent in place by `recv_with` are still in shared
-//! memory, and a peer that breaks the protocol by writing them during the
-//! callback changes what the callback reads. Set
-//! [`ShmConfig::zero_copy`] to `false` to have them copied out first.
+//! bounds, allocate more than `max_frame`, loop, or panic.
 //!
 //! # Blocking and waking
 //!
@@ -126,8 +137,12 @@
 //! returns `Disconnected` (after delivering every message the peer published
 //! before). That check is off the hot path: it only runs after a whole
 //! interval of idleness, costing an idle receiver two system calls every
-//! 100 ms. A peer that drops its endpoint sets its "closed" word and wakes
-//! this side at once.
+//! 100 ms. Calls that never park check the lifeline themselves, at most
+//! every 5 ms: a `try_recv` or short `recv_timeout` that finds nothing, and
+//! a send into a ring with room (so a send to a killed receiver succeeds
+//! for at most 5 ms after its death, plus the sends that fit in the same
+//! clock tick). A peer that drops its endpoint sets its "closed" word and
+//! wakes this side at once.
 
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -200,12 +215,10 @@ pub struct ShmConfig {
     pub spin: Duration,
     /// The longest a parked side sleeps before it checks that the peer's
     /// process is still alive (default 100 ms; at least 1 ms): the bound on
-    /// how late a killed peer is noticed.
+    /// how late a killed peer is noticed by a blocked call. Calls that do
+    /// not park (sends while the ring has room, receives whose deadline has
+    /// passed) check every 5 ms.
     pub liveness_interval: Duration,
-    /// Lend whole messages in place in `recv_with` (default true). With
-    /// `false` they are copied out of shared memory first, so that a
-    /// misbehaving peer cannot change them while they are being decoded.
-    pub zero_copy: bool,
 }
 
 impl Default for ShmConfig {
@@ -216,7 +229,6 @@ impl Default for ShmConfig {
             codec: <conduit_core::Cbor as Codec>::ID,
             spin: Duration::from_micros(50),
             liveness_interval: Duration::from_millis(100),
-            zero_copy: true,
         }
     }
 }
@@ -235,32 +247,30 @@ impl From<FrameConfig> for ShmConfig {
 
 impl ShmConfig {
     /// Returns the config with another ring capacity.
+    #[must_use]
     pub fn with_capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity;
         self
     }
 
     /// Returns the config with another maximum frame size.
+    #[must_use]
     pub fn with_max_frame(mut self, max_frame: u32) -> Self {
         self.max_frame = max_frame;
         self
     }
 
     /// Returns the config with another spin bound.
+    #[must_use]
     pub fn with_spin(mut self, spin: Duration) -> Self {
         self.spin = spin;
         self
     }
 
     /// Returns the config with another liveness interval.
+    #[must_use]
     pub fn with_liveness_interval(mut self, interval: Duration) -> Self {
         self.liveness_interval = interval;
-        self
-    }
-
-    /// Returns the config with zero-copy receive on or off.
-    pub fn with_zero_copy(mut self, zero_copy: bool) -> Self {
-        self.zero_copy = zero_copy;
         self
     }
 
@@ -282,7 +292,6 @@ impl ShmConfig {
             codec: self.codec,
             spin: self.spin,
             tick: self.liveness_interval.max(Duration::from_millis(1)),
-            zero_copy: self.zero_copy,
         })
     }
 }
@@ -392,7 +401,7 @@ fn package(region: &Region, link: Link, p: &Params, index: u32) -> Result<Packag
             u64::from(p.codec),
             u64::try_from(p.spin.as_nanos()).unwrap_or(u64::MAX),
             u64::try_from(p.tick.as_nanos()).unwrap_or(u64::MAX),
-            u64::from(p.zero_copy),
+            0, // reserved (was: zero-copy lending, removed)
             u64::from(index),
         ],
     })
@@ -402,13 +411,12 @@ fn package(region: &Region, link: Link, p: &Params, index: u32) -> Result<Packag
 fn unpack(package: Package) -> Result<(Region, Link, Params, u32)> {
     let bad = || Error::invalid_input("bad shm parameters in handoff token");
     let (p, index) = match package.meta[..] {
-        [META_VERSION, cap, max, codec, spin, tick, zero_copy, index, ..]
+        [META_VERSION, cap, max, codec, spin, tick, 0, index, ..]
             if u32::try_from(cap).is_ok_and(|c| {
                 c.is_power_of_two() && (MIN_CAPACITY..=MAX_CAPACITY).contains(&c)
             }) && max <= u64::from(u32::MAX)
                 && codec <= 255
                 && tick >= 1_000_000
-                && zero_copy <= 1
                 && index <= u64::from(u32::MAX) =>
         {
             (
@@ -418,7 +426,6 @@ fn unpack(package: Package) -> Result<(Region, Link, Params, u32)> {
                     codec: codec as u8,
                     spin: Duration::from_nanos(spin),
                     tick: Duration::from_nanos(tick),
-                    zero_copy: zero_copy == 1,
                 },
                 index as u32,
             )

@@ -8,7 +8,9 @@
 //! so no input can make this process touch memory outside the mapping.
 //! Multi-byte values the protocol reads from the ring (record headers) are
 //! loaded with atomic loads, copied into locals and validated by the caller;
-//! they are never re-read after validation.
+//! they are never re-read after validation. Payload bytes are copied out
+//! through raw pointers ([`Region::copy_out`]); no Rust reference to bytes
+//! the peer can write is ever formed.
 
 #![allow(unsafe_code)]
 
@@ -104,20 +106,35 @@ impl Region {
         Ok(())
     }
 
-    /// Lends `len` bytes of the ring at `off`.
+    /// Appends a copy of `len` bytes of the ring at `off` to `out`.
     ///
-    /// The protocol gives the receiver exclusive use of the bytes between the
-    /// head and the tail until it moves the head, so a well-behaved sender
-    /// never writes them while they are lent. A hostile sender can; it then
-    /// changes the values the borrower reads (garbage in, `Decode` error out),
-    /// while lengths and indices that this crate uses were copied out and
-    /// validated before (see the crate documentation).
-    pub fn slice(&self, off: u32, len: u32) -> Result<&[u8]> {
-        let p = self.check(off, len as usize)?;
-        // SAFETY: the range is inside the mapping (checked), which lives as
-        // long as the borrow of `self`; every byte of it is initialized (the
-        // OS zero-fills shared memory) and any value is a valid `u8`.
-        Ok(unsafe { std::slice::from_raw_parts(p, len as usize) })
+    /// No reference to the shared bytes is ever formed: the peer can write
+    /// them at any time (a hostile one will), and a `&[u8]` over memory that
+    /// changes under it is undefined behaviour. The bytes are copied with a
+    /// raw-pointer copy into memory this process owns; a peer writing
+    /// during the copy makes the copy garbage (a `Decode` error later), not
+    /// undefined behaviour of the safe code that reads it.
+    pub fn copy_out(&self, off: u32, len: u32, out: &mut Vec<u8>) -> Result<()> {
+        let src = self.check(off, len as usize)?;
+        let len = len as usize;
+        out.try_reserve(len).map_err(|_| {
+            Error::new(
+                ErrorKind::Io,
+                format!("cannot allocate {len} bytes for an incoming message"),
+            )
+        })?;
+        let at = out.len();
+        // SAFETY: `src..src + len` is inside the mapping (checked above) and
+        // only read, through a raw pointer. `out` has room for `len` more
+        // bytes (reserved above), the destination is this process's own
+        // heap memory, which cannot overlap the mapping, and after the copy
+        // those `len` bytes are initialized (any byte value is a valid `u8`),
+        // so the new length is sound.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src, out.as_mut_ptr().add(at), len);
+            out.set_len(at + len);
+        }
+        Ok(())
     }
 
     /// Test hook: writes `bytes` anywhere in the segment (header included),

@@ -28,8 +28,36 @@ pub struct Params {
     pub spin: Duration,
     /// How long one park may last before the peer's liveness is checked.
     pub tick: Duration,
-    /// Lend whole messages in place in `recv_with`.
-    pub zero_copy: bool,
+}
+
+/// How often a call that does not park (a send into free space, a receive
+/// whose deadline has passed) checks that the peer's process is alive: the
+/// bound on how long such calls can go on after the peer was killed.
+const LIVENESS_POLL: Duration = Duration::from_millis(5);
+
+/// Rate-limits the lifeline checks of calls that do not park.
+#[derive(Debug)]
+struct LivenessClock {
+    next: Instant,
+}
+
+impl LivenessClock {
+    fn new() -> LivenessClock {
+        LivenessClock {
+            next: Instant::now(),
+        }
+    }
+
+    /// True when a check is due (and schedules the next one).
+    fn due(&mut self) -> bool {
+        let now = Instant::now();
+        if now >= self.next {
+            self.next = now + LIVENESS_POLL;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Params {
@@ -237,9 +265,7 @@ fn ring_peer(region: &Region, link: &Link, flag: Word, bell: Word, woken: &mut u
 }
 
 fn closed_error(state: &Option<(ErrorKind, String)>) -> Option<Error> {
-    state
-        .as_ref()
-        .map(|(kind, msg)| Error::new(*kind, format!("channel closed: {msg}")))
+    state.as_ref().map(|(kind, msg)| Error::closed(*kind, msg))
 }
 
 /// The sending side of a ring.
@@ -258,6 +284,8 @@ pub struct Producer {
     episode: u32,
     /// Set once the channel is unusable.
     broken: Option<(ErrorKind, String)>,
+    /// When a send next checks the receiver's process.
+    liveness: LivenessClock,
 }
 
 impl Producer {
@@ -273,6 +301,7 @@ impl Producer {
             woken: 0,
             episode: 0,
             broken: None,
+            liveness: LivenessClock::new(),
         }
     }
 
@@ -287,17 +316,15 @@ impl Producer {
             return Err(e);
         }
         if frame.len() > self.p.max_frame as usize {
-            return Err(Error::new(
-                ErrorKind::TooLarge,
-                format!(
-                    "message of {} bytes exceeds the maximum frame size of {} bytes; raise max_frame on both ends or send it in parts",
-                    frame.len(),
-                    self.p.max_frame
-                ),
-            ));
+            return Err(Error::frame_too_large(frame.len(), self.p.max_frame));
         }
         if self.region.word(Word::RxClosed).load(Acquire) != 0 {
             return Err(self.fail(Error::disconnected("the receiver closed the channel")));
+        }
+        // A killed receiver sets no flag; while the ring has room nothing
+        // parks, so look at the lifeline every LIVENESS_POLL.
+        if self.liveness.due() && !self.link.peer_alive() {
+            return Err(self.fail(Error::disconnected("the receiver exited or was killed")));
         }
         let rec = record_len(frame.len() as u64);
         if rec > self.p.whole_limit() {
@@ -313,14 +340,15 @@ impl Producer {
         self.reserve(pad + rec + HDR)?;
         let end = self.tail.wrapping_add(pad + rec);
         self.clear_slot(end)?;
-        self.write_record(at, frame.len() as u32, 0, frame)?;
+        let pos = self.tail.wrapping_add(pad);
+        self.write_record(at, frame.len() as u32, 0, pos, frame)?;
         if pad > 0 {
             // The record at offset 0 is complete before the padding that
             // leads the receiver to it is published.
             self.region
                 .atomic(at + layout::KIND_AT)?
                 .store(kind::WHOLE, Release);
-            self.write_record(off, pad - HDR, 0, &[])?;
+            self.write_record(off, pad - HDR, 0, self.tail, &[])?;
             self.publish(off, kind::PAD, end)
         } else {
             self.publish(at, kind::WHOLE, end)
@@ -338,7 +366,7 @@ impl Producer {
                 self.reserve(HDR + HDR)?;
                 let end = self.tail.wrapping_add(HDR);
                 self.clear_slot(end)?;
-                self.write_record(off, 0, 0, &[])?;
+                self.write_record(off, 0, 0, self.tail, &[])?;
                 self.publish(off, kind::PAD, end)?;
                 continue;
             }
@@ -357,7 +385,7 @@ impl Producer {
             };
             let end = self.tail.wrapping_add(rec);
             self.clear_slot(end)?;
-            self.write_record(off, piece as u32, t, &frame[sent..sent + piece])?;
+            self.write_record(off, piece as u32, t, self.tail, &frame[sent..sent + piece])?;
             sent += piece;
             self.publish(off, k, end)?;
         }
@@ -376,19 +404,23 @@ impl Producer {
         Ok(())
     }
 
-    /// Writes a record at ring offset `at`: everything but its kind word,
-    /// which stays `EMPTY` until [`Producer::publish`].
-    fn write_record(&self, at: u32, len: u32, total: u32, payload: &[u8]) -> Result<()> {
+    /// Writes a record at ring offset `at` and ring position `pos`:
+    /// everything but its kind word, which stays `EMPTY` until
+    /// [`Producer::publish`].
+    fn write_record(&self, at: u32, len: u32, total: u32, pos: u32, payload: &[u8]) -> Result<()> {
         self.region.atomic(at)?.store(len, Relaxed);
         self.region
             .atomic(at + layout::TOTAL_AT)?
             .store(total, Relaxed);
+        self.region.atomic(at + layout::POS_AT)?.store(pos, Relaxed);
         self.region.write(at + HDR, payload)
     }
 
     /// Test hook: copies `bytes` verbatim into the ring at the tail
     /// (wrapping at the end), storing the kind word of the first record
-    /// (bytes 4..8) last, which publishes them.
+    /// (bytes 4..8) last, which publishes them. The first record's position
+    /// word (bytes 12..16) is filled in with the tail, as the protocol
+    /// requires; `poke_shared` writes anything anywhere.
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
         if let Some(e) = closed_error(&self.broken) {
             return Err(e);
@@ -410,6 +442,11 @@ impl Producer {
         let off = self.tail & (self.p.cap - 1);
         self.write_wrapping(self.tail, head)?;
         self.write_wrapping(self.tail.wrapping_add(layout::TOTAL_AT), rest)?;
+        if bytes.len() >= HDR as usize && off % HDR == 0 {
+            self.region
+                .atomic(off + layout::POS_AT)?
+                .store(self.tail, Relaxed);
+        }
         self.publish(off, kind_word, end)
     }
 
@@ -548,6 +585,25 @@ enum Step {
     },
 }
 
+/// The words of the record slot at the consumer's head.
+struct HeadWords<'a> {
+    kind: &'a std::sync::atomic::AtomicU32,
+    pos: &'a std::sync::atomic::AtomicU32,
+    head: u32,
+}
+
+impl HeadWords<'_> {
+    /// The kind of the record at the head if one is published there: a kind
+    /// other than `EMPTY` *and* the head's own position in the record's
+    /// position word. A record left from an earlier lap (which a dead or
+    /// hostile sender can expose, e.g. with padding) carries an older
+    /// position and counts as not published, so no record is read twice.
+    fn published(&self, order: std::sync::atomic::Ordering) -> Option<u32> {
+        let k = self.kind.load(order);
+        (k != kind::EMPTY && self.pos.load(order) == self.head).then_some(k)
+    }
+}
+
 #[derive(Debug)]
 enum RxState {
     Idle,
@@ -573,13 +629,20 @@ pub struct Consumer {
     /// Our own park episode counter.
     episode: u32,
     state: RxState,
-    /// Reassembly buffer.
+    /// Reassembly buffer, and the copy of a whole message lent by `recv_with`.
     buf: Vec<u8>,
+    /// When a receive that does not park next checks the sender's process.
+    liveness: LivenessClock,
+    /// An error met by `poll`, reported by the next receive.
+    pending: Option<Error>,
 }
 
 fn timeout_error() -> Error {
-    Error::new(ErrorKind::Timeout, "no message arrived before the deadline")
+    Error::timeout("no message arrived before the deadline")
 }
+
+/// Loop turns in [`Consumer::ready`] between two looks at the deadline.
+const TURNS_PER_DEADLINE_CHECK: u32 = 64;
 
 impl Consumer {
     /// A consumer whose head is `head` (0 for a new ring).
@@ -593,6 +656,8 @@ impl Consumer {
             episode: 0,
             state: RxState::Idle,
             buf: Vec::new(),
+            liveness: LivenessClock::new(),
+            pending: None,
         }
     }
 
@@ -617,12 +682,16 @@ impl Consumer {
         self.signal_closed();
     }
 
-    /// The kind word of the record slot at the head.
-    fn head_kind(&self) -> Result<&std::sync::atomic::AtomicU32> {
+    /// The kind and position words of the record slot at the head.
+    fn head_words(&self) -> Result<HeadWords<'_>> {
         // The head only moves by whole records and padding, so its offset is
         // a multiple of HDR and a whole header fits before the ring's end.
-        self.region
-            .atomic((self.head & (self.p.cap - 1)) + layout::KIND_AT)
+        let off = self.head & (self.p.cap - 1);
+        Ok(HeadWords {
+            kind: self.region.atomic(off + layout::KIND_AT)?,
+            pos: self.region.atomic(off + layout::POS_AT)?,
+            head: self.head,
+        })
     }
 
     /// Reads and validates the record at the head.
@@ -632,13 +701,19 @@ impl Consumer {
         let room = cap - off;
         // Acquire: the sender stores the kind last, so once it is not EMPTY
         // the rest of the record is written.
-        let k = self.head_kind()?.load(Acquire);
-        if k == kind::EMPTY {
+        let Some(k) = self.head_words()?.published(Acquire) else {
             return Ok(Step::NeedMore);
-        }
+        };
         let len = self.region.load(off)?;
         let total = self.region.load(off + layout::TOTAL_AT)?;
         if k == kind::PAD {
+            if off == 0 {
+                // Padding runs to the ring's end; at its start it would
+                // skip a whole lap and land on itself.
+                return Err(Error::protocol(
+                    "a padding record at the start of the ring: the shared memory is corrupted",
+                ));
+            }
             return Ok(Step::Skip(room));
         }
         let assembling = match self.state {
@@ -654,13 +729,10 @@ impl Consumer {
                 }
                 let size = if k == kind::WHOLE { len } else { total };
                 if size > self.p.max_frame {
-                    return Err(Error::new(
-                        ErrorKind::TooLarge,
-                        format!(
-                            "the peer announced a frame of {size} bytes, above the maximum of {} bytes; the channel is closed",
-                            self.p.max_frame
-                        ),
-                    ));
+                    return Err(Error::too_large(format!(
+                        "the peer announced a frame of {size} bytes, above the maximum of {} bytes; the channel is closed",
+                        self.p.max_frame
+                    )));
                 }
                 if k == kind::FIRST && len > total {
                     return Err(Error::protocol(format!(
@@ -728,7 +800,7 @@ impl Consumer {
             })?;
             self.state = RxState::Assembling { total };
         }
-        self.buf.extend_from_slice(self.region.slice(off, len)?);
+        self.region.copy_out(off, len, &mut self.buf)?;
         self.release(rec);
         if self.buf.len() == total as usize || k == kind::LAST {
             self.state = RxState::Assembled;
@@ -763,12 +835,27 @@ impl Consumer {
     }
 
     /// Makes the next message ready, waiting until `deadline`.
+    ///
+    /// Every turn of the loop either consumes a record (the head moves
+    /// forward, and a record is only taken at the position it was written
+    /// at, so nothing is read twice) or waits; every
+    /// [`TURNS_PER_DEADLINE_CHECK`] turns the deadline is checked too, so a
+    /// peer that keeps publishing pieces or padding cannot hold a call past
+    /// its deadline.
     pub fn ready(&mut self, deadline: Option<Instant>) -> Result<Ready> {
+        if let Some(e) = self.pending.take() {
+            return Err(e);
+        }
+        let mut turns = 0u32;
         loop {
+            turns = turns.wrapping_add(1);
+            if turns % TURNS_PER_DEADLINE_CHECK == 0
+                && deadline.is_some_and(|d| Instant::now() >= d)
+            {
+                return Err(timeout_error());
+            }
             match &self.state {
-                RxState::Closed(kind, msg) => {
-                    return Err(Error::new(*kind, format!("channel closed: {msg}")))
-                }
+                RxState::Closed(kind, msg) => return Err(Error::closed(*kind, msg)),
                 RxState::Assembled => return Ok(Ready::Assembled),
                 RxState::Idle | RxState::Assembling { .. } => {}
             }
@@ -804,11 +891,15 @@ impl Consumer {
                         return Err(self.sender_gone("the sender closed the channel"));
                     }
                     // Field by field, to leave `self.episode` free to borrow.
-                    let slot = (self.head & (self.p.cap - 1)) + layout::KIND_AT;
-                    let kind_word = self.region.atomic(slot)?;
+                    let off = self.head & (self.p.cap - 1);
+                    let words = HeadWords {
+                        kind: self.region.atomic(off + layout::KIND_AT)?,
+                        pos: self.region.atomic(off + layout::POS_AT)?,
+                        head: self.head,
+                    };
                     let closed_word = self.region.word(Word::TxClosed);
                     let moved =
-                        || kind_word.load(SeqCst) != kind::EMPTY || closed_word.load(SeqCst) != 0;
+                        || words.published(SeqCst).is_some() || closed_word.load(SeqCst) != 0;
                     let waited = wait_until(
                         &self.region,
                         &self.link,
@@ -820,7 +911,17 @@ impl Consumer {
                     )?;
                     match waited {
                         Waited::Moved => {}
-                        Waited::Deadline => return Err(timeout_error()),
+                        Waited::Deadline => {
+                            // Calls with a short or zero timeout never park
+                            // for a whole tick: look at the lifeline here.
+                            if self.liveness.due()
+                                && !self.link.peer_alive()
+                                && !self.published()?
+                            {
+                                return Err(self.sender_gone("the sender exited or was killed"));
+                            }
+                            return Err(timeout_error());
+                        }
                         Waited::PeerGone => {
                             if !self.published()? {
                                 return Err(self.sender_gone("the sender exited or was killed"));
@@ -834,8 +935,8 @@ impl Consumer {
 
     /// True when a record is published at the head.
     fn published(&mut self) -> Result<bool> {
-        match self.head_kind() {
-            Ok(word) => Ok(word.load(Acquire) != kind::EMPTY),
+        match self.head_words() {
+            Ok(words) => Ok(words.published(Acquire).is_some()),
             Err(e) => Err(self.close(e)),
         }
     }
@@ -845,9 +946,8 @@ impl Consumer {
         match self.ready(deadline)? {
             Ready::InRing { off, len, rec } => {
                 out.clear();
-                match self.region.slice(off, len) {
-                    Ok(bytes) => out.extend_from_slice(bytes),
-                    Err(e) => return Err(self.close(e)),
+                if let Err(e) = self.region.copy_out(off, len, out) {
+                    return Err(self.close(e));
                 }
                 self.release(rec);
             }
@@ -860,24 +960,17 @@ impl Consumer {
         Ok(())
     }
 
-    /// Receives one message and lends it to `f`.
+    /// Receives one message and lends `f` a private copy of it (see
+    /// [`Region::copy_out`] for why it is never lent in place).
     pub fn recv_with(&mut self, deadline: Option<Instant>, f: &mut dyn FnMut(&[u8])) -> Result<()> {
         match self.ready(deadline)? {
             Ready::InRing { off, len, rec } => {
-                if self.p.zero_copy {
-                    match self.region.slice(off, len) {
-                        Ok(bytes) => f(bytes),
-                        Err(e) => return Err(self.close(e)),
-                    }
-                } else {
-                    self.buf.clear();
-                    match self.region.slice(off, len) {
-                        Ok(bytes) => self.buf.extend_from_slice(bytes),
-                        Err(e) => return Err(self.close(e)),
-                    }
-                    f(&self.buf);
+                self.buf.clear();
+                if let Err(e) = self.region.copy_out(off, len, &mut self.buf) {
+                    return Err(self.close(e));
                 }
                 self.release(rec);
+                f(&self.buf);
             }
             Ready::Assembled => {
                 self.state = RxState::Idle;
@@ -891,12 +984,18 @@ impl Consumer {
         Ok(())
     }
 
-    /// True when a whole message is ready, waiting until `deadline`.
+    /// True when a receive would not block: a whole message is ready, or
+    /// the channel is closed (the peer is gone, or an error closed it; the
+    /// next receive reports it). Waits until `deadline` (`None`: as long as
+    /// it takes).
     pub fn poll(&mut self, deadline: Option<Instant>) -> Result<bool> {
-        match self.ready(Some(deadline.unwrap_or_else(Instant::now))) {
+        match self.ready(deadline) {
             Ok(_) => Ok(true),
             Err(e) if e.is_timeout() => Ok(false),
-            Err(e) => Err(e),
+            Err(e) => {
+                self.pending = Some(e);
+                Ok(true)
+            }
         }
     }
 

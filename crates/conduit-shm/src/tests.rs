@@ -72,7 +72,7 @@ fn wraparound_in_one_thread_keeps_order_and_content() {
         };
         assert_eq!(got, msg, "message {i} of {len} bytes");
     }
-    assert!(!rx.poll_frame(None).unwrap());
+    assert!(!rx.poll_frame(Some(Instant::now())).unwrap());
 }
 
 #[test]
@@ -194,16 +194,16 @@ fn poll_is_true_only_once_the_record_is_published() {
     rec.extend_from_slice(b"hello");
     rec.resize(32, 0);
     tx.send_unframed(&rec).unwrap();
-    assert!(!rx.poll_frame(None).unwrap());
+    assert!(!rx.poll_frame(Some(Instant::now())).unwrap());
     assert!(!rx
         .poll_frame(Some(Instant::now() + Duration::from_millis(5)))
         .unwrap());
     // The sender stores the kind last; the ring starts at DATA_OFFSET.
     let kind_at = (layout::DATA_OFFSET as u32 + layout::KIND_AT) as u64;
     tx.poke_shared(kind_at, &kind::WHOLE.to_ne_bytes()).unwrap();
-    assert!(rx.poll_frame(None).unwrap());
+    assert!(rx.poll_frame(Some(Instant::now())).unwrap());
     assert_eq!(recv(&mut rx).unwrap(), b"hello");
-    assert!(!rx.poll_frame(None).unwrap());
+    assert!(!rx.poll_frame(Some(Instant::now())).unwrap());
 }
 
 #[test]
@@ -215,7 +215,10 @@ fn a_stale_record_from_an_earlier_lap_is_not_taken_for_a_new_one() {
     for i in 0..200u32 {
         tx.send_frame(&i.to_ne_bytes()).unwrap();
         assert_eq!(recv(&mut rx).unwrap(), i.to_ne_bytes());
-        assert!(!rx.poll_frame(None).unwrap(), "after message {i}");
+        assert!(
+            !rx.poll_frame(Some(Instant::now())).unwrap(),
+            "after message {i}"
+        );
     }
 }
 
@@ -224,10 +227,10 @@ fn poll_consumes_pieces_until_a_whole_message_is_assembled() {
     let (mut tx, mut rx) = channel(small(4096)).unwrap();
     let first = [layout::header(3, kind::FIRST, 6).to_vec(), b"abc".to_vec()].concat();
     tx.send_unframed(&[first, vec![0; 13]].concat()).unwrap();
-    assert!(!rx.poll_frame(None).unwrap());
+    assert!(!rx.poll_frame(Some(Instant::now())).unwrap());
     let last = [layout::header(3, kind::LAST, 0).to_vec(), b"def".to_vec()].concat();
     tx.send_unframed(&[last, vec![0; 13]].concat()).unwrap();
-    assert!(rx.poll_frame(None).unwrap());
+    assert!(rx.poll_frame(Some(Instant::now())).unwrap());
     assert_eq!(recv_lent(&mut rx).unwrap(), b"abcdef");
 }
 
@@ -280,7 +283,7 @@ fn corrupted_records_are_protocol_errors() {
             [
                 layout::header(16, kind::FIRST, 20).to_vec(),
                 vec![0; 16],
-                layout::header(16, kind::MORE, 0).to_vec(),
+                layout::header_at(16, kind::MORE, 0, 32).to_vec(),
                 vec![0; 16],
             ]
             .concat(),
@@ -290,7 +293,7 @@ fn corrupted_records_are_protocol_errors() {
             [
                 layout::header(16, kind::FIRST, 40).to_vec(),
                 vec![0; 16],
-                layout::header(16, kind::LAST, 0).to_vec(),
+                layout::header_at(16, kind::LAST, 0, 32).to_vec(),
                 vec![0; 16],
             ]
             .concat(),
@@ -300,7 +303,7 @@ fn corrupted_records_are_protocol_errors() {
             [
                 layout::header(16, kind::FIRST, 40).to_vec(),
                 vec![0; 16],
-                layout::header(1, kind::WHOLE, 0).to_vec(),
+                layout::header_at(1, kind::WHOLE, 0, 32).to_vec(),
                 vec![0; 16],
             ]
             .concat(),
@@ -342,7 +345,7 @@ fn corrupted_head_is_a_protocol_error_for_the_sender() {
 fn bad_segment_header_is_a_protocol_error() {
     let cases: [(Word, u32, &str); 5] = [
         (Word::Magic, 0x5054_5448, "not a conduit endpoint"),
-        (Word::Version, 3, "protocol v3"),
+        (Word::Version, 4, "protocol v4"),
         (Word::Codec, 9, "codec id 9"),
         (Word::MaxFrame, 1024, "max_frame"),
         (Word::Capacity, 8192, "corrupted"),
@@ -467,4 +470,66 @@ fn import_rejects_bad_parameters() {
         crate::import_sender(pkg).unwrap_err().kind(),
         ErrorKind::Protocol
     );
+}
+
+#[test]
+fn recv_with_lends_a_private_copy_that_the_peer_cannot_change() {
+    // Hardening item 9: no reference to peer-writable memory is formed.
+    let (mut tx, mut rx) = channel(small(4096)).unwrap();
+    tx.send_frame(b"hello").unwrap();
+    let payload_at = (layout::DATA_OFFSET as u32 + layout::RECORD_HEADER) as u64;
+    let mut seen = Vec::new();
+    rx.recv_with(Some(Instant::now() + Duration::from_secs(20)), &mut |f| {
+        // The peer scribbles over the payload while it is lent.
+        tx.poke_shared(payload_at, b"HELLO").unwrap();
+        seen.extend_from_slice(f);
+    })
+    .unwrap();
+    assert_eq!(seen, b"hello");
+}
+
+#[test]
+fn padding_at_the_ring_start_is_an_error_not_an_endless_loop() {
+    // Hardening item 2: before, the receiver skipped a whole lap onto the
+    // same padding record forever, at 100% CPU, ignoring its deadline.
+    let (mut tx, mut rx) = channel(small(4096)).unwrap();
+    tx.send_unframed(&layout::header(0, kind::PAD, 0)).unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let mut out = Vec::new();
+        let res = rx.recv_frame(&mut out, Some(Instant::now() + Duration::from_millis(50)));
+        let _ = done_tx.send(res.map_err(|e| e.kind()));
+    });
+    let res = done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("recv over padding at offset 0 did not return: endless loop");
+    assert_eq!(res, Err(ErrorKind::Protocol));
+}
+
+#[test]
+fn a_consumed_record_is_never_delivered_again() {
+    // Hardening item 3: one message, then padding that leads the receiver
+    // back to the ring's start, where the consumed message still lies; then
+    // the sender closes. Before, the message came back forever.
+    let (mut tx, mut rx) = channel(small(4096)).unwrap();
+    tx.send_frame(b"once").unwrap();
+    tx.send_unframed(&layout::header(0, kind::PAD, 0)).unwrap();
+    drop(tx);
+    assert_eq!(recv(&mut rx).unwrap(), b"once");
+    assert_eq!(kind_of(recv(&mut rx)), ErrorKind::Disconnected);
+}
+
+#[test]
+fn poll_without_deadline_waits_and_a_gone_sender_counts_as_ready() {
+    // Hardening item 5: `None` used to mean "now".
+    let (mut tx, mut rx) = channel(small(4096)).unwrap();
+    let sender = thread::spawn(move || {
+        tx.send_frame(b"late").unwrap();
+        tx
+    });
+    assert!(rx.poll_frame(None).unwrap());
+    assert_eq!(recv(&mut rx).unwrap(), b"late");
+    drop(sender.join().unwrap());
+    assert!(rx.poll_frame(None).unwrap());
+    assert_eq!(kind_of(recv(&mut rx)), ErrorKind::Disconnected);
 }
