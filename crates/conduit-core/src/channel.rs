@@ -30,7 +30,17 @@ fn no_shared_memory() -> Error {
 pub trait FrameSender: Send + 'static {
     /// Sends one frame, blocking while the channel is full. A frame larger than
     /// the channel's maximum fails with `TooLarge` and leaves the channel usable.
-    fn send_frame(&mut self, frame: &[u8]) -> Result<()>;
+    fn send_frame(&mut self, frame: &[u8]) -> Result<()> {
+        self.send_frame_until(frame, None)
+    }
+
+    /// Sends one frame, waiting for room until `deadline` (`None`: as long
+    /// as it takes; a deadline in the past makes this a non-blocking
+    /// attempt). When the deadline passes before any of the frame was sent
+    /// the error is `Full` and nothing was sent. A frame is never sent in
+    /// part: once its first byte is in the channel, the rest follows even
+    /// past the deadline (the receiver would otherwise see a broken frame).
+    fn send_frame_until(&mut self, frame: &[u8], deadline: Option<Instant>) -> Result<()>;
 
     /// The transport's name (`"pipe"`, `"socketpair"`, ...).
     fn transport(&self) -> &'static str;
@@ -121,6 +131,7 @@ impl Default for FrameConfig {
 
 impl FrameConfig {
     /// Returns the config with another maximum frame size.
+    #[must_use]
     pub fn with_max_frame(mut self, max_frame: u32) -> Self {
         self.max_frame = max_frame;
         self

@@ -61,7 +61,7 @@ impl Codec for Cbor {
     fn encode<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()> {
         ciborium::ser::into_writer(value, out).map_err(|e| {
             Error::with_source(
-                ErrorKind::Decode,
+                ErrorKind::Encode,
                 "cannot encode the message as cbor (does its Serialize impl fail?)",
                 e.to_string(),
             )

@@ -24,12 +24,17 @@ pub enum ErrorKind {
     Timeout,
     /// A non-blocking receive found no message ready.
     Empty,
+    /// A non-blocking send found no room in the channel; nothing was sent.
+    Full,
     /// A frame is larger than the configured maximum frame size. When a peer
     /// announces such a frame the receiving channel is closed.
     TooLarge,
     /// A frame arrived whole but its payload could not be decoded into the
     /// expected type (garbage or a type mismatch between the peers).
     Decode,
+    /// A message could not be encoded (its `Serialize` implementation
+    /// failed); nothing was sent.
+    Encode,
     /// The peer broke the wire protocol: wrong handshake, bad frame header,
     /// truncated frame, or inconsistent shared state.
     Protocol,
@@ -48,8 +53,10 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Disconnected => "disconnected",
             ErrorKind::Timeout => "timed out",
             ErrorKind::Empty => "empty",
+            ErrorKind::Full => "full",
             ErrorKind::TooLarge => "frame too large",
             ErrorKind::Decode => "decode error",
+            ErrorKind::Encode => "encode error",
             ErrorKind::Protocol => "protocol error",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::InvalidInput => "invalid input",
@@ -121,6 +128,15 @@ impl Error {
     /// A [`ErrorKind::Timeout`] error.
     pub fn timeout(message: impl Into<String>) -> Error {
         Error::new(ErrorKind::Timeout, message)
+    }
+
+    /// The [`ErrorKind::Full`] error of a send whose deadline passed before
+    /// the channel had room for it.
+    pub fn full() -> Error {
+        Error::new(
+            ErrorKind::Full,
+            "the channel had no room for the message before the deadline; nothing was sent",
+        )
     }
 
     /// A [`ErrorKind::TooLarge`] error.
@@ -201,11 +217,9 @@ impl fmt::Display for Error {
         if self.message.is_empty() {
             write!(f, "{}", self.kind)
         } else {
-            write!(f, "{}: {}", self.kind, self.message)?;
-            if let Some(source) = &self.source {
-                write!(f, " ({source})")?;
-            }
-            Ok(())
+            // The source is not repeated here: error-chain reporters print
+            // it from `source()`.
+            write!(f, "{}: {}", self.kind, self.message)
         }
     }
 }
@@ -223,12 +237,12 @@ impl From<Error> for io::Error {
         let kind = match err.kind {
             ErrorKind::Disconnected => io::ErrorKind::BrokenPipe,
             ErrorKind::Timeout => io::ErrorKind::TimedOut,
-            ErrorKind::Empty => io::ErrorKind::WouldBlock,
+            ErrorKind::Empty | ErrorKind::Full => io::ErrorKind::WouldBlock,
             ErrorKind::TooLarge | ErrorKind::Decode | ErrorKind::Protocol => {
                 io::ErrorKind::InvalidData
             }
             ErrorKind::Unsupported => io::ErrorKind::Unsupported,
-            ErrorKind::InvalidInput => io::ErrorKind::InvalidInput,
+            ErrorKind::InvalidInput | ErrorKind::Encode => io::ErrorKind::InvalidInput,
             ErrorKind::Io => io::ErrorKind::Other,
         };
         io::Error::new(kind, err)

@@ -88,15 +88,71 @@ impl<T: Serialize + 'static, C: Codec> Sender<T, C> {
     /// # Ok(()) }
     /// ```
     pub fn send(&self, msg: &T) -> Result<()> {
+        self.send_until(msg, None)
+    }
+
+    /// Sends `msg` if the channel has room for it now, else fails with
+    /// [`ErrorKind::Full`] and sends nothing (crossbeam's `try_send`).
+    ///
+    /// A message is never sent in part. On stream transports a message
+    /// larger than the channel's free space (more than 4 KiB, the size the
+    /// OS writes atomically) can fit only partly: it is then accepted
+    /// (`Ok`), and its rest goes out first thing in the next call on this
+    /// sender, or when the sender is dropped (which then waits for room
+    /// like [`send`](Self::send)); a later `try_send` fails with `Full`
+    /// until the rest fit. On the shm transport a message larger than half
+    /// the ring, once its first piece is in, is finished like `send`. On
+    /// Windows stream transports (pipe, socketpair, named) the free space
+    /// cannot be queried and this blocks like `send`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (tx, rx) = conduit::channel::<u32>()?;
+    /// tx.try_send(&1)?;
+    /// assert_eq!(rx.recv()?, 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn try_send(&self, msg: &T) -> Result<()> {
+        self.send_until(msg, Some(Instant::now()))
+    }
+
+    /// Like [`send`](Self::send), but gives up with [`ErrorKind::Timeout`]
+    /// (nothing sent) when the channel has no room for the message within
+    /// `timeout`. See [`try_send`](Self::try_send) for messages larger than
+    /// the free space and for Windows.
+    pub fn send_timeout(&self, msg: &T, timeout: Duration) -> Result<()> {
+        self.send_deadline_opt(msg, deadline_after(timeout))
+    }
+
+    /// Like [`send_timeout`](Self::send_timeout) with a deadline.
+    pub fn send_deadline(&self, msg: &T, deadline: Instant) -> Result<()> {
+        self.send_deadline_opt(msg, Some(deadline))
+    }
+
+    fn send_deadline_opt(&self, msg: &T, deadline: Option<Instant>) -> Result<()> {
+        self.send_until(msg, deadline).map_err(|e| {
+            if e.kind() == ErrorKind::Full {
+                Error::timeout(
+                    "the channel had no room for the message before the deadline; nothing was sent",
+                )
+            } else {
+                e
+            }
+        })
+    }
+
+    fn send_until(&self, msg: &T, deadline: Option<Instant>) -> Result<()> {
         let mut st = lock(&self.state);
         if let Some(bytes) = (msg as &dyn Any).downcast_ref::<Vec<u8>>() {
             // The raw path: the bytes are the frame, no copy.
-            return st.raw.send_frame(bytes);
+            return st.raw.send_frame_until(bytes, deadline);
         }
         let SendState { raw, buf } = &mut *st;
         buf.clear();
         encode_message::<T, C>(msg, buf)?;
-        let res = raw.send_frame(buf);
+        let res = raw.send_frame_until(buf, deadline);
         if buf.capacity() > 1 << 20 {
             // Do not keep a huge buffer alive after one huge message.
             *buf = Vec::new();
@@ -196,9 +252,12 @@ impl<T: DeserializeOwned + 'static, C: Codec> Receiver<T, C> {
         })
     }
 
-    /// True when a message is ready to be received, waiting up to `timeout`
-    /// for one (Python's `Connection.poll`). Fails with `Disconnected` when the
-    /// sender is gone and nothing is left.
+    /// True when a [`recv`](Self::recv) would not block, waiting up to
+    /// `timeout` for that (Python's `Connection.poll`): a whole message is
+    /// ready, or the sender is gone (or an error closed the channel) and the
+    /// next receive reports it, as Python's `poll` returns `True` at EOF and
+    /// `conduit::wait` counts a gone peer as ready. `Duration::MAX` waits as
+    /// long as it takes.
     pub fn poll(&self, timeout: Duration) -> Result<bool> {
         lock(&self.raw).poll_frame(deadline_after(timeout))
     }
@@ -217,6 +276,7 @@ impl<T: DeserializeOwned + 'static, C: Codec> Receiver<T, C> {
     /// assert_eq!(got, [0, 1, 2]);
     /// # Ok(()) }
     /// ```
+    #[must_use]
     pub fn iter(&self) -> Iter<'_, T, C> {
         Iter {
             rx: self,
@@ -316,6 +376,21 @@ impl<S: Serialize + 'static, R: DeserializeOwned + 'static, C: Codec> Duplex<S, 
         self.tx.send(msg)
     }
 
+    /// See [`Sender::try_send`].
+    pub fn try_send(&self, msg: &S) -> Result<()> {
+        self.tx.try_send(msg)
+    }
+
+    /// See [`Sender::send_timeout`].
+    pub fn send_timeout(&self, msg: &S, timeout: Duration) -> Result<()> {
+        self.tx.send_timeout(msg, timeout)
+    }
+
+    /// See [`Sender::send_deadline`].
+    pub fn send_deadline(&self, msg: &S, deadline: Instant) -> Result<()> {
+        self.tx.send_deadline(msg, deadline)
+    }
+
     /// Receives a message (see [`Receiver::recv`]).
     pub fn recv(&self) -> Result<R> {
         self.rx.recv()
@@ -342,12 +417,14 @@ impl<S: Serialize + 'static, R: DeserializeOwned + 'static, C: Codec> Duplex<S, 
     }
 
     /// See [`Receiver::iter`].
+    #[must_use]
     pub fn iter(&self) -> Iter<'_, R, C> {
         self.rx.iter()
     }
 
     /// Splits into the sending and the receiving half, for use from different
     /// threads or processes.
+    #[must_use]
     pub fn split(self) -> (Sender<S, C>, Receiver<R, C>) {
         (self.tx, self.rx)
     }

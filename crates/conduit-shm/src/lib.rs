@@ -475,8 +475,8 @@ fn poke(region: &Region, offset: u64, bytes: &[u8]) -> Result<u64> {
 }
 
 impl FrameSender for ShmSender {
-    fn send_frame(&mut self, frame: &[u8]) -> Result<()> {
-        self.inner.as_mut().ok_or_else(gone)?.send(frame)
+    fn send_frame_until(&mut self, frame: &[u8], deadline: Option<Instant>) -> Result<()> {
+        self.inner.as_mut().ok_or_else(gone)?.send(frame, deadline)
     }
 
     fn transport(&self) -> &'static str {

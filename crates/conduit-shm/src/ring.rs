@@ -310,8 +310,10 @@ impl Producer {
         e
     }
 
-    /// Sends one message, blocking while the ring is full.
-    pub fn send(&mut self, frame: &[u8]) -> Result<()> {
+    /// Sends one message, waiting while the ring is full until `deadline`
+    /// (then `Full`, nothing sent). A message streamed in pieces is finished
+    /// once its first piece is in the ring, past the deadline if need be.
+    pub fn send(&mut self, frame: &[u8], deadline: Option<Instant>) -> Result<()> {
         if let Some(e) = closed_error(&self.broken) {
             return Err(e);
         }
@@ -328,7 +330,7 @@ impl Producer {
         }
         let rec = record_len(frame.len() as u64);
         if rec > self.p.whole_limit() {
-            return self.send_pieces(frame);
+            return self.send_pieces(frame, deadline);
         }
         let rec = rec as u32;
         let cap = self.p.cap;
@@ -337,7 +339,7 @@ impl Producer {
         // A whole record never wraps: pad to the end of the ring first.
         let (pad, at) = if rec > to_end { (to_end, 0) } else { (0, off) };
         // pad < rec <= cap / 2, so pad + rec + HDR <= cap.
-        self.reserve(pad + rec + HDR)?;
+        self.reserve(pad + rec + HDR, deadline)?;
         let end = self.tail.wrapping_add(pad + rec);
         self.clear_slot(end)?;
         let pos = self.tail.wrapping_add(pad);
@@ -355,15 +357,19 @@ impl Producer {
         }
     }
 
-    fn send_pieces(&mut self, frame: &[u8]) -> Result<()> {
+    fn send_pieces(&mut self, frame: &[u8], mut deadline: Option<Instant>) -> Result<()> {
         let cap = self.p.cap;
         let total = frame.len() as u32;
         let mut sent = 0usize;
         while sent < frame.len() {
+            if sent > 0 {
+                // Started: finish the message whatever the deadline.
+                deadline = None;
+            }
             let off = self.tail & (cap - 1);
             let to_end = cap - off;
             if to_end == HDR {
-                self.reserve(HDR + HDR)?;
+                self.reserve(HDR + HDR, deadline)?;
                 let end = self.tail.wrapping_add(HDR);
                 self.clear_slot(end)?;
                 self.write_record(off, 0, 0, self.tail, &[])?;
@@ -375,7 +381,7 @@ impl Producer {
                 .min((to_end - HDR) as usize);
             // to_end is a multiple of HDR, so the record ends by the ring's end.
             let rec = record_len(piece as u64) as u32;
-            self.reserve(rec + HDR)?;
+            self.reserve(rec + HDR, deadline)?;
             let (k, t) = if sent == 0 {
                 (kind::FIRST, total)
             } else if sent + piece == frame.len() {
@@ -429,7 +435,7 @@ impl Producer {
             return Err(Error::invalid_input("more raw bytes than the ring holds"));
         }
         let n = bytes.len() as u32;
-        self.reserve(n + HDR)?;
+        self.reserve(n + HDR, None)?;
         let end = self.tail.wrapping_add(n);
         if end % HDR == 0 {
             self.clear_slot(end)?;
@@ -478,8 +484,9 @@ impl Producer {
         Ok(())
     }
 
-    /// Waits until `need` (at most the capacity) bytes are free at the tail.
-    fn reserve(&mut self, need: u32) -> Result<()> {
+    /// Waits until `need` (at most the capacity) bytes are free at the tail,
+    /// or until `deadline` (then `Full`).
+    fn reserve(&mut self, need: u32, deadline: Option<Instant>) -> Result<()> {
         loop {
             if self.free() >= need {
                 return Ok(());
@@ -503,8 +510,16 @@ impl Producer {
                 &PRODUCER_PARK,
                 &moved,
                 &mut self.episode,
-                None,
+                deadline,
             )?;
+            if let Waited::Deadline = waited {
+                let head = self.region.word(Word::Head).load(Acquire);
+                self.accept_head(head)?;
+                if self.free() >= need {
+                    return Ok(());
+                }
+                return Err(Error::full());
+            }
             if let Waited::PeerGone = waited {
                 let head = self.region.word(Word::Head).load(Acquire);
                 self.accept_head(head)?;

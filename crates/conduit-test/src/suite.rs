@@ -127,6 +127,10 @@ pub fn trials(t: Transport) -> Vec<Trial> {
             "poll_waits_and_counts_a_gone_peer_as_ready",
             hardening::poll_waits_and_counts_a_gone_peer_as_ready,
         ),
+        (
+            "try_send_and_send_timeout_on_a_full_channel",
+            hardening::try_send_and_send_timeout_on_a_full_channel,
+        ),
     ]);
     if shm {
         tests.push((

@@ -254,3 +254,17 @@ pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
 pub fn set_cloexec(fd: &OwnedFd) -> io::Result<()> {
     Ok(rustix::io::fcntl_setfd(fd, FdFlags::CLOEXEC)?)
 }
+
+impl OsStream {
+    /// Waits until the stream can take at least one byte (or is broken) or
+    /// `deadline` passes; false on timeout.
+    pub fn wait_writable(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        poll_fd(self.fd.as_fd(), PollFlags::OUT, deadline)
+    }
+
+    /// Makes writes fail with `WouldBlock` instead of blocking (`true`), or
+    /// block again (`false`).
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        Ok(rustix::io::ioctl_fionbio(&self.fd, on)?)
+    }
+}

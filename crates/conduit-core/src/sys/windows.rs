@@ -243,3 +243,17 @@ pub fn pipe() -> io::Result<(OwnedHandle, OwnedHandle)> {
         ))
     }
 }
+
+impl OsStream {
+    /// Windows anonymous pipes cannot report free space: always true, and
+    /// the next write blocks while the pipe is full.
+    pub fn wait_writable(&self, _deadline: Option<Instant>) -> io::Result<bool> {
+        Ok(true)
+    }
+
+    /// Writes on these pipes always block: a no-op (send deadlines are not
+    /// honoured on Windows stream transports; see `docs/design-notes.md`).
+    pub fn set_nonblocking(&self, _on: bool) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -16,10 +16,24 @@ use crate::{ensure, fail, spawn, ChildFn, Failed};
 const NOTICE: Duration = Duration::from_secs(1);
 
 /// The child functions of these tests.
-pub(crate) const CHILDREN: &[ChildFn] = &[ChildFn {
-    name: "hardening_liar",
-    run: child_liar,
-}];
+pub(crate) const CHILDREN: &[ChildFn] = &[
+    ChildFn {
+        name: "hardening_liar",
+        run: child_liar,
+    },
+    ChildFn {
+        name: "gated_echo",
+        run: child_gated_echo,
+    },
+];
+
+/// Reads nothing until the parent says "go" on `ctl`, then echoes `conn`.
+fn child_gated_echo() {
+    let conn: Duplex<Msg, Msg> = conduit::adopt("conn").expect("adopt conn");
+    let ctl: Duplex<Msg, Msg> = conduit::adopt("ctl").expect("adopt ctl");
+    assert_eq!(ctl.recv().expect("go"), Msg::Text("go".into()));
+    super::echo_loop(&conn);
+}
 
 /// Plays `CONDUIT_SCENARIO` on the sender handed under `conn`, tells the
 /// parent "sent" on `ctl`, then waits to be killed (or for `ctl` to close).
@@ -268,4 +282,74 @@ pub(crate) fn announced_frames_commit_memory_as_it_arrives(t: Transport) -> Resu
     drop(big);
     drop((typed, _raw));
     child.wait_success()
+}
+
+/// Item 12: `try_send` fails with `Full` and `send_timeout` with `Timeout`
+/// on a channel whose reader is stuck, sending nothing; every message that
+/// was accepted arrives once, in order; a killed peer is `Disconnected`.
+pub(crate) fn try_send_and_send_timeout_on_a_full_channel(t: Transport) -> Result<(), Failed> {
+    if cfg!(windows) && t != Transport::Shm {
+        // Windows anonymous pipes cannot report free space: sends block
+        // (documented on `Sender::try_send`).
+        return Ok(());
+    }
+    let (typed, typed_child) = t.duplex::<Msg, Msg>().map_err(fail("duplex"))?;
+    let (ctl, ctl_child) = t.duplex::<Msg, Msg>().map_err(fail("duplex"))?;
+    let mut child = spawn("gated_echo", |cmd| {
+        conduit::handoff(cmd, "conn", typed_child)?;
+        conduit::handoff(cmd, "ctl", ctl_child)
+    })?;
+    let job = |id: u64| Msg::Job {
+        id,
+        name: "fill".into(),
+        tags: vec![],
+        payload: vec![id as u8; 4096],
+        priority: None,
+    };
+    // The child reads nothing until "go": our direction fills up.
+    let mut sent = 0u64;
+    loop {
+        match typed.try_send(&job(sent)) {
+            Ok(()) => sent += 1,
+            Err(e) if e.kind() == ErrorKind::Full => break,
+            Err(e) => return Err(format!("try_send #{sent}: {e}").into()),
+        }
+        ensure(sent < 1_000_000, || "try_send never reported Full".into())?;
+    }
+    let start = Instant::now();
+    expect_kind(
+        "send_timeout on a full channel",
+        typed.send_timeout(&job(sent), Duration::from_millis(30)),
+        ErrorKind::Timeout,
+    )?;
+    ensure(start.elapsed() >= Duration::from_millis(30), || {
+        "send_timeout gave up before its timeout".into()
+    })?;
+    // Everything accepted comes back once, in order, and nothing else. (A
+    // message that only partly fitted is completed by the next send.)
+    ctl.send(&Msg::Text("go".into())).map_err(fail("go"))?;
+    typed
+        .send(&Msg::Int(-1))
+        .map_err(fail("send after the full channel"))?;
+    for want in 0..sent {
+        let got = typed.recv_timeout(HANG).map_err(fail("echo"))?;
+        ensure(got == job(want), || {
+            format!("echo #{want} of {sent}: got another message")
+        })?;
+    }
+    let got = typed.recv_timeout(HANG).map_err(fail("last echo"))?;
+    ensure(got == Msg::Int(-1), || format!("last echo: {got:?}"))?;
+    child.kill()?;
+    let start = Instant::now();
+    loop {
+        match typed.try_send(&Msg::Int(0)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::Full => {}
+            Err(e) if e.is_disconnected() => return Ok(()),
+            Err(e) => return Err(format!("try_send to a killed peer: {e}").into()),
+        }
+        ensure(start.elapsed() < NOTICE, || {
+            "try_send did not notice the killed peer within 1 s".into()
+        })?;
+    }
 }
