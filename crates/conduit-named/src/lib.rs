@@ -46,9 +46,11 @@
 //! * **Unix**: the socket lives in a directory that must be owned by the
 //!   current user with no access for group or others (`0700`). It is created
 //!   so; an existing directory with wider permissions, another owner, or that
-//!   is a symbolic link is refused with an error that says why and what to do
-//!   (as is one whose parent is writable by others without the sticky bit).
-//!   The socket file is `0600`. Both ends also check the peer's effective uid
+//!   is a symbolic link is refused with an error that says why and what to do.
+//!   So is a directory that another user could rename away and replace: every
+//!   directory above it must be owned by the current user or root, and be
+//!   writable by nobody else (no group or other write bit) unless it has the
+//!   sticky bit (as `/tmp` does). The socket file is `0600`. Both ends also check the peer's effective uid
 //!   (`SO_PEERCRED` / `LOCAL_PEERCRED`) and refuse a different user.
 //! * **Windows**: every pipe is created with a security descriptor whose
 //!   owner is the current user and whose protected DACL grants access to the
@@ -67,6 +69,11 @@
 //!   succeeds: the name is guarded by an `flock` on its lock file, which the
 //!   kernel releases when the holder dies, and a left-over socket is removed
 //!   only after a connection attempt shows that nobody listens on it.
+//! * Binding *any* name also sweeps the directory: every other name whose
+//!   lock file nobody holds (its server was killed) loses its socket and lock
+//!   files, so they do not pile up after crashes. The sweep takes each such
+//!   lock before it removes anything, so it never races a server binding
+//!   that name.
 //! * Binding a name that a live server holds fails with `ErrorKind::Io`
 //!   whose source is an `io::ErrorKind::AddrInUse` error, and says which
 //!   process holds it (Unix).
@@ -347,7 +354,8 @@ pub mod unix {
     /// The environment variable that overrides the socket directory. It must
     /// name an absolute path; the directory is created (mode `0700`) if it
     /// does not exist, and refused unless it is owned by the current user and
-    /// closed to group and others.
+    /// closed to group and others, and every directory above it is owned by
+    /// the current user or root and writable by nobody else (unless sticky).
     pub const DIR_ENV: &str = crate::sys::DIR_ENV;
 
     /// The private directory that holds the sockets, created if needed and

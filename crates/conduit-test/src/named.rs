@@ -55,6 +55,10 @@ pub const CHILDREN: &[ChildFn] = &[
         name: "named_adopt_echo",
         run: child_adopt_echo,
     },
+    ChildFn {
+        name: "named_sweep",
+        run: child_sweep,
+    },
 ];
 
 type TestFn = fn() -> Result<(), Failed>;
@@ -72,6 +76,14 @@ pub fn trials() -> Vec<Trial> {
         (
             "socket_directory_must_be_private",
             directory_must_be_private,
+        ),
+        (
+            "socket_directory_parent_writable_by_another_user_is_refused",
+            parent_writable_by_others,
+        ),
+        (
+            "stale_files_of_killed_servers_are_swept_by_any_bind",
+            stale_files_swept,
         ),
         (
             "client_killed_mid_message_then_listener_serves_others",
@@ -242,6 +254,58 @@ fn check_fresh_dir(name: &str) {
 
 #[cfg(not(unix))]
 fn check_fresh_dir(_name: &str) {}
+
+/// Servers killed by the harness in the sweep test.
+const SWEPT_SERVERS: usize = 5;
+
+/// Runs in its own socket directory (`CONDUIT_NAMED_DIR`): starts
+/// [`SWEPT_SERVERS`] servers on distinct names, kills them (`SIGKILL`), then
+/// binds another name and checks that the killed servers' files are gone.
+#[cfg(unix)]
+fn child_sweep() {
+    let dir = std::path::PathBuf::from(std::env::var_os("CONDUIT_NAMED_DIR").expect("dir"));
+    let files = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .expect("read the socket directory")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    // All bound before any is killed: every bind sweeps, so a server
+    // started after a kill would already clean up after it.
+    let servers: Vec<Spawned> = (0..SWEPT_SERVERS)
+        .map(|i| {
+            let name = unique(&format!("swept{i}"));
+            let server = spawn_with_name("named_server", &name).expect("spawn a server");
+            // Connecting (and one echo) shows that the server has bound its name.
+            connect_to_server(&name).expect("reach the server");
+            server
+        })
+        .collect();
+    for mut server in servers {
+        server.kill().expect("kill the server");
+    }
+    let before = files();
+    assert_eq!(
+        before.len(),
+        2 * SWEPT_SERVERS,
+        "the killed servers should have left a .sock and a .lock each: {before:?}"
+    );
+    let name = unique("sweeper");
+    let listener = Listener::<Msg, Msg>::bind(&name).expect("bind a new name");
+    let after = files();
+    assert_eq!(
+        after,
+        [format!("{name}.lock"), format!("{name}.sock")],
+        "binding {name} left stale files of killed servers behind"
+    );
+    drop(listener);
+    assert!(files().is_empty(), "files left after drop: {:?}", files());
+}
+
+#[cfg(not(unix))]
+fn child_sweep() {}
 
 /// Sends one whole message and part of another in one write, then waits to
 /// be killed.
@@ -512,6 +576,96 @@ fn directory_must_be_private() -> Result<(), Failed> {
         Ok(())
     })?
     .wait_success()
+}
+
+/// A socket directory whose parent another user can write to (here: owns,
+/// group-writable) must be refused, since that user could rename it away
+/// and put a directory of theirs in its place; parents that only this user
+/// and root can change stay accepted.
+#[cfg(unix)]
+fn parent_writable_by_others() -> Result<(), Failed> {
+    use std::fs::{create_dir, set_permissions, Permissions};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let base = std::env::temp_dir().join(unique("parent"));
+    create_dir(&base).map_err(fail("mkdir"))?;
+    let _cleanup = RemoveOnDrop(base.clone());
+    set_permissions(&base, Permissions::from_mode(0o700)).map_err(fail("chmod"))?;
+    let me = std::fs::metadata(&base).map_err(fail("stat"))?.uid();
+    let mkdir = |name: &str, mode: u32| -> Result<std::path::PathBuf, Failed> {
+        let dir = base.join(name);
+        create_dir(&dir).map_err(fail("mkdir"))?;
+        set_permissions(&dir, Permissions::from_mode(mode)).map_err(fail("chmod"))?;
+        Ok(dir)
+    };
+    let name = unique("parent");
+    let run = |dir: &std::path::Path, scenario: &str, expect: &str| -> Result<(), Failed> {
+        spawn("named_dir_checks", |cmd: &mut Command| {
+            cmd.env(NAME_ENV, &name)
+                .env("CONDUIT_SCENARIO", scenario)
+                .env("CONDUIT_EXPECT", expect)
+                .env("CONDUIT_NAMED_DIR", dir);
+            Ok(())
+        })?
+        .wait_success()
+    };
+    // Group-writable (no sticky bit), owned by this user: group members
+    // could replace the directory.
+    let group = mkdir("group", 0o770)?;
+    run(&group.join("run"), "refused", "group|chmod")?;
+    ensure(!group.join("run").exists(), || {
+        "the directory was created in a refused parent".into()
+    })?;
+    // Accepted: a parent only this user can write to, and a sticky
+    // world-writable one (like /tmp), where others cannot rename our entry.
+    run(&mkdir("mine", 0o755)?.join("run"), "fresh", "")?;
+    run(&mkdir("sticky", 0o1777)?.join("run"), "fresh", "")?;
+    if me == 0 {
+        // Group-writable and owned by another user (only root can make one).
+        let other = mkdir("other", 0o775)?;
+        std::os::unix::fs::chown(&other, Some(65534), Some(65534)).map_err(fail("chown"))?;
+        run(&other.join("run"), "refused", "owned by uid 65534")?;
+        ensure(!other.join("run").exists(), || {
+            "the directory was created in a refused parent".into()
+        })?;
+        // Owned by another user, even closed to group and others: the owner
+        // can still rename our directory.
+        let owned = mkdir("owned", 0o755)?;
+        std::os::unix::fs::chown(&owned, Some(65534), Some(65534)).map_err(fail("chown"))?;
+        run(&owned.join("run"), "refused", "owned by uid 65534")?;
+        // The same further up: a grandparent another user owns.
+        let upper = mkdir("upper", 0o775)?;
+        let mid = upper.join("mid");
+        create_dir(&mid).map_err(fail("mkdir"))?;
+        std::os::unix::fs::chown(&upper, Some(65534), Some(65534)).map_err(fail("chown"))?;
+        run(&mid.join("run"), "refused", "owned by uid 65534")?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn parent_writable_by_others() -> Result<(), Failed> {
+    Ok(())
+}
+
+/// Killed servers leave `.sock`/`.lock` pairs; binding any name sweeps them.
+#[cfg(unix)]
+fn stale_files_swept() -> Result<(), Failed> {
+    use std::fs::{create_dir, set_permissions, Permissions};
+    use std::os::unix::fs::PermissionsExt;
+    let base = std::env::temp_dir().join(unique("sweep"));
+    create_dir(&base).map_err(fail("mkdir"))?;
+    let _cleanup = RemoveOnDrop(base.clone());
+    set_permissions(&base, Permissions::from_mode(0o700)).map_err(fail("chmod"))?;
+    let mut child = spawn("named_sweep", |cmd: &mut Command| {
+        cmd.env("CONDUIT_NAMED_DIR", base.join("run"));
+        Ok(())
+    })?;
+    crate::watchdog("the sweep child", HANG * 2, || child.wait_success())
+}
+
+#[cfg(not(unix))]
+fn stale_files_swept() -> Result<(), Failed> {
+    Ok(())
 }
 
 #[cfg(unix)]

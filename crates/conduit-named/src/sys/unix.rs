@@ -109,23 +109,7 @@ pub fn socket_dir() -> Result<PathBuf> {
 /// Creates `dir` (mode `0700`) if it does not exist and checks that only
 /// user `uid` can reach what is inside.
 fn ensure_private(dir: &Path, origin: &str, uid: u32) -> Result<()> {
-    // A parent that anyone may write to without the sticky bit would let
-    // another user rename our directory away and put theirs in its place.
-    if let Some(parent) = dir.parent() {
-        if let Ok(pm) = fs::metadata(parent) {
-            let mode = pm.mode();
-            if mode & 0o002 != 0 && mode & 0o1000 == 0 {
-                return Err(refuse(
-                    dir,
-                    format!(
-                        "its parent {} is writable by every user (mode {:04o}, no sticky bit), so another user could replace it; set {DIR_ENV} to a directory in a safe place",
-                        parent.display(),
-                        mode & 0o7777
-                    ),
-                ));
-            }
-        }
-    }
+    check_ancestors(dir, uid)?;
     match DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {
             // The umask can only have removed bits; make it exactly 0700.
@@ -182,6 +166,47 @@ fn ensure_private(dir: &Path, origin: &str, uid: u32) -> Result<()> {
     Ok(())
 }
 
+/// Refuses `dir` when another user could rename it (or a directory above
+/// it) away and put one of theirs in its place: every ancestor must be owned
+/// by this user or root, and writable by nobody else unless its sticky bit
+/// is set (as on `/tmp`, where others cannot rename entries they do not
+/// own). Ancestors that cannot be inspected are skipped: `dir` is then
+/// unreachable anyway, which the checks of `dir` itself report.
+fn check_ancestors(dir: &Path, uid: u32) -> Result<()> {
+    for parent in dir.ancestors().skip(1) {
+        let Ok(pm) = fs::metadata(parent) else {
+            continue;
+        };
+        let owner = pm.uid();
+        let mode = pm.mode() & 0o7777;
+        if owner != uid && owner != 0 {
+            return Err(refuse(
+                dir,
+                format!(
+                    "{} above it is owned by uid {owner}, who could replace it (only this user, uid {uid}, or root may own the directories above the socket directory); set {DIR_ENV} to a directory in a safe place",
+                    parent.display()
+                ),
+            ));
+        }
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            let who = if mode & 0o002 != 0 {
+                "every user"
+            } else {
+                "its group"
+            };
+            return Err(refuse(
+                dir,
+                format!(
+                    "{} above it is writable by {who} (mode {mode:04o}, no sticky bit), so another user could replace it; run `chmod go-w {}` or set {DIR_ENV} to a directory in a safe place",
+                    parent.display(),
+                    parent.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_len(path: &Path) -> Result<()> {
     if SocketAddr::from_pathname(path).is_err() {
         return Err(Error::invalid_input(format!(
@@ -220,6 +245,7 @@ fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
 /// file recognisably stale.
 fn lock_name(lock_path: &Path, name: &str) -> Result<File> {
     let nofollow = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+    let mut contended = 0u32;
     for _ in 0..16 {
         let file = OpenOptions::new()
             .read(true)
@@ -237,7 +263,26 @@ fn lock_name(lock_path: &Path, name: &str) -> Result<File> {
             })?;
         match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
-            Err(Errno::WOULDBLOCK) => return Err(in_use(name, read_pid(&file))),
+            Err(Errno::WOULDBLOCK) => {
+                // The holder may be a live server, or only passing through:
+                // a server that is stopping, or another bind sweeping a
+                // stale name (both unlink the file, then unlock it, within
+                // microseconds). Look again a few times before calling the
+                // name taken.
+                let replaced = match (file.metadata(), fs::symlink_metadata(lock_path)) {
+                    (Ok(ours), Ok(there)) => !same_file(&ours, &there),
+                    _ => true,
+                };
+                if replaced {
+                    continue;
+                }
+                if contended < LOCK_RETRIES {
+                    std::thread::sleep(Duration::from_millis(1 << contended));
+                    contended += 1;
+                    continue;
+                }
+                return Err(in_use(name, read_pid(&file)));
+            }
             Err(Errno::INTR) => continue,
             Err(e) => {
                 return Err(Error::from_io(
@@ -262,6 +307,65 @@ fn lock_name(lock_path: &Path, name: &str) -> Result<File> {
         ),
         io::Error::from(io::ErrorKind::AddrInUse),
     ))
+}
+
+/// How many times `lock_name` looks again at a held lock (after 1, 2, 4
+/// and 8 ms) before it reports the name in use.
+const LOCK_RETRIES: u32 = 4;
+
+/// Removes the `.sock`/`.lock` pairs that servers killed without cleaning
+/// up left in `dir`, except those of `except` (the name being bound, whose
+/// own stale socket `remove_stale` handles). A pair is stale when nobody
+/// holds the lock: the sweep takes the lock itself, so that no server can
+/// bind the name meanwhile, removes the socket after a connection attempt
+/// is refused (as for the name being bound), then unlinks the lock file
+/// before it unlocks it, as a stopping server does. Best effort: whatever
+/// cannot be inspected or removed is left alone.
+fn sweep_stale(dir: &Path, except: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(name) = file_name.to_str().and_then(|f| f.strip_suffix(".lock")) else {
+            continue;
+        };
+        if name != except && crate::check_name(name).is_ok() {
+            sweep_one(dir, name);
+        }
+    }
+}
+
+fn sweep_one(dir: &Path, name: &str) {
+    let lock_path = dir.join(lock_file(name));
+    // Non-blocking, so that a FIFO planted under that name cannot stall us.
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let Ok(file) = OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(&lock_path)
+    else {
+        return;
+    };
+    let Ok(ours) = file.metadata() else {
+        return;
+    };
+    if !ours.is_file() {
+        return;
+    }
+    // Held: a live server (or a bind in progress) owns the name.
+    if rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+        return;
+    }
+    // Someone else swept or re-created it since we opened it.
+    match fs::symlink_metadata(&lock_path) {
+        Ok(there) if same_file(&ours, &there) => {}
+        _ => return,
+    }
+    // We hold the name now: nobody can bind it until `file` is closed.
+    if remove_stale(&dir.join(socket_file(name)), name).is_ok() {
+        let _ = fs::remove_file(&lock_path);
+    }
 }
 
 fn read_pid(mut file: &File) -> Option<u32> {
@@ -356,6 +460,7 @@ impl Listener {
         check_len(&path)?;
         let lock_path = dir.join(lock_file(name));
         let mut lock = lock_name(&lock_path, name)?;
+        sweep_stale(&dir, name);
         remove_stale(&path, name)?;
         let sock = listen(&path).map_err(|e| {
             if e.kind() == io::ErrorKind::AddrInUse {
