@@ -102,6 +102,14 @@ pub fn trials() -> Vec<Trial> {
             "accepted_connection_can_be_handed_to_a_child",
             handoff_accepted,
         ),
+        (
+            "silent_clients_do_not_stall_accept_for_others",
+            silent_clients,
+        ),
+        (
+            "handshake_timeout_is_configurable",
+            handshake_timeout_configurable,
+        ),
     ];
     tests
         .iter()
@@ -644,6 +652,104 @@ fn parent_writable_by_others() -> Result<(), Failed> {
 
 #[cfg(not(unix))]
 fn parent_writable_by_others() -> Result<(), Failed> {
+    Ok(())
+}
+
+/// Silent clients that connected first (and never send their handshake)
+/// must not keep `accept` from serving a well-behaved client that came
+/// after them: handshakes run side by side, each with its own deadline.
+#[cfg(unix)]
+fn silent_clients() -> Result<(), Failed> {
+    use std::os::unix::net::UnixStream;
+    let name = unique("silent");
+    let listener = Listener::<Reply, Request>::bind(&name).map_err(fail("bind"))?;
+    // Connected before the good client, so they are ahead of it in the
+    // backlog; they never write anything.
+    let silent = (0..3)
+        .map(|_| UnixStream::connect(listener.endpoint()).map_err(fail("silent connect")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let start = Instant::now();
+    let mut good = spawn("named_client", |cmd: &mut Command| {
+        cmd.env(NAME_ENV, &name).env("CONDUIT_TEST_ID", "3");
+        Ok(())
+    })?;
+    let conn = listener
+        .accept_timeout(HANG)
+        .map_err(fail("accept the well-behaved client"))?;
+    let served_after = start.elapsed();
+    for _ in 0..REQUESTS {
+        let (id, seq, text) = conn.recv_timeout(HANG).map_err(fail("request"))?;
+        conn.send(&(id, seq, text.len())).map_err(fail("reply"))?;
+    }
+    good.wait_success()?;
+    // Generous: the old sequential handshakes took 10 s per silent client.
+    ensure(served_after < Duration::from_secs(3), || {
+        format!(
+            "the well-behaved client was accepted {served_after:?} after it started, behind {} silent ones",
+            silent.len()
+        )
+    })?;
+    drop(silent);
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn silent_clients() -> Result<(), Failed> {
+    Ok(())
+}
+
+/// A listener with a short handshake timeout drops a silent client after
+/// that timeout, while `accept` goes on waiting (the client sees the
+/// server's handshake, then end of file), well before the 10 s default.
+#[cfg(unix)]
+fn handshake_timeout_configurable() -> Result<(), Failed> {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let name = unique("hstimeout");
+    let listener = Listener::<Msg, Msg>::bind(&name)
+        .map_err(fail("bind"))?
+        .with_handshake_timeout(Duration::from_millis(200));
+    ensure(
+        listener.handshake_timeout() == Duration::from_millis(200),
+        || format!("handshake_timeout() is {:?}", listener.handshake_timeout()),
+    )?;
+    let mut silent = UnixStream::connect(listener.endpoint()).map_err(fail("silent connect"))?;
+    silent
+        .set_read_timeout(Some(HANG))
+        .map_err(fail("read timeout"))?;
+    let start = Instant::now();
+    // Once dropped, the silent client makes way for a good one, which is
+    // what ends the accept below.
+    let client = thread::spawn(move || -> Result<usize, String> {
+        let mut got = Vec::new();
+        silent
+            .read_to_end(&mut got)
+            .map_err(|e| format!("the silent client was not dropped: {e}"))?;
+        let conn = connect::<Msg, Msg>(&name).map_err(|e| e.to_string())?;
+        conn.send(&Msg::Int(5)).map_err(|e| e.to_string())?;
+        Ok(got.len())
+    });
+    let conn = listener.accept_timeout(HANG).map_err(fail("accept"))?;
+    let elapsed = start.elapsed();
+    let got = client
+        .join()
+        .map_err(|_| Failed::from("client panicked"))?
+        .map_err(Failed::from)?;
+    // The server's 12-byte handshake (docs/wire-format.md), then end of file.
+    ensure(got == 12, || {
+        format!("the silent client got {got} bytes before end of file")
+    })?;
+    ensure(
+        conn.recv_timeout(HANG).map_err(fail("recv"))? == Msg::Int(5),
+        || "not Int(5)".into(),
+    )?;
+    ensure(elapsed < Duration::from_secs(5), || {
+        format!("the silent client was dropped after {elapsed:?}, not after ~200 ms")
+    })
+}
+
+#[cfg(not(unix))]
+fn handshake_timeout_configurable() -> Result<(), Failed> {
     Ok(())
 }
 

@@ -28,21 +28,23 @@
 use std::env;
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{SocketAddr, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use conduit_core::sys::{poll_fd, StreamKind};
-use conduit_core::{Error, ErrorKind, Result};
+use conduit_core::stream::{StreamReceiver, StreamSender};
+use conduit_core::sys::StreamKind;
+use conduit_core::{Error, ErrorKind, FrameConfig, Result};
 use interprocess::local_socket::traits::{Listener as _, Stream as _, StreamCommon as _};
 use interprocess::local_socket::{
     GenericFilePath, ListenerNonblockingMode, ListenerOptions, ToFsName as _,
 };
 use interprocess::os::unix::local_socket::ListenerOptionsExt as _;
 use interprocess::os::unix::uds_local_socket::{Listener as UdsListener, Stream as UdsStream};
-use rustix::event::PollFlags;
+use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fs::FlockOperation;
 use rustix::io::Errno;
 
@@ -450,6 +452,8 @@ pub struct Listener {
     file: fs::Metadata,
     lock: File,
     lock_path: PathBuf,
+    /// Connections whose handshake is in progress, between `accept` calls.
+    pending: Mutex<Vec<Pending>>,
 }
 
 impl Listener {
@@ -494,6 +498,7 @@ impl Listener {
             file,
             lock,
             lock_path,
+            pending: Mutex::new(Vec::new()),
         })
     }
 
@@ -502,23 +507,134 @@ impl Listener {
         &self.display
     }
 
-    /// Waits for the next client until `deadline`.
-    pub fn accept(&self, deadline: Option<Instant>) -> Result<Accepted> {
+    /// Waits until `deadline` for the next client that completes its
+    /// handshake (see [`Pending`] for how handshakes run side by side).
+    ///
+    /// Concurrent calls from several threads each take the connections in
+    /// progress at the time of the call and put back those still in
+    /// progress when they return.
+    pub fn accept(
+        &self,
+        cfg: FrameConfig,
+        handshake_timeout: Duration,
+        deadline: Option<Instant>,
+    ) -> Result<Accepted> {
+        let mut mine = std::mem::take(&mut *lock(&self.pending));
+        let out = self.accept_among(&mut mine, cfg, handshake_timeout, deadline);
+        let mut pending = lock(&self.pending);
+        pending.append(&mut mine);
+        let excess = pending.len().saturating_sub(crate::MAX_PENDING);
+        pending.drain(..excess);
+        out
+    }
+
+    fn accept_among(
+        &self,
+        pending: &mut Vec<Pending>,
+        cfg: FrameConfig,
+        handshake_timeout: Duration,
+        deadline: Option<Instant>,
+    ) -> Result<Accepted> {
         loop {
-            let ready = poll_fd(self.sock.as_fd(), PollFlags::IN, deadline)
-                .map_err(|e| Error::from_io("waiting for a client failed", e))?;
-            if !ready {
+            let now = Instant::now();
+            // Silent clients go when their own time is up.
+            pending.retain(|p| p.deadline > now);
+            let wake = pending.iter().map(|p| p.deadline).min();
+            let until = match (deadline, wake) {
+                (Some(d), Some(w)) => Some(d.min(w)),
+                (d, w) => d.or(w),
+            };
+            let (listener_ready, ready) = self.wait(pending, until)?;
+            // Connections with input (or hung up), oldest first: read what
+            // they sent of their handshake, without waiting for the rest.
+            let mut removed = 0;
+            for i in ready {
+                let i = i - removed;
+                match pending[i].rx.recv_handshake(Some(Instant::now())) {
+                    Ok(()) => {
+                        let p = pending.remove(i);
+                        return Ok(Accepted::Ready((p.tx, p.rx)));
+                    }
+                    // Part of it so far: keep waiting for the rest.
+                    Err(e) if e.kind() == ErrorKind::Timeout => {}
+                    Err(e) if e.kind() == ErrorKind::Protocol => {
+                        pending.remove(i);
+                        return Ok(Accepted::Mismatch(e));
+                    }
+                    // Gone, or broken: drop it.
+                    Err(_) => {
+                        pending.remove(i);
+                        removed += 1;
+                    }
+                }
+            }
+            if listener_ready {
+                self.take_new(pending, cfg, handshake_timeout)?;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(Accepted::TimedOut);
             }
+        }
+    }
+
+    /// Polls the listening socket and the connections in progress until
+    /// `until`; returns whether the listener is readable and which
+    /// connections are.
+    fn wait(&self, pending: &[Pending], until: Option<Instant>) -> Result<(bool, Vec<usize>)> {
+        let mut fds = Vec::with_capacity(pending.len() + 1);
+        fds.push(PollFd::new(&self.sock, PollFlags::IN));
+        for p in pending {
+            fds.push(PollFd::from_borrowed_fd(
+                p.rx.stream().handle(),
+                PollFlags::IN,
+            ));
+        }
+        let timeout = until.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            Timespec {
+                tv_sec: left.as_secs().min(i32::MAX as u64) as _,
+                tv_nsec: left.subsec_nanos() as _,
+            }
+        });
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(e) => {
+                return Err(Error::from_io(
+                    "waiting for clients failed",
+                    io::Error::from(e),
+                ))
+            }
+        }
+        let listener_ready = !fds[0].revents().is_empty();
+        let ready = fds[1..]
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !f.revents().is_empty())
+            .map(|(i, _)| i)
+            .collect();
+        Ok((listener_ready, ready))
+    }
+
+    /// Accepts the clients queued on the listening socket and starts their
+    /// handshakes.
+    fn take_new(
+        &self,
+        pending: &mut Vec<Pending>,
+        cfg: FrameConfig,
+        handshake_timeout: Duration,
+    ) -> Result<()> {
+        // A bounded batch, so that a flood of connections cannot keep the
+        // connections in progress from being looked at.
+        for _ in 0..ACCEPT_BATCH {
             let stream = match self.sock.accept() {
                 Ok(s) => s,
-                // Another thread took it, or the client gave up already.
+                // Nothing more queued, or another thread took it.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                // The client gave up already.
                 Err(e)
                     if matches!(
                         e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::Interrupted
-                            | io::ErrorKind::ConnectionAborted
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
                     ) =>
                 {
                     continue
@@ -530,22 +646,60 @@ impl Listener {
                     ))
                 }
             };
-            // BSDs and macOS pass the listener's O_NONBLOCK on to accepted sockets.
-            if stream.set_nonblocking(false).is_err() {
-                continue;
+            if let Some(p) = start(stream, cfg, handshake_timeout) {
+                if pending.len() >= crate::MAX_PENDING {
+                    pending.remove(0);
+                }
+                pending.push(p);
             }
-            // Only our own user can reach the directory, but root can
-            // reach anything: refuse peers that are not us.
-            match peer_euid(&stream) {
-                Ok(Some(uid)) if uid != euid() => return Ok(Accepted::Skip),
-                Ok(_) => {}
-                Err(_) => return Ok(Accepted::Skip),
-            }
-            let (send, recv) = halves(stream)
-                .map_err(|e| Error::from_io("cannot set up an accepted connection", e))?;
-            return Ok(Accepted::Conn { send, recv });
         }
+        Ok(())
     }
+}
+
+/// How many queued clients one round of `accept` takes from the listening
+/// socket before it looks at the connections in progress again.
+const ACCEPT_BATCH: usize = 16;
+
+/// A connection whose handshake is in progress.
+///
+/// `accept` keeps these (in the listener, between calls), polls them
+/// together with the listening socket, and reads whatever part of a
+/// client's handshake has arrived without waiting for the rest (the
+/// receiver keeps partial input), so one silent or slow client never holds
+/// up another. Each is dropped when its own deadline passes.
+#[derive(Debug)]
+struct Pending {
+    tx: StreamSender,
+    rx: StreamReceiver,
+    deadline: Instant,
+}
+
+/// Checks a newly accepted client and sends it our handshake; `None` when
+/// it is dropped (another user, or the socket failed).
+fn start(stream: UdsStream, cfg: FrameConfig, handshake_timeout: Duration) -> Option<Pending> {
+    // BSDs and macOS pass the listener's O_NONBLOCK on to accepted sockets.
+    stream.set_nonblocking(false).ok()?;
+    // Only our own user can reach the directory, but root can reach
+    // anything: refuse peers that are not us.
+    match peer_euid(&stream) {
+        Ok(Some(uid)) if uid != euid() => return None,
+        Ok(_) => {}
+        Err(_) => return None,
+    }
+    let (send, recv) = halves(stream).ok()?;
+    let (mut tx, rx) = crate::wrap(send, recv, cfg);
+    // Twelve bytes into an empty socket buffer: this does not block.
+    tx.send_handshake().ok()?;
+    Some(Pending {
+        tx,
+        rx,
+        deadline: crate::deadline_within(None, handshake_timeout),
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Drop for Listener {
