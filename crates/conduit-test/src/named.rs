@@ -110,6 +110,10 @@ pub fn trials() -> Vec<Trial> {
             "handshake_timeout_is_configurable",
             handshake_timeout_configurable,
         ),
+        (
+            "handshake_that_arrived_in_time_survives_a_late_accept",
+            handshake_before_late_accept,
+        ),
     ];
     tests
         .iter()
@@ -750,6 +754,62 @@ fn handshake_timeout_configurable() -> Result<(), Failed> {
 
 #[cfg(not(unix))]
 fn handshake_timeout_configurable() -> Result<(), Failed> {
+    Ok(())
+}
+
+/// A client taken in by one `accept` whose handshake arrives in time, but
+/// while nobody is in `accept`, is returned by the next `accept` even if
+/// that comes after its handshake deadline: its `connect` already
+/// succeeded, so dropping it would break a connection the client uses.
+#[cfg(unix)]
+fn handshake_before_late_accept() -> Result<(), Failed> {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let name = unique("late-accept");
+    let timeout = Duration::from_millis(200);
+    let listener = Listener::<Msg, Msg>::bind(&name)
+        .map_err(fail("bind"))?
+        .with_handshake_timeout(timeout);
+    // Ahead of the good client in the backlog, so the first accept takes
+    // it in too, and keeps it while its handshake is missing.
+    let mut raw = UnixStream::connect(listener.endpoint()).map_err(fail("raw connect"))?;
+    raw.set_read_timeout(Some(HANG))
+        .map_err(fail("read timeout"))?;
+    let good = thread::spawn({
+        let name = name.clone();
+        move || connect::<Msg, Msg>(&name).and_then(|c| c.send(&Msg::Int(1)))
+    });
+    let first = listener
+        .accept_timeout(HANG)
+        .map_err(fail("first accept"))?;
+    good.join()
+        .map_err(|_| Failed::from("client panicked"))?
+        .map_err(fail("good client"))?;
+    ensure(
+        first.recv_timeout(HANG).map_err(fail("recv"))? == Msg::Int(1),
+        || "the first accept did not return the good client".into(),
+    )?;
+    // The raw client was taken in: it has the server's handshake. It
+    // answers with the same bytes (same configuration) while nobody is in
+    // accept.
+    let mut hs = [0u8; 12];
+    raw.read_exact(&mut hs)
+        .map_err(fail("read the server's handshake"))?;
+    raw.write_all(&hs).map_err(fail("send the handshake"))?;
+    // Let its handshake deadline pass before accepting again: the late
+    // accept is the condition under test, not a synchronisation.
+    thread::sleep(timeout * 2);
+    let late = listener
+        .accept_timeout(Duration::from_secs(5))
+        .map_err(fail("late accept of the client that answered in time"))?;
+    late.send(&Msg::Int(2)).map_err(fail("send"))?;
+    let mut head = [0u8; 4];
+    raw.read_exact(&mut head).map_err(fail("read a frame"))?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn handshake_before_late_accept() -> Result<(), Failed> {
     Ok(())
 }
 

@@ -536,33 +536,43 @@ impl Listener {
         deadline: Option<Instant>,
     ) -> Result<Accepted> {
         loop {
+            // Silent clients go when their own time is up; a handshake that
+            // arrived in time while nobody was in `accept` still counts.
             let now = Instant::now();
-            // Silent clients go when their own time is up.
-            pending.retain(|p| p.deadline > now);
+            let mut i = 0;
+            while i < pending.len() {
+                if pending[i].deadline > now {
+                    i += 1;
+                    continue;
+                }
+                let mut p = pending.remove(i);
+                match p.step() {
+                    Step::Done => return Ok(Accepted::Ready((p.tx, p.rx))),
+                    Step::Mismatch(e) => return Ok(Accepted::Mismatch(e)),
+                    Step::Wait | Step::Gone => {}
+                }
+            }
             let wake = pending.iter().map(|p| p.deadline).min();
             let until = match (deadline, wake) {
                 (Some(d), Some(w)) => Some(d.min(w)),
                 (d, w) => d.or(w),
             };
             let (listener_ready, ready) = self.wait(pending, until)?;
-            // Connections with input (or hung up), oldest first: read what
-            // they sent of their handshake, without waiting for the rest.
+            // Connections with input (or hung up), oldest first.
             let mut removed = 0;
             for i in ready {
                 let i = i - removed;
-                match pending[i].rx.recv_handshake(Some(Instant::now())) {
-                    Ok(()) => {
+                match pending[i].step() {
+                    Step::Done => {
                         let p = pending.remove(i);
                         return Ok(Accepted::Ready((p.tx, p.rx)));
                     }
-                    // Part of it so far: keep waiting for the rest.
-                    Err(e) if e.kind() == ErrorKind::Timeout => {}
-                    Err(e) if e.kind() == ErrorKind::Protocol => {
+                    Step::Wait => {}
+                    Step::Mismatch(e) => {
                         pending.remove(i);
                         return Ok(Accepted::Mismatch(e));
                     }
-                    // Gone, or broken: drop it.
-                    Err(_) => {
+                    Step::Gone => {
                         pending.remove(i);
                         removed += 1;
                     }
@@ -673,6 +683,32 @@ struct Pending {
     tx: StreamSender,
     rx: StreamReceiver,
     deadline: Instant,
+}
+
+/// Where a connection's handshake stands after [`Pending::step`].
+enum Step {
+    /// Complete and matching: the connection is ready.
+    Done,
+    /// Not all of it has arrived yet.
+    Wait,
+    /// It does not match ours.
+    Mismatch(Error),
+    /// The client went away, or its socket failed.
+    Gone,
+}
+
+impl Pending {
+    /// Reads whatever part of the client's handshake has arrived, without
+    /// waiting for the rest (a deadline of now: the receiver keeps partial
+    /// input between calls and reads nothing past the handshake).
+    fn step(&mut self) -> Step {
+        match self.rx.recv_handshake(Some(Instant::now())) {
+            Ok(()) => Step::Done,
+            Err(e) if e.kind() == ErrorKind::Timeout => Step::Wait,
+            Err(e) if e.kind() == ErrorKind::Protocol => Step::Mismatch(e),
+            Err(_) => Step::Gone,
+        }
+    }
 }
 
 /// Checks a newly accepted client and sends it our handshake; `None` when
