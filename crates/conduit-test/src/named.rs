@@ -59,6 +59,10 @@ pub const CHILDREN: &[ChildFn] = &[
         name: "named_sweep",
         run: child_sweep,
     },
+    ChildFn {
+        name: "named_stale",
+        run: child_stale,
+    },
 ];
 
 type TestFn = fn() -> Result<(), Failed>;
@@ -461,7 +465,36 @@ fn connect_to_server(name: &str) -> Result<Duplex<Msg, Msg>, Failed> {
     Ok(conn)
 }
 
+/// Runs [`stale_socket_body`] in a child with its own socket directory:
+/// binds in the shared directory sweep killed servers' files, so a parallel
+/// test could remove the stale socket this test needs.
+#[cfg(unix)]
 fn stale_socket() -> Result<(), Failed> {
+    use std::fs::{create_dir, set_permissions, Permissions};
+    use std::os::unix::fs::PermissionsExt;
+    let base = std::env::temp_dir().join(unique("stale-dir"));
+    create_dir(&base).map_err(fail("mkdir"))?;
+    let _cleanup = RemoveOnDrop(base.clone());
+    set_permissions(&base, Permissions::from_mode(0o700)).map_err(fail("chmod"))?;
+    let mut child = spawn("named_stale", |cmd: &mut Command| {
+        cmd.env("CONDUIT_NAMED_DIR", base.join("run"));
+        Ok(())
+    })?;
+    crate::watchdog("the stale-socket child", HANG * 2, || child.wait_success())
+}
+
+#[cfg(not(unix))]
+fn stale_socket() -> Result<(), Failed> {
+    stale_socket_body()
+}
+
+fn child_stale() {
+    if let Err(e) = stale_socket_body() {
+        panic!("{e:?}");
+    }
+}
+
+fn stale_socket_body() -> Result<(), Failed> {
     let name = unique("stale");
     let mut server = spawn_with_name("named_server", &name)?;
     let conn = connect_to_server(&name)?;
