@@ -272,6 +272,7 @@ fn check_fresh_dir(name: &str) {
 fn check_fresh_dir(_name: &str) {}
 
 /// Servers killed by the harness in the sweep test.
+#[cfg(unix)]
 const SWEPT_SERVERS: usize = 5;
 
 /// Runs in its own socket directory (`CONDUIT_NAMED_DIR`): starts
