@@ -33,10 +33,23 @@
 //! middle of a frame is `Protocol` ("truncated frame"), then `Disconnected`.
 //!
 //! `accept` waits until a client completes the handshake. Clients that go
-//! away or stay silent during the handshake (at most [`HANDSHAKE_TIMEOUT`]
-//! each), and clients running as another user, are dropped without ending
-//! `accept`; a handshake *mismatch* is returned as an error so that the
-//! server learns about it (the listener stays usable).
+//! away or stay silent during the handshake, and clients running as another
+//! user, are dropped without ending `accept`; a handshake *mismatch* is
+//! returned as an error so that the server learns about it (the listener
+//! stays usable).
+//!
+//! On Unix, handshakes run side by side: `accept` keeps the connections
+//! whose handshake is in progress (up to [`MAX_PENDING`]), waits on the
+//! listening socket and all of them at once, and returns the first that
+//! completes. Each has its own deadline, [`Listener::handshake_timeout`]
+//! after it was accepted ([`HANDSHAKE_TIMEOUT`], 10 s, unless set with
+//! [`Listener::with_handshake_timeout`]); a client that stays silent is
+//! dropped when *its* deadline passes and delays nobody else. Connections
+//! still in progress when `accept` returns are kept for the next call.
+//! On Windows the set-up of one connection (the rendezvous on the named
+//! pipe and the handshake) still runs to completion, or to its handshake
+//! timeout, before the next client is looked at, so a silent client delays
+//! the others by up to the handshake timeout; a shorter timeout bounds that.
 //!
 //! # Security
 //!
@@ -46,9 +59,11 @@
 //! * **Unix**: the socket lives in a directory that must be owned by the
 //!   current user with no access for group or others (`0700`). It is created
 //!   so; an existing directory with wider permissions, another owner, or that
-//!   is a symbolic link is refused with an error that says why and what to do
-//!   (as is one whose parent is writable by others without the sticky bit).
-//!   The socket file is `0600`. Both ends also check the peer's effective uid
+//!   is a symbolic link is refused with an error that says why and what to do.
+//!   So is a directory that another user could rename away and replace: every
+//!   directory above it must be owned by the current user or root, and be
+//!   writable by nobody else (no group or other write bit) unless it has the
+//!   sticky bit (as `/tmp` does). The socket file is `0600`. Both ends also check the peer's effective uid
 //!   (`SO_PEERCRED` / `LOCAL_PEERCRED`) and refuse a different user.
 //! * **Windows**: every pipe is created with a security descriptor whose
 //!   owner is the current user and whose protected DACL grants access to the
@@ -67,6 +82,11 @@
 //!   succeeds: the name is guarded by an `flock` on its lock file, which the
 //!   kernel releases when the holder dies, and a left-over socket is removed
 //!   only after a connection attempt shows that nobody listens on it.
+//! * Binding *any* name also sweeps the directory: every other name whose
+//!   lock file nobody holds (its server was killed) loses its socket and lock
+//!   files, so they do not pile up after crashes. The sweep takes each such
+//!   lock before it removes anything, so it never races a server binding
+//!   that name.
 //! * Binding a name that a live server holds fails with `ErrorKind::Io`
 //!   whose source is an `io::ErrorKind::AddrInUse` error, and says which
 //!   process holds it (Unix).
@@ -111,9 +131,16 @@ pub const TRANSPORT: &str = "named";
 pub const MAX_NAME_LEN: usize = 64;
 
 /// How long a connection may take to complete its handshake (and, on
-/// Windows, its pipe set-up) when the caller gave no deadline. A client that
-/// takes longer is dropped by `accept`, which goes on waiting for others.
+/// Windows, its pipe set-up), by default. A client that takes longer is
+/// dropped by `accept`, which goes on waiting for others; a listener can
+/// change it with [`Listener::with_handshake_timeout`]. `connect` also
+/// waits at most this long for the server's handshake, unless its deadline
+/// is earlier.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// At most this many connections have a handshake in progress in a Unix
+/// listener; when one more arrives, the oldest is dropped.
+pub const MAX_PENDING: usize = 128;
 
 /// A byte-level duplex endpoint: a sender and a receiver over one connection.
 pub type DuplexEnd = (StreamSender, StreamReceiver);
@@ -185,6 +212,7 @@ pub struct Listener {
     sys: sys::Listener,
     name: String,
     cfg: FrameConfig,
+    handshake_timeout: Duration,
 }
 
 impl fmt::Debug for Listener {
@@ -193,6 +221,7 @@ impl fmt::Debug for Listener {
             .field("name", &self.name)
             .field("endpoint", &self.sys.endpoint())
             .field("max_frame", &self.cfg.max_frame)
+            .field("handshake_timeout", &self.handshake_timeout)
             .finish()
     }
 }
@@ -212,7 +241,34 @@ impl Listener {
             sys,
             name: name.to_string(),
             cfg,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
         })
+    }
+
+    /// Sets how long each client may take, from its arrival, to complete the
+    /// handshake before `accept` drops it (default [`HANDSHAKE_TIMEOUT`],
+    /// 10 s). Applies to clients that arrive after the call.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use conduit_core::FrameConfig;
+    /// let name = format!("doc-hs-timeout-{}", std::process::id());
+    /// let listener = conduit_named::Listener::bind(&name, FrameConfig::default())
+    ///     .unwrap()
+    ///     .with_handshake_timeout(Duration::from_secs(2));
+    /// assert_eq!(listener.handshake_timeout(), Duration::from_secs(2));
+    /// ```
+    #[must_use]
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Listener {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// How long each client may take to complete the handshake.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
     }
 
     /// The name this listener is bound to.
@@ -237,26 +293,19 @@ impl Listener {
     /// the wait goes on; a handshake mismatch is returned as `Protocol`.
     pub fn accept(&self, deadline: Option<Instant>) -> Result<DuplexEnd> {
         loop {
-            match self.sys.accept(deadline)? {
+            match self
+                .sys
+                .accept(self.cfg, self.handshake_timeout, deadline)?
+            {
+                sys::Accepted::Ready(conn) => return Ok(conn),
                 sys::Accepted::TimedOut => return Err(self.timeout()),
                 sys::Accepted::Skip => continue,
-                sys::Accepted::Conn { send, recv } => {
-                    let conn_deadline = handshake_deadline(deadline);
-                    match establish(send, recv, self.cfg, conn_deadline) {
-                        Ok(conn) => return Ok(conn),
-                        Err(e) if e.kind() == ErrorKind::Protocol => {
-                            return Err(Error::protocol(format!(
-                                "a client of {:?} failed the handshake: {}",
-                                self.name,
-                                e.message()
-                            )))
-                        }
-                        Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
-                            return Err(self.timeout())
-                        }
-                        // The client went away or stalled: wait for the next one.
-                        Err(_) => continue,
-                    }
+                sys::Accepted::Mismatch(e) => {
+                    return Err(Error::protocol(format!(
+                        "a client of {:?} failed the handshake: {}",
+                        self.name,
+                        e.message()
+                    )))
                 }
             }
         }
@@ -270,10 +319,28 @@ impl Listener {
     }
 }
 
-/// The deadline for one connection's set-up and handshake.
+/// The deadline for one connection's set-up and handshake on the client side.
 fn handshake_deadline(deadline: Option<Instant>) -> Instant {
-    let limit = Instant::now() + HANDSHAKE_TIMEOUT;
+    deadline_within(deadline, HANDSHAKE_TIMEOUT)
+}
+
+/// `timeout` from now, or `deadline` if that is earlier.
+fn deadline_within(deadline: Option<Instant>, timeout: Duration) -> Instant {
+    // Clamped so that the sum cannot overflow: a year is "for ever" here.
+    let limit = Instant::now() + timeout.min(Duration::from_secs(365 * 24 * 3600));
     deadline.map_or(limit, |d| d.min(limit))
+}
+
+/// Wraps a connection's handles into a framed sender and receiver.
+fn wrap(
+    send: conduit_core::sys::OsHandle,
+    recv: conduit_core::sys::OsHandle,
+    cfg: FrameConfig,
+) -> DuplexEnd {
+    (
+        StreamSender::new(OsStream::new(send, sys::KIND), TRANSPORT, cfg),
+        StreamReceiver::new(OsStream::new(recv, sys::KIND), TRANSPORT, cfg),
+    )
 }
 
 /// Wraps a connection's handles and exchanges the handshakes.
@@ -283,8 +350,7 @@ fn establish(
     cfg: FrameConfig,
     deadline: Instant,
 ) -> Result<DuplexEnd> {
-    let mut tx = StreamSender::new(OsStream::new(send, sys::KIND), TRANSPORT, cfg);
-    let mut rx = StreamReceiver::new(OsStream::new(recv, sys::KIND), TRANSPORT, cfg);
+    let (mut tx, mut rx) = wrap(send, recv, cfg);
     tx.send_handshake()?;
     rx.recv_handshake(Some(deadline))?;
     Ok((tx, rx))
@@ -347,7 +413,8 @@ pub mod unix {
     /// The environment variable that overrides the socket directory. It must
     /// name an absolute path; the directory is created (mode `0700`) if it
     /// does not exist, and refused unless it is owned by the current user and
-    /// closed to group and others.
+    /// closed to group and others, and every directory above it is owned by
+    /// the current user or root and writable by nobody else (unless sticky).
     pub const DIR_ENV: &str = crate::sys::DIR_ENV;
 
     /// The private directory that holds the sockets, created if needed and

@@ -55,6 +55,14 @@ pub const CHILDREN: &[ChildFn] = &[
         name: "named_adopt_echo",
         run: child_adopt_echo,
     },
+    ChildFn {
+        name: "named_sweep",
+        run: child_sweep,
+    },
+    ChildFn {
+        name: "named_stale",
+        run: child_stale,
+    },
 ];
 
 type TestFn = fn() -> Result<(), Failed>;
@@ -74,6 +82,14 @@ pub fn trials() -> Vec<Trial> {
             directory_must_be_private,
         ),
         (
+            "socket_directory_parent_writable_by_another_user_is_refused",
+            parent_writable_by_others,
+        ),
+        (
+            "stale_files_of_killed_servers_are_swept_by_any_bind",
+            stale_files_swept,
+        ),
+        (
             "client_killed_mid_message_then_listener_serves_others",
             client_killed_mid_message,
         ),
@@ -89,6 +105,18 @@ pub fn trials() -> Vec<Trial> {
         (
             "accepted_connection_can_be_handed_to_a_child",
             handoff_accepted,
+        ),
+        (
+            "silent_clients_do_not_stall_accept_for_others",
+            silent_clients,
+        ),
+        (
+            "handshake_timeout_is_configurable",
+            handshake_timeout_configurable,
+        ),
+        (
+            "handshake_that_arrived_in_time_survives_a_late_accept",
+            handshake_before_late_accept,
         ),
     ];
     tests
@@ -243,6 +271,59 @@ fn check_fresh_dir(name: &str) {
 #[cfg(not(unix))]
 fn check_fresh_dir(_name: &str) {}
 
+/// Servers killed by the harness in the sweep test.
+#[cfg(unix)]
+const SWEPT_SERVERS: usize = 5;
+
+/// Runs in its own socket directory (`CONDUIT_NAMED_DIR`): starts
+/// [`SWEPT_SERVERS`] servers on distinct names, kills them (`SIGKILL`), then
+/// binds another name and checks that the killed servers' files are gone.
+#[cfg(unix)]
+fn child_sweep() {
+    let dir = std::path::PathBuf::from(std::env::var_os("CONDUIT_NAMED_DIR").expect("dir"));
+    let files = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .expect("read the socket directory")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    // All bound before any is killed: every bind sweeps, so a server
+    // started after a kill would already clean up after it.
+    let servers: Vec<Spawned> = (0..SWEPT_SERVERS)
+        .map(|i| {
+            let name = unique(&format!("swept{i}"));
+            let server = spawn_with_name("named_server", &name).expect("spawn a server");
+            // Connecting (and one echo) shows that the server has bound its name.
+            connect_to_server(&name).expect("reach the server");
+            server
+        })
+        .collect();
+    for mut server in servers {
+        server.kill().expect("kill the server");
+    }
+    let before = files();
+    assert_eq!(
+        before.len(),
+        2 * SWEPT_SERVERS,
+        "the killed servers should have left a .sock and a .lock each: {before:?}"
+    );
+    let name = unique("sweeper");
+    let listener = Listener::<Msg, Msg>::bind(&name).expect("bind a new name");
+    let after = files();
+    assert_eq!(
+        after,
+        [format!("{name}.lock"), format!("{name}.sock")],
+        "binding {name} left stale files of killed servers behind"
+    );
+    drop(listener);
+    assert!(files().is_empty(), "files left after drop: {:?}", files());
+}
+
+#[cfg(not(unix))]
+fn child_sweep() {}
+
 /// Sends one whole message and part of another in one write, then waits to
 /// be killed.
 fn child_partial() {
@@ -385,7 +466,36 @@ fn connect_to_server(name: &str) -> Result<Duplex<Msg, Msg>, Failed> {
     Ok(conn)
 }
 
+/// Runs [`stale_socket_body`] in a child with its own socket directory:
+/// binds in the shared directory sweep killed servers' files, so a parallel
+/// test could remove the stale socket this test needs.
+#[cfg(unix)]
 fn stale_socket() -> Result<(), Failed> {
+    use std::fs::{create_dir, set_permissions, Permissions};
+    use std::os::unix::fs::PermissionsExt;
+    let base = std::env::temp_dir().join(unique("stale-dir"));
+    create_dir(&base).map_err(fail("mkdir"))?;
+    let _cleanup = RemoveOnDrop(base.clone());
+    set_permissions(&base, Permissions::from_mode(0o700)).map_err(fail("chmod"))?;
+    let mut child = spawn("named_stale", |cmd: &mut Command| {
+        cmd.env("CONDUIT_NAMED_DIR", base.join("run"));
+        Ok(())
+    })?;
+    crate::watchdog("the stale-socket child", HANG * 2, || child.wait_success())
+}
+
+#[cfg(not(unix))]
+fn stale_socket() -> Result<(), Failed> {
+    stale_socket_body()
+}
+
+fn child_stale() {
+    if let Err(e) = stale_socket_body() {
+        panic!("{e:?}");
+    }
+}
+
+fn stale_socket_body() -> Result<(), Failed> {
     let name = unique("stale");
     let mut server = spawn_with_name("named_server", &name)?;
     let conn = connect_to_server(&name)?;
@@ -512,6 +622,250 @@ fn directory_must_be_private() -> Result<(), Failed> {
         Ok(())
     })?
     .wait_success()
+}
+
+/// A socket directory whose parent another user can write to (here: owns,
+/// group-writable) must be refused, since that user could rename it away
+/// and put a directory of theirs in its place; parents that only this user
+/// and root can change stay accepted.
+#[cfg(unix)]
+fn parent_writable_by_others() -> Result<(), Failed> {
+    use std::fs::{create_dir, set_permissions, Permissions};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let base = std::env::temp_dir().join(unique("parent"));
+    create_dir(&base).map_err(fail("mkdir"))?;
+    let _cleanup = RemoveOnDrop(base.clone());
+    set_permissions(&base, Permissions::from_mode(0o700)).map_err(fail("chmod"))?;
+    let me = std::fs::metadata(&base).map_err(fail("stat"))?.uid();
+    let mkdir = |name: &str, mode: u32| -> Result<std::path::PathBuf, Failed> {
+        let dir = base.join(name);
+        create_dir(&dir).map_err(fail("mkdir"))?;
+        set_permissions(&dir, Permissions::from_mode(mode)).map_err(fail("chmod"))?;
+        Ok(dir)
+    };
+    let name = unique("parent");
+    let run = |dir: &std::path::Path, scenario: &str, expect: &str| -> Result<(), Failed> {
+        spawn("named_dir_checks", |cmd: &mut Command| {
+            cmd.env(NAME_ENV, &name)
+                .env("CONDUIT_SCENARIO", scenario)
+                .env("CONDUIT_EXPECT", expect)
+                .env("CONDUIT_NAMED_DIR", dir);
+            Ok(())
+        })?
+        .wait_success()
+    };
+    // Group-writable (no sticky bit), owned by this user: group members
+    // could replace the directory.
+    let group = mkdir("group", 0o770)?;
+    run(&group.join("run"), "refused", "group|chmod")?;
+    ensure(!group.join("run").exists(), || {
+        "the directory was created in a refused parent".into()
+    })?;
+    // Accepted: a parent only this user can write to, and a sticky
+    // world-writable one (like /tmp), where others cannot rename our entry.
+    run(&mkdir("mine", 0o755)?.join("run"), "fresh", "")?;
+    run(&mkdir("sticky", 0o1777)?.join("run"), "fresh", "")?;
+    if me == 0 {
+        // Group-writable and owned by another user (only root can make one).
+        let other = mkdir("other", 0o775)?;
+        std::os::unix::fs::chown(&other, Some(65534), Some(65534)).map_err(fail("chown"))?;
+        run(&other.join("run"), "refused", "owned by uid 65534")?;
+        ensure(!other.join("run").exists(), || {
+            "the directory was created in a refused parent".into()
+        })?;
+        // Owned by another user, even closed to group and others: the owner
+        // can still rename our directory.
+        let owned = mkdir("owned", 0o755)?;
+        std::os::unix::fs::chown(&owned, Some(65534), Some(65534)).map_err(fail("chown"))?;
+        run(&owned.join("run"), "refused", "owned by uid 65534")?;
+        // The same further up: a grandparent another user owns.
+        let upper = mkdir("upper", 0o775)?;
+        let mid = upper.join("mid");
+        create_dir(&mid).map_err(fail("mkdir"))?;
+        std::os::unix::fs::chown(&upper, Some(65534), Some(65534)).map_err(fail("chown"))?;
+        run(&mid.join("run"), "refused", "owned by uid 65534")?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn parent_writable_by_others() -> Result<(), Failed> {
+    Ok(())
+}
+
+/// Silent clients that connected first (and never send their handshake)
+/// must not keep `accept` from serving a well-behaved client that came
+/// after them: handshakes run side by side, each with its own deadline.
+#[cfg(unix)]
+fn silent_clients() -> Result<(), Failed> {
+    use std::os::unix::net::UnixStream;
+    let name = unique("silent");
+    let listener = Listener::<Reply, Request>::bind(&name).map_err(fail("bind"))?;
+    // Connected before the good client, so they are ahead of it in the
+    // backlog; they never write anything.
+    let silent = (0..3)
+        .map(|_| UnixStream::connect(listener.endpoint()).map_err(fail("silent connect")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let start = Instant::now();
+    let mut good = spawn("named_client", |cmd: &mut Command| {
+        cmd.env(NAME_ENV, &name).env("CONDUIT_TEST_ID", "3");
+        Ok(())
+    })?;
+    let conn = listener
+        .accept_timeout(HANG)
+        .map_err(fail("accept the well-behaved client"))?;
+    let served_after = start.elapsed();
+    for _ in 0..REQUESTS {
+        let (id, seq, text) = conn.recv_timeout(HANG).map_err(fail("request"))?;
+        conn.send(&(id, seq, text.len())).map_err(fail("reply"))?;
+    }
+    good.wait_success()?;
+    // Generous: the old sequential handshakes took 10 s per silent client.
+    ensure(served_after < Duration::from_secs(3), || {
+        format!(
+            "the well-behaved client was accepted {served_after:?} after it started, behind {} silent ones",
+            silent.len()
+        )
+    })?;
+    drop(silent);
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn silent_clients() -> Result<(), Failed> {
+    Ok(())
+}
+
+/// A listener with a short handshake timeout drops a silent client after
+/// that timeout, while `accept` goes on waiting (the client sees the
+/// server's handshake, then end of file), well before the 10 s default.
+#[cfg(unix)]
+fn handshake_timeout_configurable() -> Result<(), Failed> {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let name = unique("hstimeout");
+    let listener = Listener::<Msg, Msg>::bind(&name)
+        .map_err(fail("bind"))?
+        .with_handshake_timeout(Duration::from_millis(200));
+    ensure(
+        listener.handshake_timeout() == Duration::from_millis(200),
+        || format!("handshake_timeout() is {:?}", listener.handshake_timeout()),
+    )?;
+    let mut silent = UnixStream::connect(listener.endpoint()).map_err(fail("silent connect"))?;
+    silent
+        .set_read_timeout(Some(HANG))
+        .map_err(fail("read timeout"))?;
+    let start = Instant::now();
+    // Once dropped, the silent client makes way for a good one, which is
+    // what ends the accept below.
+    let client = thread::spawn(move || -> Result<usize, String> {
+        let mut got = Vec::new();
+        silent
+            .read_to_end(&mut got)
+            .map_err(|e| format!("the silent client was not dropped: {e}"))?;
+        let conn = connect::<Msg, Msg>(&name).map_err(|e| e.to_string())?;
+        conn.send(&Msg::Int(5)).map_err(|e| e.to_string())?;
+        Ok(got.len())
+    });
+    let conn = listener.accept_timeout(HANG).map_err(fail("accept"))?;
+    let elapsed = start.elapsed();
+    let got = client
+        .join()
+        .map_err(|_| Failed::from("client panicked"))?
+        .map_err(Failed::from)?;
+    // The server's 12-byte handshake (docs/wire-format.md), then end of file.
+    ensure(got == 12, || {
+        format!("the silent client got {got} bytes before end of file")
+    })?;
+    ensure(
+        conn.recv_timeout(HANG).map_err(fail("recv"))? == Msg::Int(5),
+        || "not Int(5)".into(),
+    )?;
+    ensure(elapsed < Duration::from_secs(5), || {
+        format!("the silent client was dropped after {elapsed:?}, not after ~200 ms")
+    })
+}
+
+#[cfg(not(unix))]
+fn handshake_timeout_configurable() -> Result<(), Failed> {
+    Ok(())
+}
+
+/// A client taken in by one `accept` whose handshake arrives in time, but
+/// while nobody is in `accept`, is returned by the next `accept` even if
+/// that comes after its handshake deadline: its `connect` already
+/// succeeded, so dropping it would break a connection the client uses.
+#[cfg(unix)]
+fn handshake_before_late_accept() -> Result<(), Failed> {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let name = unique("late-accept");
+    let timeout = Duration::from_millis(200);
+    let listener = Listener::<Msg, Msg>::bind(&name)
+        .map_err(fail("bind"))?
+        .with_handshake_timeout(timeout);
+    // Ahead of the good client in the backlog, so the first accept takes
+    // it in too, and keeps it while its handshake is missing.
+    let mut raw = UnixStream::connect(listener.endpoint()).map_err(fail("raw connect"))?;
+    raw.set_read_timeout(Some(HANG))
+        .map_err(fail("read timeout"))?;
+    let good = thread::spawn({
+        let name = name.clone();
+        move || connect::<Msg, Msg>(&name).and_then(|c| c.send(&Msg::Int(1)))
+    });
+    let first = listener
+        .accept_timeout(HANG)
+        .map_err(fail("first accept"))?;
+    good.join()
+        .map_err(|_| Failed::from("client panicked"))?
+        .map_err(fail("good client"))?;
+    ensure(
+        first.recv_timeout(HANG).map_err(fail("recv"))? == Msg::Int(1),
+        || "the first accept did not return the good client".into(),
+    )?;
+    // The raw client was taken in: it has the server's handshake. It
+    // answers with the same bytes (same configuration) while nobody is in
+    // accept.
+    let mut hs = [0u8; 12];
+    raw.read_exact(&mut hs)
+        .map_err(fail("read the server's handshake"))?;
+    raw.write_all(&hs).map_err(fail("send the handshake"))?;
+    // Let its handshake deadline pass before accepting again: the late
+    // accept is the condition under test, not a synchronisation.
+    thread::sleep(timeout * 2);
+    let late = listener
+        .accept_timeout(Duration::from_secs(5))
+        .map_err(fail("late accept of the client that answered in time"))?;
+    late.send(&Msg::Int(2)).map_err(fail("send"))?;
+    let mut head = [0u8; 4];
+    raw.read_exact(&mut head).map_err(fail("read a frame"))?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn handshake_before_late_accept() -> Result<(), Failed> {
+    Ok(())
+}
+
+/// Killed servers leave `.sock`/`.lock` pairs; binding any name sweeps them.
+#[cfg(unix)]
+fn stale_files_swept() -> Result<(), Failed> {
+    use std::fs::{create_dir, set_permissions, Permissions};
+    use std::os::unix::fs::PermissionsExt;
+    let base = std::env::temp_dir().join(unique("sweep"));
+    create_dir(&base).map_err(fail("mkdir"))?;
+    let _cleanup = RemoveOnDrop(base.clone());
+    set_permissions(&base, Permissions::from_mode(0o700)).map_err(fail("chmod"))?;
+    let mut child = spawn("named_sweep", |cmd: &mut Command| {
+        cmd.env("CONDUIT_NAMED_DIR", base.join("run"));
+        Ok(())
+    })?;
+    crate::watchdog("the sweep child", HANG * 2, || child.wait_success())
+}
+
+#[cfg(not(unix))]
+fn stale_files_swept() -> Result<(), Failed> {
+    Ok(())
 }
 
 #[cfg(unix)]

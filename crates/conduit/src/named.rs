@@ -45,8 +45,14 @@
 //! [`ErrorKind::Disconnected`]. Accepted connections can be handed to child
 //! processes with [`crate::handoff`].
 //!
+//! A client that connects and then says nothing is dropped after the
+//! listener's handshake timeout (10 s by default,
+//! [`Listener::with_handshake_timeout`]); on Unix the handshakes of
+//! several clients run side by side, so it does not hold up the others.
+//!
 //! **Lifecycle.** Binding a name left behind by a crashed server works (the
-//! stale socket is replaced); binding a name that a live server holds fails
+//! stale socket is replaced, and binding any name removes the files of
+//! other killed servers); binding a name that a live server holds fails
 //! with [`ErrorKind::Io`] whose [source](std::error::Error::source) is an
 //! [`std::io::ErrorKind::AddrInUse`] error. Dropping the listener frees the
 //! name.
@@ -154,11 +160,44 @@ where
         })
     }
 
+    /// Sets how long each client may take, from its arrival, to complete
+    /// the handshake before `accept` drops it; the default is
+    /// [`conduit_named::HANDSHAKE_TIMEOUT`] (10 s). On Unix, handshakes run
+    /// side by side and a silent client only ever costs itself this
+    /// timeout; on Windows one client's set-up still runs before the next
+    /// one's, so a silent client can delay the others by up to this much.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), conduit::Error> {
+    /// use std::time::Duration;
+    /// let name = format!("doc-handshake-timeout-{}", std::process::id());
+    /// let listener = conduit::named::Listener::<u8, u8>::bind(&name)?
+    ///     .with_handshake_timeout(Duration::from_secs(2));
+    /// assert_eq!(listener.handshake_timeout(), Duration::from_secs(2));
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn with_handshake_timeout(self, timeout: Duration) -> Self {
+        Listener {
+            inner: self.inner.with_handshake_timeout(timeout),
+            _marker: PhantomData,
+        }
+    }
+
+    /// How long each client may take to complete the handshake.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.inner.handshake_timeout()
+    }
+
     /// Blocks until a client connects and completes the handshake.
     ///
     /// Clients that disconnect or stall during the handshake are dropped
-    /// and the wait goes on; a client with another [`FrameConfig`] is an
-    /// [`ErrorKind::Protocol`] error (the listener stays usable).
+    /// and the wait goes on (each stalled client is dropped when its own
+    /// [handshake timeout](Self::with_handshake_timeout) passes; on Unix it
+    /// does not delay the others); a client with another [`FrameConfig`] is
+    /// an [`ErrorKind::Protocol`] error (the listener stays usable).
     pub fn accept(&self) -> Result<Duplex<S, R>> {
         self.inner.accept(None).map(typed)
     }

@@ -4,11 +4,13 @@
 //! - `Listener::bind(name)`: claims the (already validated) name for the
 //!   current user, failing with an `AddrInUse` source when a live server
 //!   holds it; dropping the listener releases the name;
-//! - `Listener::accept(deadline) -> Accepted`: waits for the next client
-//!   until `deadline` and returns its connection as a sending and a receiving
-//!   handle, `Skip` for a client that was dropped (another user, gone during
-//!   set-up), or `TimedOut`; the per-connection set-up is bounded by
-//!   `crate::HANDSHAKE_TIMEOUT`;
+//! - `Listener::accept(cfg, handshake_timeout, deadline) -> Accepted`: waits
+//!   until `deadline` for the next client that completes its set-up and the
+//!   conduit handshake (each connection gets `handshake_timeout` for that,
+//!   counted from its own arrival), and returns it ready to use; `Mismatch`
+//!   for a client whose handshake does not match `cfg`, `Skip` for a client
+//!   that was dropped (another user, gone or silent during set-up), or
+//!   `TimedOut`;
 //! - `Listener::endpoint()`: the socket path or pipe name, for messages;
 //! - `connect(name, deadline) -> (send handle, recv handle)`: see
 //!   [`crate::connect`] for the waiting rules;
@@ -30,14 +32,13 @@ pub use imp::*;
 /// What `Listener::accept` found.
 #[derive(Debug)]
 pub enum Accepted {
-    /// A client, set up and ready for the handshake.
-    Conn {
-        /// The handle this side sends on.
-        send: conduit_core::sys::OsHandle,
-        /// The handle this side receives on.
-        recv: conduit_core::sys::OsHandle,
-    },
-    /// A client that was dropped during set-up; keep waiting.
+    /// A client that completed the handshake: a ready connection.
+    Ready(crate::DuplexEnd),
+    /// A client whose handshake does not match ours (`Protocol`).
+    Mismatch(conduit_core::Error),
+    /// A client that was dropped during set-up; keep waiting. (The Unix
+    /// backend drops such clients itself and keeps waiting.)
+    #[cfg_attr(unix, allow(dead_code))]
     Skip,
     /// The deadline passed.
     TimedOut,

@@ -28,21 +28,23 @@
 use std::env;
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{SocketAddr, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use conduit_core::sys::{poll_fd, StreamKind};
-use conduit_core::{Error, ErrorKind, Result};
+use conduit_core::stream::{StreamReceiver, StreamSender};
+use conduit_core::sys::StreamKind;
+use conduit_core::{Error, ErrorKind, FrameConfig, Result};
 use interprocess::local_socket::traits::{Listener as _, Stream as _, StreamCommon as _};
 use interprocess::local_socket::{
     GenericFilePath, ListenerNonblockingMode, ListenerOptions, ToFsName as _,
 };
 use interprocess::os::unix::local_socket::ListenerOptionsExt as _;
 use interprocess::os::unix::uds_local_socket::{Listener as UdsListener, Stream as UdsStream};
-use rustix::event::PollFlags;
+use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fs::FlockOperation;
 use rustix::io::Errno;
 
@@ -109,23 +111,7 @@ pub fn socket_dir() -> Result<PathBuf> {
 /// Creates `dir` (mode `0700`) if it does not exist and checks that only
 /// user `uid` can reach what is inside.
 fn ensure_private(dir: &Path, origin: &str, uid: u32) -> Result<()> {
-    // A parent that anyone may write to without the sticky bit would let
-    // another user rename our directory away and put theirs in its place.
-    if let Some(parent) = dir.parent() {
-        if let Ok(pm) = fs::metadata(parent) {
-            let mode = pm.mode();
-            if mode & 0o002 != 0 && mode & 0o1000 == 0 {
-                return Err(refuse(
-                    dir,
-                    format!(
-                        "its parent {} is writable by every user (mode {:04o}, no sticky bit), so another user could replace it; set {DIR_ENV} to a directory in a safe place",
-                        parent.display(),
-                        mode & 0o7777
-                    ),
-                ));
-            }
-        }
-    }
+    check_ancestors(dir, uid)?;
     match DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {
             // The umask can only have removed bits; make it exactly 0700.
@@ -182,6 +168,47 @@ fn ensure_private(dir: &Path, origin: &str, uid: u32) -> Result<()> {
     Ok(())
 }
 
+/// Refuses `dir` when another user could rename it (or a directory above
+/// it) away and put one of theirs in its place: every ancestor must be owned
+/// by this user or root, and writable by nobody else unless its sticky bit
+/// is set (as on `/tmp`, where others cannot rename entries they do not
+/// own). Ancestors that cannot be inspected are skipped: `dir` is then
+/// unreachable anyway, which the checks of `dir` itself report.
+fn check_ancestors(dir: &Path, uid: u32) -> Result<()> {
+    for parent in dir.ancestors().skip(1) {
+        let Ok(pm) = fs::metadata(parent) else {
+            continue;
+        };
+        let owner = pm.uid();
+        let mode = pm.mode() & 0o7777;
+        if owner != uid && owner != 0 {
+            return Err(refuse(
+                dir,
+                format!(
+                    "{} above it is owned by uid {owner}, who could replace it (only this user, uid {uid}, or root may own the directories above the socket directory); set {DIR_ENV} to a directory in a safe place",
+                    parent.display()
+                ),
+            ));
+        }
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            let who = if mode & 0o002 != 0 {
+                "every user"
+            } else {
+                "its group"
+            };
+            return Err(refuse(
+                dir,
+                format!(
+                    "{} above it is writable by {who} (mode {mode:04o}, no sticky bit), so another user could replace it; run `chmod go-w {}` or set {DIR_ENV} to a directory in a safe place",
+                    parent.display(),
+                    parent.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_len(path: &Path) -> Result<()> {
     if SocketAddr::from_pathname(path).is_err() {
         return Err(Error::invalid_input(format!(
@@ -220,6 +247,7 @@ fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
 /// file recognisably stale.
 fn lock_name(lock_path: &Path, name: &str) -> Result<File> {
     let nofollow = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+    let mut contended = 0u32;
     for _ in 0..16 {
         let file = OpenOptions::new()
             .read(true)
@@ -237,7 +265,26 @@ fn lock_name(lock_path: &Path, name: &str) -> Result<File> {
             })?;
         match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
-            Err(Errno::WOULDBLOCK) => return Err(in_use(name, read_pid(&file))),
+            Err(Errno::WOULDBLOCK) => {
+                // The holder may be a live server, or only passing through:
+                // a server that is stopping, or another bind sweeping a
+                // stale name (both unlink the file, then unlock it, within
+                // microseconds). Look again a few times before calling the
+                // name taken.
+                let replaced = match (file.metadata(), fs::symlink_metadata(lock_path)) {
+                    (Ok(ours), Ok(there)) => !same_file(&ours, &there),
+                    _ => true,
+                };
+                if replaced {
+                    continue;
+                }
+                if contended < LOCK_RETRIES {
+                    std::thread::sleep(Duration::from_millis(1 << contended));
+                    contended += 1;
+                    continue;
+                }
+                return Err(in_use(name, read_pid(&file)));
+            }
             Err(Errno::INTR) => continue,
             Err(e) => {
                 return Err(Error::from_io(
@@ -262,6 +309,65 @@ fn lock_name(lock_path: &Path, name: &str) -> Result<File> {
         ),
         io::Error::from(io::ErrorKind::AddrInUse),
     ))
+}
+
+/// How many times `lock_name` looks again at a held lock (after 1, 2, 4
+/// and 8 ms) before it reports the name in use.
+const LOCK_RETRIES: u32 = 4;
+
+/// Removes the `.sock`/`.lock` pairs that servers killed without cleaning
+/// up left in `dir`, except those of `except` (the name being bound, whose
+/// own stale socket `remove_stale` handles). A pair is stale when nobody
+/// holds the lock: the sweep takes the lock itself, so that no server can
+/// bind the name meanwhile, removes the socket after a connection attempt
+/// is refused (as for the name being bound), then unlinks the lock file
+/// before it unlocks it, as a stopping server does. Best effort: whatever
+/// cannot be inspected or removed is left alone.
+fn sweep_stale(dir: &Path, except: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(name) = file_name.to_str().and_then(|f| f.strip_suffix(".lock")) else {
+            continue;
+        };
+        if name != except && crate::check_name(name).is_ok() {
+            sweep_one(dir, name);
+        }
+    }
+}
+
+fn sweep_one(dir: &Path, name: &str) {
+    let lock_path = dir.join(lock_file(name));
+    // Non-blocking, so that a FIFO planted under that name cannot stall us.
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let Ok(file) = OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(&lock_path)
+    else {
+        return;
+    };
+    let Ok(ours) = file.metadata() else {
+        return;
+    };
+    if !ours.is_file() {
+        return;
+    }
+    // Held: a live server (or a bind in progress) owns the name.
+    if rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+        return;
+    }
+    // Someone else swept or re-created it since we opened it.
+    match fs::symlink_metadata(&lock_path) {
+        Ok(there) if same_file(&ours, &there) => {}
+        _ => return,
+    }
+    // We hold the name now: nobody can bind it until `file` is closed.
+    if remove_stale(&dir.join(socket_file(name)), name).is_ok() {
+        let _ = fs::remove_file(&lock_path);
+    }
 }
 
 fn read_pid(mut file: &File) -> Option<u32> {
@@ -346,6 +452,8 @@ pub struct Listener {
     file: fs::Metadata,
     lock: File,
     lock_path: PathBuf,
+    /// Connections whose handshake is in progress, between `accept` calls.
+    pending: Mutex<Vec<Pending>>,
 }
 
 impl Listener {
@@ -356,6 +464,7 @@ impl Listener {
         check_len(&path)?;
         let lock_path = dir.join(lock_file(name));
         let mut lock = lock_name(&lock_path, name)?;
+        sweep_stale(&dir, name);
         remove_stale(&path, name)?;
         let sock = listen(&path).map_err(|e| {
             if e.kind() == io::ErrorKind::AddrInUse {
@@ -389,6 +498,7 @@ impl Listener {
             file,
             lock,
             lock_path,
+            pending: Mutex::new(Vec::new()),
         })
     }
 
@@ -397,23 +507,144 @@ impl Listener {
         &self.display
     }
 
-    /// Waits for the next client until `deadline`.
-    pub fn accept(&self, deadline: Option<Instant>) -> Result<Accepted> {
+    /// Waits until `deadline` for the next client that completes its
+    /// handshake (see [`Pending`] for how handshakes run side by side).
+    ///
+    /// Concurrent calls from several threads each take the connections in
+    /// progress at the time of the call and put back those still in
+    /// progress when they return.
+    pub fn accept(
+        &self,
+        cfg: FrameConfig,
+        handshake_timeout: Duration,
+        deadline: Option<Instant>,
+    ) -> Result<Accepted> {
+        let mut mine = std::mem::take(&mut *lock(&self.pending));
+        let out = self.accept_among(&mut mine, cfg, handshake_timeout, deadline);
+        let mut pending = lock(&self.pending);
+        pending.append(&mut mine);
+        let excess = pending.len().saturating_sub(crate::MAX_PENDING);
+        pending.drain(..excess);
+        out
+    }
+
+    fn accept_among(
+        &self,
+        pending: &mut Vec<Pending>,
+        cfg: FrameConfig,
+        handshake_timeout: Duration,
+        deadline: Option<Instant>,
+    ) -> Result<Accepted> {
         loop {
-            let ready = poll_fd(self.sock.as_fd(), PollFlags::IN, deadline)
-                .map_err(|e| Error::from_io("waiting for a client failed", e))?;
-            if !ready {
+            // Silent clients go when their own time is up; a handshake that
+            // arrived in time while nobody was in `accept` still counts.
+            let now = Instant::now();
+            let mut i = 0;
+            while i < pending.len() {
+                if pending[i].deadline > now {
+                    i += 1;
+                    continue;
+                }
+                let mut p = pending.remove(i);
+                match p.step() {
+                    Step::Done => return Ok(Accepted::Ready((p.tx, p.rx))),
+                    Step::Mismatch(e) => return Ok(Accepted::Mismatch(e)),
+                    Step::Wait | Step::Gone => {}
+                }
+            }
+            let wake = pending.iter().map(|p| p.deadline).min();
+            let until = match (deadline, wake) {
+                (Some(d), Some(w)) => Some(d.min(w)),
+                (d, w) => d.or(w),
+            };
+            let (listener_ready, ready) = self.wait(pending, until)?;
+            // Connections with input (or hung up), oldest first.
+            let mut removed = 0;
+            for i in ready {
+                let i = i - removed;
+                match pending[i].step() {
+                    Step::Done => {
+                        let p = pending.remove(i);
+                        return Ok(Accepted::Ready((p.tx, p.rx)));
+                    }
+                    Step::Wait => {}
+                    Step::Mismatch(e) => {
+                        pending.remove(i);
+                        return Ok(Accepted::Mismatch(e));
+                    }
+                    Step::Gone => {
+                        pending.remove(i);
+                        removed += 1;
+                    }
+                }
+            }
+            if listener_ready {
+                self.take_new(pending, cfg, handshake_timeout)?;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(Accepted::TimedOut);
             }
+        }
+    }
+
+    /// Polls the listening socket and the connections in progress until
+    /// `until`; returns whether the listener is readable and which
+    /// connections are.
+    fn wait(&self, pending: &[Pending], until: Option<Instant>) -> Result<(bool, Vec<usize>)> {
+        let mut fds = Vec::with_capacity(pending.len() + 1);
+        fds.push(PollFd::new(&self.sock, PollFlags::IN));
+        for p in pending {
+            fds.push(PollFd::from_borrowed_fd(
+                p.rx.stream().handle(),
+                PollFlags::IN,
+            ));
+        }
+        let timeout = until.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            Timespec {
+                tv_sec: left.as_secs().min(i32::MAX as u64) as _,
+                tv_nsec: left.subsec_nanos() as _,
+            }
+        });
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(e) => {
+                return Err(Error::from_io(
+                    "waiting for clients failed",
+                    io::Error::from(e),
+                ))
+            }
+        }
+        let listener_ready = !fds[0].revents().is_empty();
+        let ready = fds[1..]
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !f.revents().is_empty())
+            .map(|(i, _)| i)
+            .collect();
+        Ok((listener_ready, ready))
+    }
+
+    /// Accepts the clients queued on the listening socket and starts their
+    /// handshakes.
+    fn take_new(
+        &self,
+        pending: &mut Vec<Pending>,
+        cfg: FrameConfig,
+        handshake_timeout: Duration,
+    ) -> Result<()> {
+        // A bounded batch, so that a flood of connections cannot keep the
+        // connections in progress from being looked at.
+        for _ in 0..ACCEPT_BATCH {
             let stream = match self.sock.accept() {
                 Ok(s) => s,
-                // Another thread took it, or the client gave up already.
+                // Nothing more queued, or another thread took it.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                // The client gave up already.
                 Err(e)
                     if matches!(
                         e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::Interrupted
-                            | io::ErrorKind::ConnectionAborted
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
                     ) =>
                 {
                     continue
@@ -425,22 +656,86 @@ impl Listener {
                     ))
                 }
             };
-            // BSDs and macOS pass the listener's O_NONBLOCK on to accepted sockets.
-            if stream.set_nonblocking(false).is_err() {
-                continue;
+            if let Some(p) = start(stream, cfg, handshake_timeout) {
+                if pending.len() >= crate::MAX_PENDING {
+                    pending.remove(0);
+                }
+                pending.push(p);
             }
-            // Only our own user can reach the directory, but root can
-            // reach anything: refuse peers that are not us.
-            match peer_euid(&stream) {
-                Ok(Some(uid)) if uid != euid() => return Ok(Accepted::Skip),
-                Ok(_) => {}
-                Err(_) => return Ok(Accepted::Skip),
-            }
-            let (send, recv) = halves(stream)
-                .map_err(|e| Error::from_io("cannot set up an accepted connection", e))?;
-            return Ok(Accepted::Conn { send, recv });
+        }
+        Ok(())
+    }
+}
+
+/// How many queued clients one round of `accept` takes from the listening
+/// socket before it looks at the connections in progress again.
+const ACCEPT_BATCH: usize = 16;
+
+/// A connection whose handshake is in progress.
+///
+/// `accept` keeps these (in the listener, between calls), polls them
+/// together with the listening socket, and reads whatever part of a
+/// client's handshake has arrived without waiting for the rest (the
+/// receiver keeps partial input), so one silent or slow client never holds
+/// up another. Each is dropped when its own deadline passes.
+#[derive(Debug)]
+struct Pending {
+    tx: StreamSender,
+    rx: StreamReceiver,
+    deadline: Instant,
+}
+
+/// Where a connection's handshake stands after [`Pending::step`].
+enum Step {
+    /// Complete and matching: the connection is ready.
+    Done,
+    /// Not all of it has arrived yet.
+    Wait,
+    /// It does not match ours.
+    Mismatch(Error),
+    /// The client went away, or its socket failed.
+    Gone,
+}
+
+impl Pending {
+    /// Reads whatever part of the client's handshake has arrived, without
+    /// waiting for the rest (a deadline of now: the receiver keeps partial
+    /// input between calls and reads nothing past the handshake).
+    fn step(&mut self) -> Step {
+        match self.rx.recv_handshake(Some(Instant::now())) {
+            Ok(()) => Step::Done,
+            Err(e) if e.kind() == ErrorKind::Timeout => Step::Wait,
+            Err(e) if e.kind() == ErrorKind::Protocol => Step::Mismatch(e),
+            Err(_) => Step::Gone,
         }
     }
+}
+
+/// Checks a newly accepted client and sends it our handshake; `None` when
+/// it is dropped (another user, or the socket failed).
+fn start(stream: UdsStream, cfg: FrameConfig, handshake_timeout: Duration) -> Option<Pending> {
+    // BSDs and macOS pass the listener's O_NONBLOCK on to accepted sockets.
+    stream.set_nonblocking(false).ok()?;
+    // Only our own user can reach the directory, but root can reach
+    // anything: refuse peers that are not us.
+    match peer_euid(&stream) {
+        Ok(Some(uid)) if uid != euid() => return None,
+        Ok(_) => {}
+        Err(_) => return None,
+    }
+    let (send, recv) = halves(stream).ok()?;
+    let (mut tx, rx) = crate::wrap(send, recv, cfg);
+    // Twelve bytes into an empty socket buffer: this does not block.
+    tx.send_handshake().ok()?;
+    Some(Pending {
+        tx,
+        rx,
+        deadline: crate::deadline_within(None, handshake_timeout),
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Drop for Listener {

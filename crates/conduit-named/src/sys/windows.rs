@@ -88,7 +88,7 @@ use windows_sys::Win32::System::Threading::{
 use windows_sys::Win32::System::IO::{CancelIoEx, GetOverlappedResult, OVERLAPPED};
 
 use conduit_core::sys::StreamKind;
-use conduit_core::{Error, ErrorKind, Result};
+use conduit_core::{Error, ErrorKind, FrameConfig, Result};
 
 use super::Accepted;
 
@@ -600,10 +600,18 @@ impl Listener {
         &self.pipe
     }
 
-    /// Waits for the next client until `deadline` and sets its connection up.
+    /// Waits for the next client until `deadline`, sets its connection up
+    /// and exchanges the handshakes (within `handshake_timeout`).
     ///
-    /// Concurrent calls from several threads take turns waiting.
-    pub fn accept(&self, deadline: Option<Instant>) -> Result<Accepted> {
+    /// Concurrent calls from several threads take turns waiting. One
+    /// client's set-up runs before the next client is looked at, so a silent
+    /// client delays the others by up to `handshake_timeout`.
+    pub fn accept(
+        &self,
+        cfg: FrameConfig,
+        handshake_timeout: Duration,
+        deadline: Option<Instant>,
+    ) -> Result<Accepted> {
         let inst = {
             let mut pending = lock(&self.pending);
             let inst = match pending.take() {
@@ -640,9 +648,18 @@ impl Listener {
             *pending = self.instance(false).ok();
             inst
         };
-        match self.rendezvous(&inst, crate::handshake_deadline(deadline)) {
-            Ok((send, recv)) => Ok(Accepted::Conn { send, recv }),
-            Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => Ok(Accepted::TimedOut),
+        let set_up = crate::deadline_within(deadline, handshake_timeout);
+        let passed = || deadline.is_some_and(|d| Instant::now() >= d);
+        let (send, recv) = match self.rendezvous(&inst, set_up) {
+            Ok(handles) => handles,
+            Err(_) if passed() => return Ok(Accepted::TimedOut),
+            Err(_) => return Ok(Accepted::Skip),
+        };
+        match crate::establish(send, recv, cfg, set_up) {
+            Ok(conn) => Ok(Accepted::Ready(conn)),
+            Err(e) if e.kind() == ErrorKind::Protocol => Ok(Accepted::Mismatch(e)),
+            Err(_) if passed() => Ok(Accepted::TimedOut),
+            // The client went away or stalled: wait for the next one.
             Err(_) => Ok(Accepted::Skip),
         }
     }
