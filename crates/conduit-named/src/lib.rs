@@ -297,7 +297,7 @@ impl Listener {
                 .sys
                 .accept(self.cfg, self.handshake_timeout, deadline)?
             {
-                sys::Accepted::Ready(conn) => return Ok(conn),
+                sys::Accepted::Ready(conn) => return Ok(*conn),
                 sys::Accepted::TimedOut => return Err(self.timeout()),
                 sys::Accepted::Skip => continue,
                 sys::Accepted::Mismatch(e) => {

@@ -33,7 +33,7 @@ pub use imp::*;
 #[derive(Debug)]
 pub enum Accepted {
     /// A client that completed the handshake: a ready connection.
-    Ready(crate::DuplexEnd),
+    Ready(Box<crate::DuplexEnd>),
     /// A client whose handshake does not match ours (`Protocol`).
     Mismatch(conduit_core::Error),
     /// A client that was dropped during set-up; keep waiting. (The Unix

@@ -547,7 +547,7 @@ impl Listener {
                 }
                 let mut p = pending.remove(i);
                 match p.step() {
-                    Step::Done => return Ok(Accepted::Ready((p.tx, p.rx))),
+                    Step::Done => return Ok(Accepted::Ready(Box::new((p.tx, p.rx)))),
                     Step::Mismatch(e) => return Ok(Accepted::Mismatch(e)),
                     Step::Wait | Step::Gone => {}
                 }
@@ -565,7 +565,7 @@ impl Listener {
                 match pending[i].step() {
                     Step::Done => {
                         let p = pending.remove(i);
-                        return Ok(Accepted::Ready((p.tx, p.rx)));
+                        return Ok(Accepted::Ready(Box::new((p.tx, p.rx))));
                     }
                     Step::Wait => {}
                     Step::Mismatch(e) => {

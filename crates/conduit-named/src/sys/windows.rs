@@ -656,7 +656,7 @@ impl Listener {
             Err(_) => return Ok(Accepted::Skip),
         };
         match crate::establish(send, recv, cfg, set_up) {
-            Ok(conn) => Ok(Accepted::Ready(conn)),
+            Ok(conn) => Ok(Accepted::Ready(Box::new(conn))),
             Err(e) if e.kind() == ErrorKind::Protocol => Ok(Accepted::Mismatch(e)),
             Err(_) if passed() => Ok(Accepted::TimedOut),
             // The client went away or stalled: wait for the next one.
