@@ -139,9 +139,9 @@
 //! interval of idleness, costing an idle receiver two system calls every
 //! 100 ms. Calls that never park check the lifeline themselves, at most
 //! every 5 ms: a `try_recv` or short `recv_timeout` that finds nothing, and
-//! a send into a ring with room (so a send to a killed receiver succeeds
-//! for at most 5 ms after its death, plus the sends that fit in the same
-//! clock tick). A peer that drops its endpoint sets its "closed" word and
+//! a send into a ring with room, which reads the clock every 16 sends (so
+//! sends to a killed receiver succeed for at most 5 ms or 16 sends after
+//! its death, whichever is more). A peer that drops its endpoint sets its "closed" word and
 //! wakes this side at once.
 
 #![deny(unsafe_code)]
