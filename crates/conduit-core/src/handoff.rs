@@ -7,12 +7,30 @@
 //! the handles, and asks a resolver (the facade's transport registry) to rebuild
 //! each half.
 //!
-//! How handles travel is OS-specific (see `sys`): on Unix the endpoint's
-//! descriptors are sent at once over a private socket pair with `SCM_RIGHTS`;
-//! the parent closes its copies immediately, and only the child's end of the
-//! carrier socket loses close-on-exec, inside that child only. On Windows the
-//! handles stay non-inheritable and the child duplicates them out of the parent
-//! with `DUPLICATE_CLOSE_SOURCE`, which closes the parent's copies.
+//! How handles travel is OS-specific (see `sys`):
+//!
+//! - **Unix.** The endpoint's descriptors are sent at once over a private
+//!   socket pair (the *carrier*) with `SCM_RIGHTS`, and the parent closes its
+//!   copies immediately. The carrier's child end is not kept by the `Command`
+//!   but in a process-wide registry (close-on-exec). In the forked child, the
+//!   `pre_exec` hook proves with `fstat` that the descriptor number still is
+//!   that socket (device and inode recorded at handoff), clears its
+//!   close-on-exec flag and writes one byte into it; a background thread of the
+//!   parent (`conduit-handoff`, started by the first handoff, idle in `poll`
+//!   otherwise) sees the byte arrive and closes the parent's copies of the
+//!   carrier. So the child holds the only reference once it has forked: if it
+//!   exits without adopting, the in-flight descriptors are released and the
+//!   parent's end sees `Disconnected` promptly, even while the `Command` is
+//!   still alive. Dropping a `Command` that was never spawned releases them
+//!   too. Spawning the same `Command` a second time fails (`spawn` returns an
+//!   `EBADF` or `EALREADY` OS error): the endpoint went to the first child. If
+//!   `exec` fails after the fork, the endpoint is lost with that child.
+//! - **Windows.** The handles stay non-inheritable and the child duplicates them
+//!   out of the parent with `DUPLICATE_CLOSE_SOURCE`, which closes the parent's
+//!   copies. Limitation: `std::process::Command` has no hook that runs in or
+//!   after `CreateProcessW` (and the handle-list attribute is unstable), so a
+//!   child that exits without adopting leaves the handles in the parent until
+//!   the parent exits; the parent's end then does not see `Disconnected`.
 //!
 //! Token format (one line, `;`-separated):
 //! `conduit1;<role>;<os part>;<half>[;<half>]` where a half is

@@ -23,6 +23,7 @@ use std::time::Duration;
 pub use libtest_mimic::{Arguments, Failed, Trial};
 
 pub mod alloc;
+pub mod handoff_cases;
 pub mod msg;
 #[cfg(feature = "named")]
 pub mod named;
@@ -48,7 +49,10 @@ pub fn main(children: &[ChildFn], mut trials: Vec<Trial>) -> ! {
     if let Ok(name) = std::env::var(CHILD_ENV) {
         #[cfg(feature = "named")]
         let children = &[children, named::CHILDREN].concat();
-        let all = suite::CHILDREN.iter().chain(children);
+        let all = suite::CHILDREN
+            .iter()
+            .chain(handoff_cases::CHILDREN)
+            .chain(children);
         match all.into_iter().find(|c| c.name == name) {
             Some(c) => {
                 (c.run)();

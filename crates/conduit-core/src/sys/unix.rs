@@ -128,9 +128,10 @@ pub fn poll_fd(
 /// handle part (`fd=<carrier descriptor number in the child>`).
 ///
 /// The descriptors are sent at once with `SCM_RIGHTS` into a fresh socket pair
-/// and the parent's copies are dropped; only the carrier socket's child end is
-/// inherited, by this child only (its close-on-exec flag is cleared after
-/// `fork`, in the child).
+/// (the *carrier*) and the parent's copies are dropped. The carrier's child
+/// end is the only descriptor the child inherits; it stays close-on-exec in
+/// the parent and is kept in the [`carrier`] registry, not in the `Command`,
+/// so that it does not outlive the `fork`: see [`carrier`] for how.
 pub fn send_handles(cmd: &mut Command, handles: Vec<OwnedFd>) -> Result<String> {
     let (ours, theirs) =
         socketpair().map_err(|e| Error::from_io("cannot create the handoff socket pair", e))?;
@@ -144,17 +145,308 @@ pub fn send_handles(cmd: &mut Command, handles: Vec<OwnedFd>) -> Result<String> 
     retry(|| rustix::net::sendmsg(&ours, &[IoSlice::new(&count)], &mut control, SEND_FLAGS))
         .map_err(|e| Error::from_io("cannot pass descriptors to the handoff socket", e))?;
     drop(handles);
-    drop(ours);
     let raw = theirs.as_raw_fd();
-    // SAFETY: the closure runs in the forked child before exec; it only calls
-    // fcntl(F_SETFD), which is async-signal-safe, on a descriptor the closure
-    // owns (so it is open in the parent at fork time and thus in the child).
+    let claim = carrier::register(ours, theirs)?;
+    // SAFETY: the closure runs in the forked child before exec, where only
+    // async-signal-safe calls are allowed: `Claim::run` makes only fstat,
+    // recv, fcntl and send calls on plain descriptor numbers, allocates
+    // nothing and takes no lock (see its comments). The `Claim` value it
+    // owns is only read there; its `Drop` runs in the parent, when the
+    // `Command` is dropped.
     unsafe {
-        cmd.pre_exec(move || {
-            rustix::io::fcntl_setfd(&theirs, FdFlags::empty()).map_err(io::Error::from)
-        });
+        cmd.pre_exec(move || claim.run());
     }
     Ok(format!("fd={raw}"))
+}
+
+/// The parent's side of the carriers: the child end of every carrier whose
+/// `Command` has not forked yet, and a watcher thread that closes it once it
+/// has.
+///
+/// `std::process::Command` offers no hook after `spawn`, and a descriptor owned
+/// by the `pre_exec` closure lives as long as the `Command`: the endpoint's
+/// in-flight descriptors (queued in the carrier) would stay alive after the
+/// child died, and the parent's end of the endpoint would never see the peer
+/// disconnect. So the parent's copy of the carrier's child end lives here:
+///
+/// 1. `register` keeps both carrier ends (close-on-exec) under a fresh id and
+///    records their device and inode numbers; the `pre_exec` closure owns a
+///    [`Claim`] with the raw numbers and identities only.
+/// 2. In the forked child, [`Claim::run`] proves with `fstat` that both
+///    numbers still are those sockets (a number it cannot prove is never
+///    touched), fails if a byte from an earlier child is already waiting
+///    (the same `Command` spawned twice), clears close-on-exec on the child
+///    end and writes one byte into it.
+/// 3. The byte arrives on the parent's end; the watcher thread (started with
+///    the first handoff, then idle in `poll` at no CPU cost) sees it and
+///    closes the parent's copies of both ends. From then on the child holds
+///    the only reference to the carrier: when it exits without adopting, the
+///    in-flight descriptors are released and the parent's end of the endpoint
+///    sees `Disconnected`.
+/// 4. Dropping the `Command` drops the `Claim`, which removes the entry if it
+///    is still there (never spawned) and wakes the watcher.
+pub mod carrier {
+    use std::io;
+    use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+    use std::sync::{Arc, Mutex, MutexGuard};
+
+    use rustix::event::{PollFd, PollFlags};
+    use rustix::io::Errno;
+
+    use crate::error::{Error, Result};
+
+    /// A socket's identity: device and inode numbers. Two sockets never share
+    /// it while both exist.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Identity {
+        dev: u64,
+        ino: u64,
+    }
+
+    impl Identity {
+        /// The identity of the socket open at `raw`, or `None` when `raw` is
+        /// not an open socket. Safe to call on any number, in a forked child
+        /// too (one `fstat`, no allocation).
+        #[allow(clippy::unnecessary_cast)] // the field types differ by OS
+        pub fn of_raw(raw: RawFd) -> Option<Identity> {
+            let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+            // SAFETY: fstat writes a `struct stat` into the buffer we pass and
+            // touches nothing else; on an unopened number it fails with
+            // EBADF. It is async-signal-safe.
+            let rc = unsafe { libc::fstat(raw, st.as_mut_ptr()) };
+            if rc != 0 {
+                return None;
+            }
+            // SAFETY: fstat succeeded, so it filled the buffer.
+            let st = unsafe { st.assume_init() };
+            if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+                return None;
+            }
+            Some(Identity {
+                dev: st.st_dev as u64,
+                ino: st.st_ino as u64,
+            })
+        }
+
+        /// The identity of an open socket.
+        pub fn of(fd: &OwnedFd) -> io::Result<Identity> {
+            Identity::of_raw(fd.as_raw_fd())
+                .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))
+        }
+
+        /// As `dev:ino`, for the token.
+        pub fn to_token(self) -> String {
+            format!("{}:{}", self.dev, self.ino)
+        }
+
+        /// Parses [`Identity::to_token`]'s output.
+        pub fn from_token(s: &str) -> Option<Identity> {
+            let (dev, ino) = s.split_once(':')?;
+            Some(Identity {
+                dev: dev.parse().ok()?,
+                ino: ino.parse().ok()?,
+            })
+        }
+    }
+
+    struct Entry {
+        id: u64,
+        /// The carrier's child end: what the child inherits (kept open only).
+        _theirs: OwnedFd,
+        /// The parent's end, shared with the watcher while it polls it.
+        ours: Arc<OwnedFd>,
+    }
+
+    struct Registry {
+        entries: Vec<Entry>,
+        next_id: u64,
+        /// The write end of the watcher's wake pipe; `None` while no watcher
+        /// runs.
+        wake: Option<OwnedFd>,
+    }
+
+    static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+        entries: Vec::new(),
+        next_id: 0,
+        wake: None,
+    });
+
+    fn registry() -> MutexGuard<'static, Registry> {
+        // The registry stays consistent whatever panicked while holding it:
+        // every change is a single push or retain.
+        REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wake(r: &Registry) {
+        if let Some(w) = &r.wake {
+            // Non-blocking: a full pipe already holds a pending wake-up.
+            let _ = rustix::io::write(w, &[1]);
+        }
+    }
+
+    /// Keeps a carrier's two ends until the child has forked (or the
+    /// `Command` is dropped); returns what the `pre_exec` closure needs.
+    pub fn register(ours: OwnedFd, theirs: OwnedFd) -> Result<Claim> {
+        let id_err = |e| Error::from_io("cannot inspect the handoff socket pair", e);
+        let ours_id = Identity::of(&ours).map_err(id_err)?;
+        let theirs_id = Identity::of(&theirs).map_err(id_err)?;
+        let mut r = registry();
+        if r.wake.is_none() {
+            r.wake = Some(start_watcher()?);
+        }
+        let id = r.next_id;
+        r.next_id += 1;
+        let claim = Claim {
+            id,
+            ours_raw: ours.as_raw_fd(),
+            ours_id,
+            theirs_raw: theirs.as_raw_fd(),
+            theirs_id,
+        };
+        r.entries.push(Entry {
+            id,
+            _theirs: theirs,
+            ours: Arc::new(ours),
+        });
+        wake(&r);
+        Ok(claim)
+    }
+
+    fn start_watcher() -> Result<OwnedFd> {
+        let (read, write) = super::pipe()
+            .map_err(|e| Error::from_io("cannot create the handoff watcher's pipe", e))?;
+        let nonblocking = |fd: &OwnedFd| {
+            rustix::io::ioctl_fionbio(fd, true)
+                .map_err(|e| Error::from_io("cannot set up the handoff watcher's pipe", e.into()))
+        };
+        nonblocking(&read)?;
+        nonblocking(&write)?;
+        std::thread::Builder::new()
+            .name("conduit-handoff".into())
+            .spawn(move || watch(read))
+            .map_err(|e| Error::from_io("cannot start the handoff watcher thread", e))?;
+        Ok(write)
+    }
+
+    /// The watcher: waits for a byte on any registered parent end (a child
+    /// forked and claimed its carrier) and then drops that entry, closing the
+    /// parent's copies. Idle in `poll` while nothing happens.
+    fn watch(wake_read: OwnedFd) {
+        loop {
+            let snapshot: Vec<(u64, Arc<OwnedFd>)> = registry()
+                .entries
+                .iter()
+                .map(|e| (e.id, e.ours.clone()))
+                .collect();
+            let mut fds = Vec::with_capacity(snapshot.len() + 1);
+            fds.push(PollFd::new(&wake_read, PollFlags::IN));
+            for (_, ours) in &snapshot {
+                fds.push(PollFd::new(&**ours, PollFlags::IN));
+            }
+            match rustix::event::poll(&mut fds, None) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(_) => {
+                    // Cannot watch: stop, and let the next handoff start a new
+                    // watcher. The entries stay until their `Command` is
+                    // dropped, as without a watcher.
+                    registry().wake = None;
+                    return;
+                }
+            }
+            let ready: Vec<u64> = fds[1..]
+                .iter()
+                .zip(&snapshot)
+                .filter(|(fd, _)| !fd.revents().is_empty())
+                .map(|(_, (id, _))| *id)
+                .collect();
+            drop(fds);
+            let mut buf = [0u8; 64];
+            while let Ok(n) = rustix::io::read(&wake_read, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+            }
+            if !ready.is_empty() {
+                registry().entries.retain(|e| !ready.contains(&e.id));
+            }
+            // The last clone of a removed entry's parent end closes here.
+            drop(snapshot);
+        }
+    }
+
+    /// What the `pre_exec` closure owns: the carrier's descriptor numbers and
+    /// identities. Dropping it (with the `Command`) releases the carrier if no
+    /// child has claimed it.
+    #[derive(Debug)]
+    pub struct Claim {
+        id: u64,
+        ours_raw: RawFd,
+        ours_id: Identity,
+        theirs_raw: RawFd,
+        theirs_id: Identity,
+    }
+
+    impl Claim {
+        /// Runs in the forked child, before exec: async-signal-safe calls only,
+        /// no allocation, no lock (another thread may have held the registry
+        /// or the allocator's lock at the fork).
+        ///
+        /// Fails with `EBADF` when a descriptor number is no longer the carrier
+        /// (the carrier went to an earlier child of this `Command`, and the
+        /// number may now be anything) and with `EALREADY` when an earlier
+        /// child of this `Command` has claimed it but the watcher has not
+        /// closed it yet: `spawn` then returns that error.
+        pub fn run(&self) -> io::Result<()> {
+            if Identity::of_raw(self.theirs_raw) != Some(self.theirs_id)
+                || Identity::of_raw(self.ours_raw) != Some(self.ours_id)
+            {
+                return Err(io::Error::from_raw_os_error(libc::EBADF));
+            }
+            let mut byte = [0u8; 1];
+            // SAFETY: `ours_raw` was just proven to be the carrier's parent
+            // end (an open socket with the recorded identity); recv writes at
+            // most one byte into `byte`. MSG_PEEK leaves the byte there for
+            // the watcher; MSG_DONTWAIT: never block.
+            let peeked = unsafe {
+                libc::recv(
+                    self.ours_raw,
+                    byte.as_mut_ptr().cast(),
+                    1,
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            if peeked > 0 {
+                return Err(io::Error::from_raw_os_error(libc::EALREADY));
+            }
+            // SAFETY: `theirs_raw` was proven to be the carrier's child end;
+            // clearing close-on-exec affects only this forked child's table.
+            if unsafe { libc::fcntl(self.theirs_raw, libc::F_SETFD, 0) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+            // macOS: the carrier has SO_NOSIGPIPE (see `socketpair`).
+            #[cfg(not(any(target_os = "linux", target_os = "android")))]
+            let flags = libc::MSG_DONTWAIT;
+            // SAFETY: as above; send reads one byte from `byte`.
+            let sent = unsafe { libc::send(self.theirs_raw, byte.as_ptr().cast(), 1, flags) };
+            if sent != 1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        }
+    }
+
+    impl Drop for Claim {
+        fn drop(&mut self) {
+            let mut r = registry();
+            let before = r.entries.len();
+            r.entries.retain(|e| e.id != self.id);
+            if r.entries.len() != before {
+                wake(&r);
+            }
+        }
+    }
 }
 
 /// Takes the handles announced by a token's handle part.

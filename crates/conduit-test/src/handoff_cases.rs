@@ -1,0 +1,148 @@
+//! Handoff edge cases found by outside probes, run as part of the suite:
+//!
+//! - a child that exits before it adopts its endpoint must not leave the
+//!   parent blocked while the `Command` lives (per transport);
+//! - a `Command` with a handed endpoint spawned twice fails cleanly, and one
+//!   dropped without being spawned releases the endpoint.
+
+use std::process::Command;
+use std::time::Duration;
+
+use conduit::{Duplex, ErrorKind, Transport};
+
+use crate::msg::Msg;
+use crate::suite::{expect_kind, HANG};
+use crate::{ensure, fail, ChildFn, Failed, Trial, CHILD_ENV};
+
+/// The child functions these cases use.
+pub const CHILDREN: &[ChildFn] = &[
+    ChildFn {
+        name: "exit_without_adopt",
+        run: child_exit_without_adopt,
+    },
+    ChildFn {
+        name: "hello_duplex_exit",
+        run: child_hello_duplex_exit,
+    },
+];
+
+type TestFn = fn(Transport) -> Result<(), Failed>;
+
+/// The per-transport cases, named `<transport>::handoff::<case>`.
+pub fn trials(t: Transport) -> Vec<Trial> {
+    // Windows: the parent's handles are closed only when the child duplicates
+    // them out (see conduit-core's sys/windows.rs), so a child that never
+    // adopts leaves them open until the parent exits.
+    let tests: Vec<(&str, TestFn, bool)> = vec![(
+        "child_exiting_before_adopt_disconnects_while_command_lives",
+        exit_before_adopt,
+        cfg!(windows),
+    )];
+    tests
+        .into_iter()
+        .map(|(name, f, ignored)| {
+            Trial::test(format!("{}::handoff::{name}", t.name()), move || f(t))
+                .with_ignored_flag(ignored)
+        })
+        .collect()
+}
+
+/// The cases that do not depend on a transport.
+pub fn general_trials() -> Vec<Trial> {
+    vec![
+        Trial::test(
+            "handoff::spawning_a_command_twice_fails_cleanly",
+            spawn_twice,
+        ),
+        Trial::test(
+            "handoff::dropping_an_unspawned_command_disconnects",
+            drop_unspawned,
+        ),
+    ]
+}
+
+// ---------------------------------------------------------------- children
+
+fn child_exit_without_adopt() {}
+
+fn child_hello_duplex_exit() {
+    let conn: Duplex<Msg, Msg> = conduit::adopt("conn").expect("adopt conn");
+    conn.send(&Msg::Text("hi".into())).expect("send hi");
+}
+
+// ---------------------------------------------------------------- tests
+
+/// A command that re-executes this test binary as child `name`. Unlike
+/// [`crate::spawn`], the caller keeps the `Command` alive after spawning.
+fn child_command(name: &str) -> Result<Command, Failed> {
+    let exe = std::env::current_exe().map_err(fail("cannot find the test binary"))?;
+    let mut cmd = Command::new(exe);
+    cmd.env(CHILD_ENV, name).stdin(std::process::Stdio::null());
+    Ok(cmd)
+}
+
+/// A child that exits without adopting (like `/bin/true`): the parent's end
+/// must see `Disconnected` although the `Command` holding the handoff is
+/// still in scope.
+fn exit_before_adopt(t: Transport) -> Result<(), Failed> {
+    let (conn, conn_child) = t.duplex::<Msg, Msg>().map_err(fail("duplex"))?;
+    let mut cmd = child_command("exit_without_adopt")?;
+    conduit::handoff(&mut cmd, "conn", conn_child).map_err(fail("handoff"))?;
+    let mut child = cmd.spawn().map_err(fail("spawn"))?;
+    let status = child.wait().map_err(fail("wait"))?;
+    ensure(status.success(), || format!("child failed: {status}"))?;
+    // Well under the 5 s: a timeout here means the in-flight handles are
+    // still held on the parent's side.
+    expect_kind(
+        "recv after the child exited without adopting (Command alive)",
+        conn.recv_timeout(Duration::from_secs(5)),
+        ErrorKind::Disconnected,
+    )?;
+    drop(cmd);
+    Ok(())
+}
+
+/// The second `spawn` of a `Command` whose endpoint went to the first child
+/// fails with an error (it must not hand a descriptor it cannot vouch for),
+/// and the first child gets the endpoint.
+fn spawn_twice() -> Result<(), Failed> {
+    let (conn, conn_child) = conduit::duplex::<Msg, Msg>().map_err(fail("duplex"))?;
+    let mut cmd = child_command("hello_duplex_exit")?;
+    conduit::handoff(&mut cmd, "conn", conn_child).map_err(fail("handoff"))?;
+    let mut first = cmd.spawn().map_err(fail("first spawn"))?;
+    let second = cmd.spawn();
+    let second_failed = match second {
+        Ok(mut c) => {
+            let _ = c.kill();
+            let _ = c.wait();
+            false
+        }
+        Err(_) => true,
+    };
+    let hi = conn.recv_timeout(HANG).map_err(fail("recv hi"))?;
+    ensure(hi == Msg::Text("hi".into()), || format!("{hi:?}"))?;
+    let status = first.wait().map_err(fail("wait"))?;
+    ensure(status.success(), || format!("first child failed: {status}"))?;
+    expect_kind(
+        "recv after the first child exited",
+        conn.recv_timeout(HANG),
+        ErrorKind::Disconnected,
+    )?;
+    ensure(second_failed || cfg!(windows), || {
+        "the second spawn of the same Command succeeded".into()
+    })
+}
+
+/// A `Command` dropped without being spawned releases the handed endpoint.
+fn drop_unspawned() -> Result<(), Failed> {
+    let (conn, conn_child) = conduit::duplex::<Msg, Msg>().map_err(fail("duplex"))?;
+    let mut cmd = child_command("hello_duplex_exit")?;
+    conduit::handoff(&mut cmd, "conn", conn_child).map_err(fail("handoff"))?;
+    drop(cmd);
+    expect_kind(
+        "recv after the Command was dropped unspawned",
+        conn.recv_timeout(HANG),
+        ErrorKind::Disconnected,
+    )
+    .map(|_| ())
+}
