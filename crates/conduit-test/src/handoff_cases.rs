@@ -3,12 +3,14 @@
 //! - a child that exits before it adopts its endpoint must not leave the
 //!   parent blocked while the `Command` lives (per transport);
 //! - a `Command` with a handed endpoint spawned twice fails cleanly, and one
-//!   dropped without being spawned releases the endpoint.
+//!   dropped without being spawned releases the endpoint;
+//! - a send to a gone reader is `Disconnected`, never a `SIGPIPE`, even with
+//!   the signal at its default disposition (per transport).
 
 use std::process::Command;
 use std::time::Duration;
 
-use conduit::{Duplex, ErrorKind, Transport};
+use conduit::{Duplex, ErrorKind, Sender, Transport};
 
 use crate::msg::Msg;
 use crate::suite::{expect_kind, HANG};
@@ -24,6 +26,10 @@ pub const CHILDREN: &[ChildFn] = &[
         name: "hello_duplex_exit",
         run: child_hello_duplex_exit,
     },
+    ChildFn {
+        name: "sigpipe_sender",
+        run: child_sigpipe_sender,
+    },
 ];
 
 type TestFn = fn(Transport) -> Result<(), Failed>;
@@ -33,11 +39,18 @@ pub fn trials(t: Transport) -> Vec<Trial> {
     // Windows: the parent's handles are closed only when the child duplicates
     // them out (see conduit-core's sys/windows.rs), so a child that never
     // adopts leaves them open until the parent exits.
-    let tests: Vec<(&str, TestFn, bool)> = vec![(
-        "child_exiting_before_adopt_disconnects_while_command_lives",
-        exit_before_adopt,
-        cfg!(windows),
-    )];
+    let tests: Vec<(&str, TestFn, bool)> = vec![
+        (
+            "child_exiting_before_adopt_disconnects_while_command_lives",
+            exit_before_adopt,
+            cfg!(windows),
+        ),
+        (
+            "send_to_gone_reader_with_default_sigpipe_is_disconnected",
+            sigpipe_default,
+            false,
+        ),
+    ];
     tests
         .into_iter()
         .map(|(name, f, ignored)| {
@@ -68,6 +81,30 @@ fn child_exit_without_adopt() {}
 fn child_hello_duplex_exit() {
     let conn: Duplex<Msg, Msg> = conduit::adopt("conn").expect("adopt conn");
     conn.send(&Msg::Text("hi".into())).expect("send hi");
+}
+
+/// Sets `SIGPIPE` to its default disposition (terminate), as many non-Rust
+/// programs and some Rust ones (`-Zon-broken-pipe=kill`) have it, then sends
+/// on a channel whose reader the parent has dropped.
+#[allow(unsafe_code)]
+fn child_sigpipe_sender() {
+    #[cfg(unix)]
+    // SAFETY: changes this process's SIGPIPE disposition to the default, before
+    // any other thread of the child exists; no handler is installed.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let tx: Sender<Msg> = conduit::adopt("conn").expect("adopt conn");
+    let ctl: Duplex<Msg, Msg> = conduit::adopt("ctl").expect("adopt ctl");
+    ctl.send(&Msg::Text("ready".into())).expect("send ready");
+    let go = ctl.recv().expect("recv go");
+    assert_eq!(go, Msg::Text("reader gone".into()));
+    let e = crate::watchdog("sending to a gone reader", HANG, || loop {
+        if let Err(e) = tx.send(&Msg::Int(1)) {
+            break e;
+        }
+    });
+    assert!(e.is_disconnected(), "send to a gone reader: {e}");
 }
 
 // ---------------------------------------------------------------- tests
@@ -145,4 +182,24 @@ fn drop_unspawned() -> Result<(), Failed> {
         ErrorKind::Disconnected,
     )
     .map(|_| ())
+}
+
+/// A child with `SIGPIPE` at its default disposition sends to a reader that is
+/// gone: it must get `Disconnected` and exit normally, not die of signal 13.
+fn sigpipe_default(t: Transport) -> Result<(), Failed> {
+    let (tx, rx) = t.channel::<Msg>().map_err(fail("channel"))?;
+    let (ctl, ctl_child) = t.duplex::<Msg, Msg>().map_err(fail("duplex"))?;
+    let mut child = crate::spawn("sigpipe_sender", |cmd| {
+        conduit::handoff(cmd, "conn", tx)?;
+        conduit::handoff(cmd, "ctl", ctl_child)
+    })?;
+    let ready = ctl.recv_timeout(HANG).map_err(fail("recv ready"))?;
+    ensure(ready == Msg::Text("ready".into()), || format!("{ready:?}"))?;
+    drop(rx);
+    ctl.send(&Msg::Text("reader gone".into()))
+        .map_err(fail("send go"))?;
+    let status = child.wait()?;
+    ensure(status.success(), || {
+        format!("the sender did not exit normally: {status}")
+    })
 }

@@ -22,10 +22,20 @@ use crate::error::{Error, Result};
 pub type OsHandle = OwnedFd;
 
 /// A blocking byte stream over a pipe or socket descriptor.
+///
+/// No write raises `SIGPIPE`, whatever the signal's disposition: a write to a
+/// gone reader is `EPIPE` (hence `Disconnected`) only. Sockets are written with
+/// `MSG_NOSIGNAL` (Linux) or have `SO_NOSIGPIPE` (macOS). Pipes have no such
+/// flag on Linux: each pipe write runs with `SIGPIPE` blocked in the calling
+/// thread, and a `SIGPIPE` that the write raised is consumed before the mask
+/// is restored (see [`without_sigpipe`]); on macOS the pipe gets
+/// `F_SETNOSIGPIPE` instead.
 #[derive(Debug)]
 pub struct OsStream {
     fd: OwnedFd,
     kind: StreamKind,
+    /// The descriptor itself never raises `SIGPIPE` (macOS flags).
+    quiet: bool,
 }
 
 fn retry<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> io::Result<T> {
@@ -45,7 +55,8 @@ const SEND_FLAGS: SendFlags = SendFlags::empty();
 impl OsStream {
     /// Wraps a descriptor.
     pub fn new(fd: OwnedFd, kind: StreamKind) -> OsStream {
-        OsStream { fd, kind }
+        let quiet = quiet_descriptor(&fd, kind);
+        OsStream { fd, kind, quiet }
     }
 
     /// Reads what is available, blocking until at least one byte or EOF (0).
@@ -56,7 +67,8 @@ impl OsStream {
     /// Writes some of `buf`, blocking while the stream is full.
     pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
         match self.kind {
-            StreamKind::Pipe => retry(|| rustix::io::write(&self.fd, buf)),
+            StreamKind::Pipe if self.quiet => retry(|| rustix::io::write(&self.fd, buf)),
+            StreamKind::Pipe => without_sigpipe(|| retry(|| rustix::io::write(&self.fd, buf))),
             StreamKind::Socket => retry(|| rustix::net::send(&self.fd, buf, SEND_FLAGS)),
         }
     }
@@ -64,7 +76,8 @@ impl OsStream {
     /// Writes some of `bufs` in one system call.
     pub fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self.kind {
-            StreamKind::Pipe => retry(|| rustix::io::writev(&self.fd, bufs)),
+            StreamKind::Pipe if self.quiet => retry(|| rustix::io::writev(&self.fd, bufs)),
+            StreamKind::Pipe => without_sigpipe(|| retry(|| rustix::io::writev(&self.fd, bufs))),
             StreamKind::Socket => retry(|| {
                 rustix::net::sendmsg(
                     &self.fd,
@@ -91,6 +104,109 @@ impl OsStream {
     pub fn handle(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// Asks the descriptor itself not to raise `SIGPIPE` where the OS can
+/// (macOS: `F_SETNOSIGPIPE` on pipes, `SO_NOSIGPIPE` on sockets, which also
+/// covers sockets made elsewhere and handed in); true when that is done.
+#[cfg(target_vendor = "apple")]
+fn quiet_descriptor(fd: &OwnedFd, kind: StreamKind) -> bool {
+    match kind {
+        // SAFETY: F_SETNOSIGPIPE takes an int argument and changes only a flag
+        // of the open file description we own.
+        StreamKind::Pipe => unsafe {
+            libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(fd), libc::F_SETNOSIGPIPE, 1) == 0
+        },
+        StreamKind::Socket => rustix::net::sockopt::set_socket_nosigpipe(fd, true).is_ok(),
+    }
+}
+
+/// Linux and the other Unixes: sockets use `MSG_NOSIGNAL`, pipes need
+/// [`without_sigpipe`].
+#[cfg(not(target_vendor = "apple"))]
+fn quiet_descriptor(_fd: &OwnedFd, kind: StreamKind) -> bool {
+    kind == StreamKind::Socket
+}
+
+/// Whether `SIGPIPE` is pending for this thread (or the process).
+fn sigpipe_pending() -> bool {
+    let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigpending fills the set we pass; sigismember reads it only
+    // once sigpending succeeded.
+    unsafe {
+        libc::sigpending(set.as_mut_ptr()) == 0
+            && libc::sigismember(set.as_ptr(), libc::SIGPIPE) == 1
+    }
+}
+
+/// Whether `SIGPIPE` is ignored (`SIG_IGN`, the Rust runtime's default).
+fn sigpipe_ignored() -> bool {
+    let mut action = MaybeUninit::<libc::sigaction>::uninit();
+    // SAFETY: with a null new action, sigaction only writes the current one
+    // into the buffer we pass; it is read only when the call succeeded.
+    unsafe {
+        libc::sigaction(libc::SIGPIPE, std::ptr::null(), action.as_mut_ptr()) == 0
+            && action.assume_init_ref().sa_sigaction == libc::SIG_IGN
+    }
+}
+
+/// Runs `write` (one write to a pipe) so that it cannot raise `SIGPIPE` in
+/// this process whatever the signal's disposition. When `SIGPIPE` is ignored
+/// (the Rust runtime's default) the write runs as is. Otherwise `SIGPIPE` is
+/// blocked in the calling thread around the write; if the write failed with `EPIPE` and no
+/// `SIGPIPE` was pending before, the one it raised (directed at this thread)
+/// is taken with `sigwait` (it is pending, so that returns at once); then the
+/// thread's mask is restored. If the caller had `SIGPIPE` blocked already,
+/// the mask is left alone and only a signal raised by this write is taken.
+///
+/// Cost per write (measured on the 2-vCPU VM: a system call is ~0.2 µs
+/// there, a 64-byte pipe write to a reading thread ~0.9 µs): one `sigaction`
+/// query when `SIGPIPE` is ignored; else two `pthread_sigmask` calls more
+/// (one more `sigpending` when the caller blocks `SIGPIPE` itself, two more
+/// on `EPIPE`).
+///
+/// Windows of doubt, both needing another thread or process to act in the
+/// same instant: a thread that changes `SIGPIPE` from ignored to default
+/// between the query and a write that fails could let that write kill the
+/// process; a `SIGPIPE` sent to the process by someone else between a
+/// failing write and the `sigwait` is merged with ours and consumed.
+pub fn without_sigpipe<T>(write: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    if sigpipe_ignored() {
+        return write();
+    }
+    let mut pipe_only = MaybeUninit::<libc::sigset_t>::uninit();
+    let mut old = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset/sigaddset initialise and edit the set we own;
+    // pthread_sigmask reads it and writes the previous mask into `old`; it
+    // changes this thread's mask only.
+    let blocked = unsafe {
+        libc::sigemptyset(pipe_only.as_mut_ptr());
+        libc::sigaddset(pipe_only.as_mut_ptr(), libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, pipe_only.as_ptr(), old.as_mut_ptr()) == 0
+    };
+    if !blocked {
+        // Cannot happen with valid arguments; write unguarded rather than not at all.
+        return write();
+    }
+    // SAFETY: pthread_sigmask succeeded, so it filled `old`.
+    let was_blocked = unsafe { libc::sigismember(old.as_ptr(), libc::SIGPIPE) == 1 };
+    let pending_before = was_blocked && sigpipe_pending();
+    let out = write();
+    if matches!(&out, Err(e) if e.kind() == io::ErrorKind::BrokenPipe)
+        && !pending_before
+        && sigpipe_pending()
+    {
+        let mut sig = 0;
+        // SAFETY: the set holds SIGPIPE only, which is blocked in this thread
+        // and pending, so sigwait returns at once; it writes the signal
+        // number into `sig`.
+        unsafe { libc::sigwait(pipe_only.as_ptr(), &mut sig) };
+    }
+    if !was_blocked {
+        // SAFETY: restores this thread's mask from the copy taken above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), std::ptr::null_mut()) };
+    }
+    out
 }
 
 /// Polls one descriptor for `flags` until `deadline`; true when ready (or hung up).
