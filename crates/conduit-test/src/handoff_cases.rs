@@ -5,7 +5,10 @@
 //! - a `Command` with a handed endpoint spawned twice fails cleanly, and one
 //!   dropped without being spawned releases the endpoint;
 //! - a send to a gone reader is `Disconnected`, never a `SIGPIPE`, even with
-//!   the signal at its default disposition (per transport).
+//!   the signal at its default disposition (per transport);
+//! - a stale handoff token (inherited by a grandchild, or copied after the
+//!   carrier's descriptor number was reused) is refused without touching
+//!   the descriptor that now has that number, and does not leak.
 
 use std::process::Command;
 use std::time::Duration;
@@ -29,6 +32,14 @@ pub const CHILDREN: &[ChildFn] = &[
     ChildFn {
         name: "sigpipe_sender",
         run: child_sigpipe_sender,
+    },
+    ChildFn {
+        name: "stale_token_child",
+        run: child_stale_token,
+    },
+    ChildFn {
+        name: "stale_token_grandchild",
+        run: grandchild_stale_token,
     },
 ];
 
@@ -71,6 +82,10 @@ pub fn general_trials() -> Vec<Trial> {
             "handoff::dropping_an_unspawned_command_disconnects",
             drop_unspawned,
         ),
+        Trial::test(
+            "handoff::stale_token_is_refused_in_a_grandchild_and_after_fd_reuse",
+            stale_token,
+        ),
     ]
 }
 
@@ -105,6 +120,107 @@ fn child_sigpipe_sender() {
         }
     });
     assert!(e.is_disconnected(), "send to a gone reader: {e}");
+}
+
+const STALE_VAR: &str = "CONDUIT_HANDOFF_conn";
+
+/// The carrier's descriptor number in a Unix token (`...;fd=<n>[:...];...`).
+fn carrier_number(token: &str) -> Option<i64> {
+    let part = token.split(';').nth(2)?.strip_prefix("fd=")?;
+    part.split(':').next()?.parse().ok()
+}
+
+/// Opens unrelated sockets (listening TCP sockets on the loopback) until one
+/// has descriptor number `n` or a larger one, so that a stale token's number
+/// names a socket that is not conduit's.
+fn occupy(n: Option<i64>) -> Vec<std::net::TcpListener> {
+    let mut held = Vec::new();
+    #[cfg(unix)]
+    if let Some(n) = n {
+        use std::os::fd::AsRawFd;
+        while held.len() < 256 {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a listener");
+            let fd = i64::from(l.as_raw_fd());
+            held.push(l);
+            if fd >= n {
+                break;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = n;
+    held
+}
+
+/// Adopting a stale token must fail at once with a clear error and leave
+/// the process's own descriptors alone.
+fn expect_stale(key: &str, held: &[std::net::TcpListener]) {
+    let res = crate::watchdog("adopt with a stale token", HANG, || {
+        conduit::adopt::<Duplex<Msg, Msg>>(key)
+    });
+    let e = match res {
+        Ok(_) => panic!("adopt({key:?}) with a stale token took an endpoint"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(e.kind(), ErrorKind::InvalidInput | ErrorKind::Disconnected),
+        "adopt({key:?}) with a stale token: unexpected {:?}: {e}",
+        e.kind()
+    );
+    assert!(
+        e.to_string().contains("stale"),
+        "adopt({key:?}): the error does not say the token is stale: {e}"
+    );
+    for l in held {
+        l.local_addr()
+            .expect("an unrelated socket was closed by adopt with a stale token");
+    }
+}
+
+/// Adopts its endpoint, checks the token left the environment, hands a fresh
+/// channel plus the stale token to a grandchild, then copies the token to
+/// another key after reusing the carrier's descriptor number.
+fn child_stale_token() {
+    let token = std::env::var(STALE_VAR).expect("token");
+    let conn: Duplex<Msg, Msg> = conduit::adopt("conn").expect("adopt conn");
+    let leaked = std::env::var_os(STALE_VAR).is_some();
+    // A grandchild with the same key: the token as an inherited environment
+    // carries it (explicit here, since adopt removed it from ours).
+    let (fresh, fresh_child) = conduit::duplex::<Msg, Msg>().expect("duplex");
+    let mut grandchild = crate::spawn("stale_token_grandchild", |cmd| {
+        cmd.env(STALE_VAR, &token);
+        conduit::handoff(cmd, "fresh", fresh_child)
+    })
+    .expect("spawn the grandchild");
+    fresh.send(&Msg::Text("ping".into())).expect("send ping");
+    let pong = fresh.recv_timeout(HANG).expect("recv pong");
+    assert_eq!(pong, Msg::Text("pong".into()));
+    grandchild.wait_success().expect("the grandchild");
+    // The carrier's number now names an unrelated socket of ours.
+    let held = occupy(carrier_number(&token));
+    std::env::set_var("CONDUIT_HANDOFF_copy", &token);
+    expect_stale("copy", &held);
+    assert!(
+        std::env::var_os("CONDUIT_HANDOFF_copy").is_none(),
+        "a refused token stays in the environment"
+    );
+    drop(held);
+    assert!(
+        !leaked,
+        "{STALE_VAR} is still set after adopt: it leaks to children"
+    );
+    conn.send(&Msg::Text("ok".into())).expect("send ok");
+}
+
+fn grandchild_stale_token() {
+    let token = std::env::var(STALE_VAR).expect("token");
+    let held = occupy(carrier_number(&token));
+    expect_stale("conn", &held);
+    drop(held);
+    let fresh: Duplex<Msg, Msg> = conduit::adopt("fresh").expect("adopt the fresh channel");
+    let ping = fresh.recv_timeout(HANG).expect("recv ping");
+    assert_eq!(ping, Msg::Text("ping".into()));
+    fresh.send(&Msg::Text("pong".into())).expect("send pong");
 }
 
 // ---------------------------------------------------------------- tests
@@ -202,4 +318,18 @@ fn sigpipe_default(t: Transport) -> Result<(), Failed> {
     ensure(status.success(), || {
         format!("the sender did not exit normally: {status}")
     })
+}
+
+/// A stale handoff token is refused in a grandchild (which inherits it) and in
+/// a child that copies it after the carrier's number was reused; neither
+/// aborts, and the grandchild's own fresh channel works.
+fn stale_token() -> Result<(), Failed> {
+    let (conn, conn_child) = conduit::duplex::<Msg, Msg>().map_err(fail("duplex"))?;
+    let mut child = crate::spawn("stale_token_child", |cmd| {
+        conduit::handoff(cmd, "conn", conn_child)
+    })?;
+    let res = conn.recv_timeout(HANG);
+    child.wait_success()?;
+    let ok = res.map_err(fail("recv the child's report"))?;
+    ensure(ok == Msg::Text("ok".into()), || format!("{ok:?}"))
 }

@@ -3,7 +3,7 @@
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Instant;
@@ -241,7 +241,9 @@ pub fn poll_fd(
 }
 
 /// Makes the handles travel to the child `cmd` will spawn; returns the token's
-/// handle part (`fd=<carrier descriptor number in the child>`).
+/// handle part, `fd=<carrier descriptor number>:<st_dev>:<st_ino>`: the
+/// carrier's number in the child and its identity, which binds the token to
+/// that socket (see [`receive_handles`]).
 ///
 /// The descriptors are sent at once with `SCM_RIGHTS` into a fresh socket pair
 /// (the *carrier*) and the parent's copies are dropped. The carrier's child
@@ -261,8 +263,8 @@ pub fn send_handles(cmd: &mut Command, handles: Vec<OwnedFd>) -> Result<String> 
     retry(|| rustix::net::sendmsg(&ours, &[IoSlice::new(&count)], &mut control, SEND_FLAGS))
         .map_err(|e| Error::from_io("cannot pass descriptors to the handoff socket", e))?;
     drop(handles);
-    let raw = theirs.as_raw_fd();
     let claim = carrier::register(ours, theirs)?;
+    let part = claim.token_part();
     // SAFETY: the closure runs in the forked child before exec, where only
     // async-signal-safe calls are allowed: `Claim::run` makes only fstat,
     // recv, fcntl and send calls on plain descriptor numbers, allocates
@@ -272,7 +274,7 @@ pub fn send_handles(cmd: &mut Command, handles: Vec<OwnedFd>) -> Result<String> 
     unsafe {
         cmd.pre_exec(move || claim.run());
     }
-    Ok(format!("fd={raw}"))
+    Ok(part)
 }
 
 /// The parent's side of the carriers: the child end of every carrier whose
@@ -503,6 +505,11 @@ pub mod carrier {
     }
 
     impl Claim {
+        /// The token's handle part: the child end's number and identity.
+        pub fn token_part(&self) -> String {
+            format!("fd={}:{}", self.theirs_raw, self.theirs_id.to_token())
+        }
+
         /// Runs in the forked child, before exec: async-signal-safe calls only,
         /// no allocation, no lock (another thread may have held the registry
         /// or the allocator's lock at the fork).
@@ -566,51 +573,77 @@ pub mod carrier {
 }
 
 /// Takes the handles announced by a token's handle part.
+///
+/// The token names a descriptor number, which means nothing by itself: the
+/// variable may have been inherited from an ancestor or copied, and the number
+/// may now be any descriptor of this process. So the descriptor is taken only
+/// if `fstat` proves it is the very socket the parent made for this handoff
+/// (the device and inode numbers recorded in the token); otherwise the token is
+/// stale (`InvalidInput`), and nothing is touched. The descriptors are
+/// received without waiting: the parent queued them before the fork, so an
+/// empty carrier means another process took them (`Disconnected`).
 pub fn receive_handles(part: &str, count: usize) -> Result<Vec<OwnedFd>> {
-    let raw: RawFd = part
+    let (raw, id) = part
         .strip_prefix("fd=")
-        .and_then(|n| n.parse().ok())
-        .filter(|n| *n >= 0)
-        .ok_or_else(|| Error::invalid_input("bad descriptor part"))?;
-    // SAFETY: `raw` is only borrowed for the duration of the fstat below, which
-    // is harmless whatever the number refers to (an unopened number gives EBADF).
-    let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
-    let stat = rustix::fs::fstat(borrowed)
-        .map_err(|_| Error::invalid_input("the carrier descriptor is not open (was this process spawned with the Command the endpoint was handed to?)"))?;
-    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Socket {
-        return Err(Error::invalid_input(
-            "the carrier descriptor is not a socket",
-        ));
+        .and_then(|rest| rest.split_once(':'))
+        .and_then(|(n, id)| Some((n.parse::<RawFd>().ok()?, carrier::Identity::from_token(id)?)))
+        .filter(|(n, _)| *n >= 0)
+        .ok_or_else(|| {
+            Error::invalid_input(
+                "malformed descriptor part (parent and child built with different conduit versions?)",
+            )
+        })?;
+    if carrier::Identity::of_raw(raw) != Some(id) {
+        return Err(Error::invalid_input(format!(
+            "stale handoff token: descriptor {raw} is not the carrier socket conduit::handoff \
+             made for this process (was the variable inherited from an ancestor or copied?); \
+             a process can adopt only what its own parent handed to it, once"
+        )));
     }
-    // SAFETY: the descriptor is open and is a socket, the token says the parent
-    // made it for us, and `adopt_with` lets each key be adopted once per
-    // process, so nothing else owns it.
+    // SAFETY: `raw` is open and is the socket with the identity recorded by the
+    // parent for this handoff (device and inode numbers name one socket while
+    // it exists): the carrier's child end, inherited by this process. Nothing
+    // else in this process owns it: conduit is the only code that knows the
+    // carrier, and `adopt_with` takes each token at most once per process.
     let carrier = unsafe { OwnedFd::from_raw_fd(raw) };
+    set_cloexec(&carrier).map_err(|e| Error::from_io("cannot set close-on-exec", e))?;
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(16))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut byte = [0u8; 1];
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    let flags = RecvFlags::CMSG_CLOEXEC;
+    let flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT;
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let flags = RecvFlags::empty();
-    let got = retry(|| {
+    let flags = RecvFlags::DONTWAIT;
+    let taken = || {
+        Error::disconnected(
+            "the handed descriptors were already taken by another process \
+             (the handoff token is stale: inherited or copied from the process that adopted it)",
+        )
+    };
+    let got = match retry(|| {
         rustix::net::recvmsg(
             &carrier,
             &mut [IoSliceMut::new(&mut byte)],
             &mut control,
             flags,
         )
-    })
-    .map_err(|e| Error::from_io("cannot receive the handed descriptors", e))?;
+    }) {
+        Ok(got) => got,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(taken()),
+        Err(e) => return Err(Error::from_io("cannot receive the handed descriptors", e)),
+    };
     let mut fds = Vec::new();
     for msg in control.drain() {
         if let RecvAncillaryMessage::ScmRights(rights) = msg {
             fds.extend(rights);
         }
     }
+    if got.bytes == 0 && fds.is_empty() {
+        return Err(taken());
+    }
     if got.bytes != 1 || fds.len() != count || byte[0] as usize != count {
         return Err(Error::protocol(format!(
-            "expected {count} handed descriptors, received {} (was the endpoint already adopted by another process?)",
+            "expected {count} handed descriptors, received {}",
             fds.len()
         )));
     }
