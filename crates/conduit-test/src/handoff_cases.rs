@@ -134,22 +134,28 @@ fn carrier_number(token: &str) -> Option<i64> {
 /// has descriptor number `n` or a larger one, so that a stale token's number
 /// names a socket that is not conduit's.
 fn occupy(n: Option<i64>) -> Vec<std::net::TcpListener> {
-    let mut held = Vec::new();
     #[cfg(unix)]
-    if let Some(n) = n {
+    {
         use std::os::fd::AsRawFd;
-        while held.len() < 256 {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a listener");
-            let fd = i64::from(l.as_raw_fd());
-            held.push(l);
-            if fd >= n {
-                break;
+        let mut held = Vec::new();
+        if let Some(n) = n {
+            while held.len() < 256 {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a listener");
+                let fd = i64::from(l.as_raw_fd());
+                held.push(l);
+                if fd >= n {
+                    break;
+                }
             }
         }
+        held
     }
+    // Windows tokens name no descriptor number.
     #[cfg(not(unix))]
-    let _ = n;
-    held
+    {
+        let _ = n;
+        Vec::new()
+    }
 }
 
 /// Adopting a stale token must fail at once with a clear error and leave
