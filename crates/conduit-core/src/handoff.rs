@@ -31,6 +31,10 @@
 //!   after `CreateProcessW` (and the handle-list attribute is unstable), so a
 //!   child that exits without adopting leaves the handles in the parent until
 //!   the parent exits; the parent's end then does not see `Disconnected`.
+//!   The same holds for a `Command` dropped without being spawned (it owns
+//!   nothing of the handoff there). A `Command` spawned twice gives the token
+//!   to both children: the first to adopt gets the endpoint, the other gets an
+//!   error.
 //!
 //! A token is bound to what it hands over: on Unix it records the carrier
 //! socket's device and inode numbers, checked with `fstat` before the

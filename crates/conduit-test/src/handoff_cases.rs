@@ -74,14 +74,20 @@ pub fn trials(t: Transport) -> Vec<Trial> {
 /// The cases that do not depend on a transport.
 pub fn general_trials() -> Vec<Trial> {
     vec![
+        // Windows cannot tell a second spawn from the first (no pre-exec
+        // hook): both children get the token, and the first to adopt wins.
         Trial::test(
             "handoff::spawning_a_command_twice_fails_cleanly",
             spawn_twice,
-        ),
+        )
+        .with_ignored_flag(cfg!(windows)),
+        // Windows: a `Command` owns nothing of the handoff (no pre-exec
+        // closure), so the handles stay in the parent until it exits.
         Trial::test(
             "handoff::dropping_an_unspawned_command_disconnects",
             drop_unspawned,
-        ),
+        )
+        .with_ignored_flag(cfg!(windows)),
         Trial::test(
             "handoff::stale_token_is_refused_in_a_grandchild_and_after_fd_reuse",
             stale_token,
@@ -287,7 +293,7 @@ fn spawn_twice() -> Result<(), Failed> {
         conn.recv_timeout(HANG),
         ErrorKind::Disconnected,
     )?;
-    ensure(second_failed || cfg!(windows), || {
+    ensure(second_failed, || {
         "the second spawn of the same Command succeeded".into()
     })
 }

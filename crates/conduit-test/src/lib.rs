@@ -66,11 +66,10 @@ pub fn main(children: &[ChildFn], mut trials: Vec<Trial>) -> ! {
     }
     // The general trials need an anonymous transport (a `named`-only build has none).
     let anonymous = !conduit::Transport::enabled().is_empty();
-    trials.extend(
-        suite::general_trials()
-            .into_iter()
-            .map(|t| t.with_ignored_flag(!anonymous)),
-    );
+    trials.extend(suite::general_trials().into_iter().map(|t| {
+        let ignored = t.has_ignored_flag();
+        t.with_ignored_flag(ignored || !anonymous)
+    }));
     #[cfg(feature = "named")]
     trials.extend(named::trials());
     for t in conduit::Transport::enabled() {
