@@ -248,8 +248,8 @@ pub fn poll_fd(
 /// The descriptors are sent at once with `SCM_RIGHTS` into a fresh socket pair
 /// (the *carrier*) and the parent's copies are dropped. The carrier's child
 /// end is the only descriptor the child inherits; it stays close-on-exec in
-/// the parent and is kept in the [`carrier`] registry, not in the `Command`,
-/// so that it does not outlive the `fork`: see [`carrier`] for how.
+/// the parent and is kept in the registry of the `carrier` module, not in the
+/// `Command`, so that it does not outlive the `fork`: see that module for how.
 pub fn send_handles(cmd: &mut Command, handles: Vec<OwnedFd>) -> Result<String> {
     let (ours, theirs) =
         socketpair().map_err(|e| Error::from_io("cannot create the handoff socket pair", e))?;
@@ -303,7 +303,7 @@ pub fn send_handles(cmd: &mut Command, handles: Vec<OwnedFd>) -> Result<String> 
 ///    sees `Disconnected`.
 /// 4. Dropping the `Command` drops the `Claim`, which removes the entry if it
 ///    is still there (never spawned) and wakes the watcher.
-pub mod carrier {
+mod carrier {
     use std::io;
     use std::os::fd::{AsRawFd, OwnedFd, RawFd};
     use std::sync::{Arc, Mutex, MutexGuard};
