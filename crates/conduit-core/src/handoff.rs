@@ -7,23 +7,55 @@
 //! the handles, and asks a resolver (the facade's transport registry) to rebuild
 //! each half.
 //!
-//! How handles travel is OS-specific (see `sys`): on Unix the endpoint's
-//! descriptors are sent at once over a private socket pair with `SCM_RIGHTS`;
-//! the parent closes its copies immediately, and only the child's end of the
-//! carrier socket loses close-on-exec, inside that child only. On Windows the
-//! handles stay non-inheritable and the child duplicates them out of the parent
-//! with `DUPLICATE_CLOSE_SOURCE`, which closes the parent's copies.
+//! How handles travel is OS-specific (see `sys`):
+//!
+//! - **Unix.** The endpoint's descriptors are sent at once over a private
+//!   socket pair (the *carrier*) with `SCM_RIGHTS`, and the parent closes its
+//!   copies immediately. The carrier's child end is not kept by the `Command`
+//!   but in a process-wide registry (close-on-exec). In the forked child, the
+//!   `pre_exec` hook proves with `fstat` that the descriptor number still is
+//!   that socket (device and inode recorded at handoff), clears its
+//!   close-on-exec flag and writes one byte into it; a background thread of the
+//!   parent (`conduit-handoff`, started by the first handoff, idle in `poll`
+//!   otherwise) sees the byte arrive and closes the parent's copies of the
+//!   carrier. So the child holds the only reference once it has forked: if it
+//!   exits without adopting, the in-flight descriptors are released and the
+//!   parent's end sees `Disconnected` promptly, even while the `Command` is
+//!   still alive. Dropping a `Command` that was never spawned releases them
+//!   too. Spawning the same `Command` a second time fails (`spawn` returns an
+//!   `EBADF` or `EALREADY` OS error): the endpoint went to the first child. If
+//!   `exec` fails after the fork, the endpoint is lost with that child.
+//! - **Windows.** The handles stay non-inheritable and the child duplicates them
+//!   out of the parent with `DUPLICATE_CLOSE_SOURCE`, which closes the parent's
+//!   copies. Limitation: `std::process::Command` has no hook that runs in or
+//!   after `CreateProcessW` (and the handle-list attribute is unstable), so a
+//!   child that exits without adopting leaves the handles in the parent until
+//!   the parent exits; the parent's end then does not see `Disconnected`.
+//!   The same holds for a `Command` dropped without being spawned (it owns
+//!   nothing of the handoff there). A `Command` spawned twice gives the token
+//!   to both children: the first to adopt gets the endpoint, the other gets an
+//!   error.
+//!
+//! A token is bound to what it hands over: on Unix it records the carrier
+//! socket's device and inode numbers, checked with `fstat` before the
+//! descriptor is taken; on Windows `adopt` checks that the token's process is
+//! this process's parent (and was created before it) before duplicating
+//! anything. A stale token (inherited by a grandchild, or copied) is refused
+//! with a clear error, never followed, and `adopt` removes the variable from
+//! the environment once it has taken the token.
 //!
 //! Token format (one line, `;`-separated):
 //! `conduit1;<role>;<os part>;<half>[;<half>]` where a half is
 //! `<transport>,<number of handles>,<meta>...` and meta values are decimal `u64`s.
+//! The OS part is `fd=<number>:<st_dev>:<st_ino>` (Unix),
+//! `pid=<parent pid>:<handle>...` (Windows) or `none`.
 
 use std::collections::HashSet;
 use std::process::Command;
 use std::sync::Mutex;
 
 use crate::channel::{FrameReceiver, FrameSender};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::sys;
 
 pub use crate::sys::OsHandle;
@@ -156,6 +188,8 @@ pub fn handoff<E: Endpoint>(cmd: &mut Command, key: &str, endpoint: E) -> Result
     Ok(())
 }
 
+/// What this process adopted: keys, and the handle parts of their tokens (so
+/// that a copy of a token under another key is refused too).
 static ADOPTED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 
 fn malformed(key: &str, why: &str) -> Error {
@@ -165,14 +199,37 @@ fn malformed(key: &str, why: &str) -> Error {
     ))
 }
 
+fn adopted() -> std::sync::MutexGuard<'static, Option<HashSet<String>>> {
+    ADOPTED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Adopts the endpoint the parent handed to this process under `key`, using
 /// `resolver` to rebuild each half.
 ///
 /// A key can be adopted once per process; the token's handles are owned by the
-/// endpoint afterwards.
+/// endpoint afterwards. Once the token is taken (from the first attempt that
+/// gets as far as the handles, even if it then fails), its variable is
+/// removed from this process's environment with `std::env::remove_var`, so
+/// that children spawned later do not inherit a stale token. Like any
+/// `remove_var`, that races with other threads reading the environment
+/// through C (`getenv`): adopt early in `main`, before starting such threads.
+///
+/// A stale token, inherited from an ancestor or copied, is refused without
+/// touching any handle and without waiting: `InvalidInput` when the handles it
+/// names provably are not the ones handed to this process (Unix: the carrier
+/// descriptor's device and inode numbers; Windows: the token's process is not
+/// this process's parent), `Disconnected` when another process has taken them.
 pub fn adopt_with<E: Endpoint>(key: &str, resolver: &dyn Resolver) -> Result<E> {
     check_key(key)?;
     let var = env_var(key);
+    if adopted()
+        .as_ref()
+        .is_some_and(|set| set.contains(&format!("key:{key}")))
+    {
+        return Err(Error::invalid_input(format!(
+            "the endpoint handed under key {key:?} was already adopted by this process"
+        )));
+    }
     let token = std::env::var(&var).map_err(|_| {
         Error::invalid_input(format!(
             "no endpoint was handed to this process under key {key:?} ({var} is not set); \
@@ -228,20 +285,31 @@ pub fn adopt_with<E: Endpoint>(key: &str, resolver: &dyn Resolver) -> Result<E> 
         resolver.check(transport)?;
     }
     {
-        let mut adopted = ADOPTED.lock().unwrap_or_else(|p| p.into_inner());
+        let mut adopted = adopted();
         let set = adopted.get_or_insert_with(HashSet::new);
-        if !set.insert(key.to_string()) {
+        if !set.insert(format!("key:{key}")) {
             return Err(Error::invalid_input(format!(
                 "the endpoint handed under key {key:?} was already adopted by this process"
             )));
         }
+        if os_part != "none" && !set.insert(format!("handles:{os_part}")) {
+            std::env::remove_var(&var);
+            return Err(Error::invalid_input(format!(
+                "stale handoff token in {var}: this process already adopted the endpoint \
+                 it describes (under another key); a token can be adopted once"
+            )));
+        }
     }
+    // The token is spent: children spawned from now on must not inherit it.
+    std::env::remove_var(&var);
     let handles = if total == 0 && os_part == "none" {
         Vec::new()
     } else {
-        sys::receive_handles(os_part, total as usize).map_err(|e| match e.kind() {
-            ErrorKind::InvalidInput => malformed(key, e.message()),
-            _ => e,
+        sys::receive_handles(os_part, total as usize).map_err(|e| {
+            Error::new(
+                e.kind(),
+                format!("cannot adopt the endpoint in {var}: {}", e.message()),
+            )
         })?
     };
     let mut handles = handles.into_iter();

@@ -23,6 +23,7 @@ use std::time::Duration;
 pub use libtest_mimic::{Arguments, Failed, Trial};
 
 pub mod alloc;
+pub mod handoff_cases;
 pub mod msg;
 #[cfg(feature = "named")]
 pub mod named;
@@ -51,6 +52,7 @@ pub fn main(children: &[ChildFn], mut trials: Vec<Trial>) -> ! {
         let all = suite::CHILDREN
             .iter()
             .chain(suite::hardening::CHILDREN)
+            .chain(handoff_cases::CHILDREN)
             .chain(children);
         match all.into_iter().find(|c| c.name == name) {
             Some(c) => {
@@ -65,11 +67,10 @@ pub fn main(children: &[ChildFn], mut trials: Vec<Trial>) -> ! {
     }
     // The general trials need an anonymous transport (a `named`-only build has none).
     let anonymous = !conduit::Transport::enabled().is_empty();
-    trials.extend(
-        suite::general_trials()
-            .into_iter()
-            .map(|t| t.with_ignored_flag(!anonymous)),
-    );
+    trials.extend(suite::general_trials().into_iter().map(|t| {
+        let ignored = t.has_ignored_flag();
+        t.with_ignored_flag(ignored || !anonymous)
+    }));
     #[cfg(feature = "named")]
     trials.extend(named::trials());
     for t in conduit::Transport::enabled() {

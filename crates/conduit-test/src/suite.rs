@@ -150,15 +150,18 @@ pub fn trials(t: Transport) -> Vec<Trial> {
     tests
         .into_iter()
         .map(|(name, f)| Trial::test(format!("{}::{name}", t.name()), move || f(t)))
+        .chain(crate::handoff_cases::trials(t))
         .collect()
 }
 
 /// Tests that do not depend on a transport.
 pub fn general_trials() -> Vec<Trial> {
-    vec![Trial::test(
+    let mut trials = vec![Trial::test(
         "handoff::adopt_reports_missing_malformed_and_unsupported",
         adopt_errors,
-    )]
+    )];
+    trials.extend(crate::handoff_cases::general_trials());
+    trials
 }
 
 // ---------------------------------------------------------------- children
@@ -490,7 +493,7 @@ fn cases() -> u32 {
         .unwrap_or(16)
 }
 
-fn expect_kind<T: std::fmt::Debug>(
+pub(crate) fn expect_kind<T: std::fmt::Debug>(
     what: &str,
     res: conduit::Result<T>,
     kind: ErrorKind,

@@ -7,7 +7,10 @@
 //!   `into_handle`; reads and writes retry on interruption;
 //! - `pipe() -> (read, write)`: a non-inheritable anonymous pipe;
 //! - `send_handles(cmd, handles) -> token part` and
-//!   `receive_handles(token part, count) -> handles` (see [`crate::handoff`]).
+//!   `receive_handles(token part, count) -> handles` (see [`crate::handoff`]);
+//!   after the child is spawned the parent must hold no copy of what it
+//!   handed (Unix: the carrier registry and its watcher thread in
+//!   `unix.rs`; Windows: the child's `DUPLICATE_CLOSE_SOURCE`).
 //!
 //! `unsafe` in `conduit-core` is confined to these files.
 

@@ -4,8 +4,18 @@
 //!
 //! Handles never become inheritable, so no other child spawned at the same
 //! time can inherit them (std's `CreateProcessW` inherits every inheritable
-//! handle). The parent's copies are closed by the child's duplication; if the
-//! child never adopts the endpoint, the parent keeps them until it exits.
+//! handle). The parent's copies are closed by the child's duplication.
+//! Limitation: if the child never adopts the endpoint (it exits first), the
+//! parent keeps them until it exits, and its end does not see the peer
+//! disconnect: std's `Command` has no hook at or after `CreateProcessW` on
+//! stable Rust, and `send_handles` never learns the child's process handle.
+//!
+//! A token names handle *values* in another process, which mean nothing by
+//! themselves: `receive_handles` duplicates them only out of this process's
+//! own parent (checked with a toolhelp snapshot, and the parent must have been
+//! created before this process, against a reused pid), so a token inherited by
+//! a grandchild is refused instead of stealing whatever handles the named
+//! process now has under those values.
 //!
 //! Waiting with a deadline on a synchronous pipe handle has no blocking
 //! primitive, so `wait_readable` checks `PeekNamedPipe` with a backoff of up to
@@ -21,12 +31,17 @@ use std::time::{Duration, Instant};
 
 use windows_sys::Win32::Foundation::{
     DuplicateHandle, GetLastError, DUPLICATE_CLOSE_SOURCE, DUPLICATE_SAME_ACCESS,
-    ERROR_BROKEN_PIPE, ERROR_NO_DATA, ERROR_PIPE_NOT_CONNECTED, HANDLE,
+    ERROR_BROKEN_PIPE, ERROR_NO_DATA, ERROR_PIPE_NOT_CONNECTED, FILETIME, HANDLE,
+    INVALID_HANDLE_VALUE,
 };
 use windows_sys::Win32::Storage::FileSystem::{ReadFile, WriteFile};
+use windows_sys::Win32::System::Diagnostics::ToolHelp::{
+    CreateToolhelp32Snapshot, Process32FirstW, Process32NextW, PROCESSENTRY32W, TH32CS_SNAPPROCESS,
+};
 use windows_sys::Win32::System::Pipes::{CreatePipe, PeekNamedPipe};
 use windows_sys::Win32::System::Threading::{
-    GetCurrentProcess, GetCurrentProcessId, OpenProcess, PROCESS_DUP_HANDLE,
+    GetCurrentProcess, GetCurrentProcessId, GetProcessTimes, OpenProcess, PROCESS_DUP_HANDLE,
+    PROCESS_QUERY_LIMITED_INFORMATION,
 };
 
 use super::StreamKind;
@@ -185,8 +200,24 @@ pub fn receive_handles(part: &str, count: usize) -> Result<Vec<OwnedHandle>> {
     if values.len() != count {
         return Err(bad());
     }
+    let stale = || {
+        Error::invalid_input(format!(
+            "stale handoff token: it names process {pid}, which is not this process's parent \
+             (was the variable inherited from an ancestor or copied?); a process can adopt \
+             only what its own parent handed to it, once"
+        ))
+    };
+    if parent_pid()? != pid {
+        return Err(stale());
+    }
     // SAFETY: OpenProcess has no memory-safety preconditions; a null result is checked.
-    let parent = unsafe { OpenProcess(PROCESS_DUP_HANDLE, 0, pid) };
+    let parent = unsafe {
+        OpenProcess(
+            PROCESS_DUP_HANDLE | PROCESS_QUERY_LIMITED_INFORMATION,
+            0,
+            pid,
+        )
+    };
     if parent.is_null() {
         return Err(Error::from_io(
             "cannot open the parent process to take the handed handles",
@@ -195,6 +226,13 @@ pub fn receive_handles(part: &str, count: usize) -> Result<Vec<OwnedHandle>> {
     }
     // SAFETY: `parent` is a valid process handle that we own from here on.
     let parent = unsafe { OwnedHandle::from_raw_handle(parent as _) };
+    // The parent may have exited and its pid been reused by a younger process.
+    // SAFETY: GetCurrentProcess returns a pseudo-handle that needs no closing.
+    let me = unsafe { GetCurrentProcess() };
+    match (created(parent.as_raw_handle() as HANDLE), created(me)) {
+        (Some(theirs), Some(ours)) if theirs <= ours => {}
+        _ => return Err(stale()),
+    }
     let mut out = Vec::with_capacity(count);
     for value in values {
         let mut dup: HANDLE = std::ptr::null_mut();
@@ -222,6 +260,52 @@ pub fn receive_handles(part: &str, count: usize) -> Result<Vec<OwnedHandle>> {
         out.push(unsafe { OwnedHandle::from_raw_handle(dup as _) });
     }
     Ok(out)
+}
+
+/// This process's parent's pid, from a toolhelp snapshot of the processes.
+fn parent_pid() -> Result<u32> {
+    // SAFETY: no preconditions; the result is checked.
+    let snap = unsafe { CreateToolhelp32Snapshot(TH32CS_SNAPPROCESS, 0) };
+    if snap == INVALID_HANDLE_VALUE || snap.is_null() {
+        return Err(Error::from_io(
+            "cannot list processes to find this process's parent",
+            last_error(),
+        ));
+    }
+    // SAFETY: `snap` is a valid snapshot handle that we own from here on.
+    let snap = unsafe { OwnedHandle::from_raw_handle(snap as _) };
+    // SAFETY: GetCurrentProcessId has no preconditions.
+    let me = unsafe { GetCurrentProcessId() };
+    let mut entry = PROCESSENTRY32W {
+        dwSize: std::mem::size_of::<PROCESSENTRY32W>() as u32,
+        ..Default::default()
+    };
+    // SAFETY: the snapshot handle is valid and `entry` is a PROCESSENTRY32W
+    // with `dwSize` set, as both calls require; they write only into it.
+    let mut ok = unsafe { Process32FirstW(snap.as_raw_handle() as HANDLE, &mut entry) };
+    while ok != 0 {
+        if entry.th32ProcessID == me {
+            return Ok(entry.th32ParentProcessID);
+        }
+        // SAFETY: as above.
+        ok = unsafe { Process32NextW(snap.as_raw_handle() as HANDLE, &mut entry) };
+    }
+    Err(Error::invalid_input(
+        "this process is missing from the process list: cannot check the handoff token",
+    ))
+}
+
+/// A process's creation time (100 ns units), or `None` if it cannot be read.
+fn created(process: HANDLE) -> Option<u64> {
+    let zero = FILETIME {
+        dwLowDateTime: 0,
+        dwHighDateTime: 0,
+    };
+    let (mut c, mut e, mut k, mut u) = (zero, zero, zero, zero);
+    // SAFETY: `process` is a valid process handle (with query access, or the
+    // current-process pseudo-handle); the four out-pointers outlive the call.
+    let ok = unsafe { GetProcessTimes(process, &mut c, &mut e, &mut k, &mut u) };
+    (ok != 0).then(|| (u64::from(c.dwHighDateTime) << 32) | u64::from(c.dwLowDateTime))
 }
 
 /// Creates a non-inheritable anonymous pipe with a 1 MiB buffer hint:
