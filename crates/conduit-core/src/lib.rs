@@ -15,13 +15,16 @@ pub mod codec;
 pub mod error;
 pub mod handoff;
 pub mod stream;
+/// Old path of [`transport::sys`], kept hidden for the crates not moved yet.
+#[doc(hidden)]
 pub mod sys;
+pub mod transport;
 mod typed;
 
 pub use channel::{FrameConfig, FrameReceiver, FrameSender, DEFAULT_MAX_FRAME};
 pub use codec::{Cbor, Codec};
 pub use error::{Error, ErrorKind, Result};
-pub use handoff::{Endpoint, Package, Resolver, Role};
+pub use handoff::Endpoint;
 pub use typed::{deadline_after, Duplex, Iter, Receiver, Sender};
 
 /// Re-exported so that message types can mark byte fields

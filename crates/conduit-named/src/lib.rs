@@ -119,13 +119,24 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use conduit_core::stream::{StreamReceiver, StreamSender};
-use conduit_core::sys::OsStream;
-use conduit_core::{Error, ErrorKind, FrameConfig, Package, Result};
+use conduit_core::transport::sys::OsStream;
+use conduit_core::transport::{Descriptor, Package};
+use conduit_core::{Error, ErrorKind, FrameConfig, Result};
 
 mod sys;
 
 /// The transport's name, as it appears in handoff tokens and `transport()`.
 pub const TRANSPORT: &str = "named";
+
+/// This transport for the facade's registry (an unstable interface, see
+/// `conduit_core::transport`): named endpoints make no anonymous pairs, but
+/// handed-over connection halves are rebuilt here.
+pub const DESCRIPTOR: Descriptor = Descriptor {
+    name: TRANSPORT,
+    pairs: None,
+    import_sender: |p| Ok(Box::new(import_sender(p)?)),
+    import_receiver: |p| Ok(Box::new(import_receiver(p)?)),
+};
 
 /// The longest name, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
@@ -333,8 +344,8 @@ fn deadline_within(deadline: Option<Instant>, timeout: Duration) -> Instant {
 
 /// Wraps a connection's handles into a framed sender and receiver.
 fn wrap(
-    send: conduit_core::sys::OsHandle,
-    recv: conduit_core::sys::OsHandle,
+    send: conduit_core::transport::sys::OsHandle,
+    recv: conduit_core::transport::sys::OsHandle,
     cfg: FrameConfig,
 ) -> DuplexEnd {
     (
@@ -345,8 +356,8 @@ fn wrap(
 
 /// Wraps a connection's handles and exchanges the handshakes.
 fn establish(
-    send: conduit_core::sys::OsHandle,
-    recv: conduit_core::sys::OsHandle,
+    send: conduit_core::transport::sys::OsHandle,
+    recv: conduit_core::transport::sys::OsHandle,
     cfg: FrameConfig,
     deadline: Instant,
 ) -> Result<DuplexEnd> {

@@ -150,17 +150,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use conduit_core::transport::{self, Descriptor, Package, Pairs};
 use conduit_core::{
-    Codec, Error, FrameConfig, FrameReceiver, FrameSender, Package, Result, DEFAULT_MAX_FRAME,
+    Codec, Error, FrameConfig, FrameReceiver, FrameSender, Result, DEFAULT_MAX_FRAME,
 };
 
 mod layout;
 mod mem;
 mod ring;
 mod sys;
-
-#[doc(hidden)]
-pub mod raw;
 
 use layout::{DATA_OFFSET, MAX_CAPACITY, MIN_CAPACITY};
 use mem::Region;
@@ -169,6 +167,19 @@ use sys::{Link, Segment};
 
 /// The transport's name, as it appears in handoff tokens and `transport()`.
 pub const TRANSPORT: &str = "shm";
+
+/// This transport for the facade's registry (an unstable interface, see
+/// `conduit_core::transport`): anonymous pairs with the default
+/// [`ShmConfig`] for a [`FrameConfig`], and imports of handed-over halves.
+pub const DESCRIPTOR: Descriptor = Descriptor {
+    name: TRANSPORT,
+    pairs: Some(Pairs {
+        channel: |cfg| channel(ShmConfig::from(cfg)).map(transport::boxed_channel),
+        duplex: |cfg| duplex(ShmConfig::from(cfg)).map(transport::boxed_duplex),
+    }),
+    import_sender: |p| Ok(Box::new(import_sender(p)?)),
+    import_receiver: |p| Ok(Box::new(import_receiver(p)?)),
+};
 
 /// Version of the handoff parameters (the first meta number).
 const META_VERSION: u64 = 1;

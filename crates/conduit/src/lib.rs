@@ -83,40 +83,30 @@ use std::process::Command;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use conduit_core::transport::{BoxReceiver, BoxSender, Descriptor, Package, Resolver};
 pub use conduit_core::{
     serde_bytes, Cbor, Codec, Duplex, Endpoint, Error, ErrorKind, FrameConfig, FrameReceiver,
     FrameSender, Iter, Receiver, Result, Sender, DEFAULT_MAX_FRAME,
 };
-use conduit_core::{Package, Resolver};
+
+mod registry;
+pub use registry::Transport;
 
 /// Wraps byte-level endpoints into a typed one-way channel.
-#[cfg(any(feature = "pipe", feature = "socketpair", feature = "shm"))]
-fn typed_channel<T>(tx: impl FrameSender, rx: impl FrameReceiver) -> (Sender<T>, Receiver<T>)
+fn typed_channel<T>(tx: BoxSender, rx: BoxReceiver) -> (Sender<T>, Receiver<T>)
 where
     T: Serialize + DeserializeOwned + 'static,
 {
-    (
-        Sender::from_raw(Box::new(tx)),
-        Receiver::from_raw(Box::new(rx)),
-    )
+    (Sender::from_raw(tx), Receiver::from_raw(rx))
 }
 
 /// Wraps a byte-level sender and receiver into one typed end of a connection.
-#[cfg(any(
-    feature = "pipe",
-    feature = "socketpair",
-    feature = "shm",
-    feature = "named"
-))]
-fn typed_duplex<S, R>(tx: impl FrameSender, rx: impl FrameReceiver) -> Duplex<S, R>
+fn typed_duplex<S, R>(tx: BoxSender, rx: BoxReceiver) -> Duplex<S, R>
 where
     S: Serialize + 'static,
     R: DeserializeOwned + 'static,
 {
-    Duplex::from_parts(
-        Sender::from_raw(Box::new(tx)),
-        Receiver::from_raw(Box::new(rx)),
-    )
+    Duplex::from_parts(Sender::from_raw(tx), Receiver::from_raw(rx))
 }
 
 /// Declares a transport module with the common constructor shape.
@@ -154,7 +144,7 @@ macro_rules! transport_module {
             pub fn channel_with<T: Serialize + DeserializeOwned + 'static>(
                 cfg: FrameConfig,
             ) -> Result<(Sender<T>, Receiver<T>)> {
-                let (tx, rx) = $krate::channel(cfg)?;
+                let (tx, rx) = conduit_core::transport::boxed_channel($krate::channel(cfg)?);
                 Ok(typed_channel(tx, rx))
             }
 
@@ -191,7 +181,8 @@ macro_rules! transport_module {
                 S: Serialize + DeserializeOwned + 'static,
                 R: Serialize + DeserializeOwned + 'static,
             {
-                let ((a_tx, a_rx), (b_tx, b_rx)) = $krate::duplex(cfg)?;
+                let ((a_tx, a_rx), (b_tx, b_rx)) =
+                    conduit_core::transport::boxed_duplex($krate::duplex(cfg)?);
                 Ok((typed_duplex(a_tx, a_rx), typed_duplex(b_tx, b_rx)))
             }
         }
@@ -218,153 +209,6 @@ pub mod named;
 #[cfg(feature = "shm")]
 #[cfg_attr(docsrs, doc(cfg(feature = "shm")))]
 pub mod shm;
-
-/// A transport, for choosing one at run time.
-///
-/// # Examples
-///
-/// ```
-/// for t in conduit::Transport::enabled() {
-///     let (tx, rx) = t.channel::<String>().unwrap();
-///     tx.send(&t.name().to_string()).unwrap();
-///     assert_eq!(rx.recv().unwrap(), t.name());
-/// }
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Transport {
-    /// Anonymous pipes (feature `pipe`).
-    Pipe,
-    /// Socket pairs (feature `socketpair`).
-    Socketpair,
-    /// Shared-memory rings (feature `shm`).
-    Shm,
-}
-
-impl Transport {
-    /// Every transport conduit knows, compiled in or not.
-    pub const ALL: &'static [Transport] = &[Transport::Pipe, Transport::Socketpair, Transport::Shm];
-
-    /// The transports compiled into this build, in order of preference.
-    pub fn enabled() -> Vec<Transport> {
-        Transport::ALL
-            .iter()
-            .copied()
-            .filter(|t| t.is_enabled())
-            .collect()
-    }
-
-    /// The transport's name (also its cargo feature).
-    pub fn name(self) -> &'static str {
-        match self {
-            Transport::Pipe => "pipe",
-            Transport::Socketpair => "socketpair",
-            Transport::Shm => "shm",
-        }
-    }
-
-    /// Looks a transport up by name.
-    pub fn from_name(name: &str) -> Option<Transport> {
-        Transport::ALL.iter().copied().find(|t| t.name() == name)
-    }
-
-    /// True when the transport's cargo feature is on.
-    pub fn is_enabled(self) -> bool {
-        match self {
-            Transport::Pipe => cfg!(feature = "pipe"),
-            Transport::Socketpair => cfg!(feature = "socketpair"),
-            Transport::Shm => cfg!(feature = "shm"),
-        }
-    }
-
-    fn disabled(self) -> Error {
-        Error::new(
-            ErrorKind::Unsupported,
-            format!(
-                "transport `{0}` is not compiled in: enable the `{0}` cargo feature of conduit",
-                self.name()
-            ),
-        )
-    }
-
-    /// Creates a one-way channel on this transport.
-    pub fn channel<T: Serialize + DeserializeOwned + 'static>(
-        self,
-    ) -> Result<(Sender<T>, Receiver<T>)> {
-        self.channel_with(FrameConfig::default())
-    }
-
-    /// Creates a one-way channel on this transport with `cfg`.
-    pub fn channel_with<T: Serialize + DeserializeOwned + 'static>(
-        self,
-        cfg: FrameConfig,
-    ) -> Result<(Sender<T>, Receiver<T>)> {
-        let _ = cfg;
-        match self {
-            #[cfg(feature = "pipe")]
-            Transport::Pipe => pipe::channel_with(cfg),
-            #[cfg(feature = "socketpair")]
-            Transport::Socketpair => socketpair::channel_with(cfg),
-            #[cfg(feature = "shm")]
-            Transport::Shm => shm::channel_with(shm::ShmConfig::from(cfg)),
-            #[allow(unreachable_patterns)]
-            other => Err(other.disabled()),
-        }
-    }
-
-    /// Creates a two-way connection on this transport.
-    pub fn duplex<S, R>(self) -> Result<(Duplex<S, R>, Duplex<R, S>)>
-    where
-        S: Serialize + DeserializeOwned + 'static,
-        R: Serialize + DeserializeOwned + 'static,
-    {
-        self.duplex_with(FrameConfig::default())
-    }
-
-    /// Creates a two-way connection on this transport with `cfg`.
-    pub fn duplex_with<S, R>(self, cfg: FrameConfig) -> Result<(Duplex<S, R>, Duplex<R, S>)>
-    where
-        S: Serialize + DeserializeOwned + 'static,
-        R: Serialize + DeserializeOwned + 'static,
-    {
-        let _ = cfg;
-        match self {
-            #[cfg(feature = "pipe")]
-            Transport::Pipe => pipe::duplex_with(cfg),
-            #[cfg(feature = "socketpair")]
-            Transport::Socketpair => socketpair::duplex_with(cfg),
-            #[cfg(feature = "shm")]
-            Transport::Shm => shm::duplex_with(shm::ShmConfig::from(cfg)),
-            #[allow(unreachable_patterns)]
-            other => Err(other.disabled()),
-        }
-    }
-
-    /// The best enabled transport for one-way channels (`shm` when it is
-    /// compiled in: several times the message rate of a pipe).
-    pub fn best_channel() -> Result<Transport> {
-        [Transport::Shm, Transport::Pipe, Transport::Socketpair]
-            .into_iter()
-            .find(|t| t.is_enabled())
-            .ok_or_else(no_transport)
-    }
-
-    /// The best enabled transport for two-way connections (`shm` when it is
-    /// compiled in: sub-microsecond round trips while both sides are busy).
-    pub fn best_duplex() -> Result<Transport> {
-        [Transport::Shm, Transport::Socketpair, Transport::Pipe]
-            .into_iter()
-            .find(|t| t.is_enabled())
-            .ok_or_else(no_transport)
-    }
-}
-
-fn no_transport() -> Error {
-    Error::new(
-        ErrorKind::Unsupported,
-        "no transport is compiled in: enable at least one of the cargo features pipe, socketpair, shm",
-    )
-}
 
 /// Creates a one-way channel on the best enabled transport.
 ///
@@ -435,83 +279,22 @@ pub fn adopt<E: Endpoint>(key: &str) -> Result<E> {
     conduit_core::handoff::adopt_with(key, &Registry)
 }
 
-/// Finds the import function of a handed-over half by its transport name.
+/// Rebuilds handed-over halves with the registry's import functions.
 struct Registry;
-
-fn unknown_transport(name: &str) -> Error {
-    Error::new(
-        ErrorKind::Unsupported,
-        format!("the parent handed over an endpoint of transport `{name}`, which this version of conduit does not know"),
-    )
-}
-
-fn self_check(name: &str) -> Result<Transport> {
-    let t = Transport::from_name(name).ok_or_else(|| unknown_transport(name))?;
-    if t.is_enabled() {
-        Ok(t)
-    } else {
-        Err(t.disabled())
-    }
-}
-
-/// Named connections are not a [`Transport`] but can be handed off too.
-const NAMED: &str = "named";
-
-fn named_disabled() -> Error {
-    Error::new(
-        ErrorKind::Unsupported,
-        "the parent handed over a named connection: enable the `named` cargo feature of conduit",
-    )
-}
 
 impl Resolver for Registry {
     fn check(&self, transport: &str) -> Result<()> {
-        if transport == NAMED {
-            return if cfg!(feature = "named") {
-                Ok(())
-            } else {
-                Err(named_disabled())
-            };
-        }
-        self_check(transport).map(|_| ())
+        registry::descriptor(transport).map(|_| ())
     }
 
     fn sender(&self, package: Package) -> Result<Box<dyn FrameSender>> {
-        if package.transport == NAMED {
-            #[cfg(feature = "named")]
-            return Ok(Box::new(conduit_named::import_sender(package)?));
-            #[cfg(not(feature = "named"))]
-            return Err(named_disabled());
-        }
-        match self_check(&package.transport)? {
-            #[cfg(feature = "pipe")]
-            Transport::Pipe => Ok(Box::new(conduit_pipe::import_sender(package)?)),
-            #[cfg(feature = "socketpair")]
-            Transport::Socketpair => Ok(Box::new(conduit_socketpair::import_sender(package)?)),
-            #[cfg(feature = "shm")]
-            Transport::Shm => Ok(Box::new(conduit_shm::import_sender(package)?)),
-            #[allow(unreachable_patterns)]
-            other => Err(other.disabled()),
-        }
+        let d: &Descriptor = registry::descriptor(&package.transport)?;
+        (d.import_sender)(package)
     }
 
     fn receiver(&self, package: Package) -> Result<Box<dyn FrameReceiver>> {
-        if package.transport == NAMED {
-            #[cfg(feature = "named")]
-            return Ok(Box::new(conduit_named::import_receiver(package)?));
-            #[cfg(not(feature = "named"))]
-            return Err(named_disabled());
-        }
-        match self_check(&package.transport)? {
-            #[cfg(feature = "pipe")]
-            Transport::Pipe => Ok(Box::new(conduit_pipe::import_receiver(package)?)),
-            #[cfg(feature = "socketpair")]
-            Transport::Socketpair => Ok(Box::new(conduit_socketpair::import_receiver(package)?)),
-            #[cfg(feature = "shm")]
-            Transport::Shm => Ok(Box::new(conduit_shm::import_receiver(package)?)),
-            #[allow(unreachable_patterns)]
-            other => Err(other.disabled()),
-        }
+        let d: &Descriptor = registry::descriptor(&package.transport)?;
+        (d.import_receiver)(package)
     }
 }
 

@@ -77,7 +77,7 @@ where
     S: Serialize + 'static,
     R: DeserializeOwned + 'static,
 {
-    crate::typed_duplex(tx, rx)
+    crate::typed_duplex(Box::new(tx), Box::new(rx))
 }
 
 /// A bound name that accepts typed connections: each is a `Duplex<S, R>`

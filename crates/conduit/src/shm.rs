@@ -46,7 +46,7 @@ pub fn channel<T: Serialize + DeserializeOwned + 'static>() -> Result<(Sender<T>
 pub fn channel_with<T: Serialize + DeserializeOwned + 'static>(
     cfg: ShmConfig,
 ) -> Result<(Sender<T>, Receiver<T>)> {
-    let (tx, rx) = conduit_shm::channel(cfg)?;
+    let (tx, rx) = conduit_core::transport::boxed_channel(conduit_shm::channel(cfg)?);
     Ok(crate::typed_channel(tx, rx))
 }
 
@@ -85,7 +85,8 @@ where
     S: Serialize + DeserializeOwned + 'static,
     R: Serialize + DeserializeOwned + 'static,
 {
-    let ((a_tx, a_rx), (b_tx, b_rx)) = conduit_shm::duplex(cfg)?;
+    let ((a_tx, a_rx), (b_tx, b_rx)) =
+        conduit_core::transport::boxed_duplex(conduit_shm::duplex(cfg)?);
     Ok((
         crate::typed_duplex(a_tx, a_rx),
         crate::typed_duplex(b_tx, b_rx),

@@ -5,7 +5,7 @@ use std::os::fd::OwnedFd;
 
 /// Creates a close-on-exec pipe: `(read end, write end)`.
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let (read, write) = conduit_core::sys::pipe()?;
+    let (read, write) = conduit_core::transport::sys::pipe()?;
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
         // Best effort: an unprivileged process may be capped below this

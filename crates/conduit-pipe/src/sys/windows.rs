@@ -5,5 +5,5 @@ use std::os::windows::io::OwnedHandle;
 
 /// Creates a non-inheritable pipe: `(read end, write end)`.
 pub fn pipe() -> io::Result<(OwnedHandle, OwnedHandle)> {
-    conduit_core::sys::pipe()
+    conduit_core::transport::sys::pipe()
 }

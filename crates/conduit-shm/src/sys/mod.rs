@@ -28,6 +28,3 @@
 mod imp;
 
 pub use imp::{Link, Segment};
-
-/// The owned OS handle type (`OwnedFd` / `OwnedHandle`).
-pub use conduit_core::sys::OsHandle;

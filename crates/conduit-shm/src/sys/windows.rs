@@ -173,7 +173,7 @@ impl Link {
                 .map_err(|e| Error::from_io("cannot duplicate a wake-up event", e))
         };
         let pipe = || {
-            conduit_core::sys::pipe()
+            conduit_core::transport::sys::pipe()
                 .map_err(|e| Error::from_io("cannot create a lifeline pipe", e))
         };
         let (sender_life_r, sender_life_w) = pipe()?;

@@ -3,7 +3,7 @@
 use std::io;
 use std::os::windows::io::OwnedHandle;
 
-use conduit_core::sys::StreamKind;
+use conduit_core::transport::sys::StreamKind;
 
 /// Streams are pipes.
 pub const KIND: StreamKind = StreamKind::Pipe;
@@ -11,7 +11,7 @@ pub const KIND: StreamKind = StreamKind::Pipe;
 /// Two connected ends, each as (sending handle, receiving handle).
 #[allow(clippy::type_complexity)]
 pub fn pair() -> io::Result<((OwnedHandle, OwnedHandle), (OwnedHandle, OwnedHandle))> {
-    let (b_recv, a_send) = conduit_core::sys::pipe()?;
-    let (a_recv, b_send) = conduit_core::sys::pipe()?;
+    let (b_recv, a_send) = conduit_core::transport::sys::pipe()?;
+    let (a_recv, b_send) = conduit_core::transport::sys::pipe()?;
     Ok(((a_send, a_recv), (b_send, b_recv)))
 }
