@@ -74,7 +74,15 @@ pub trait FrameReceiver: Send + 'static {
     /// Receives one frame into `out` (replacing its contents). Blocks until a
     /// frame is complete or `deadline` passes (`Timeout`); a deadline in the
     /// past makes this a non-blocking attempt.
-    fn recv_frame(&mut self, out: &mut Vec<u8>, deadline: Option<Instant>) -> Result<()>;
+    ///
+    /// The default copies the frame [`recv_with`](Self::recv_with) lends;
+    /// transports that can hand over their own buffer instead override it.
+    fn recv_frame(&mut self, out: &mut Vec<u8>, deadline: Option<Instant>) -> Result<()> {
+        self.recv_with(deadline, &mut |frame| {
+            out.clear();
+            out.extend_from_slice(frame);
+        })
+    }
 
     /// Receives one frame and lends it to `f` in place, without copying it out
     /// of the channel's buffer when the transport allows.
@@ -113,8 +121,9 @@ pub trait FrameReceiver: Send + 'static {
 pub struct FrameConfig {
     /// The largest frame payload, in bytes (default 64 MiB, at most `u32::MAX`).
     pub max_frame: u32,
-    /// The codec id (see [`crate::Codec::ID`]).
-    pub codec: u8,
+    /// The codec id: set only from a [`Codec`](crate::Codec) type, so that a
+    /// config cannot name another codec than the typed endpoints use.
+    pub(crate) codec: u8,
 }
 
 /// The default maximum frame size: 64 MiB.
@@ -130,6 +139,20 @@ impl Default for FrameConfig {
 }
 
 impl FrameConfig {
+    /// The default config for messages encoded with `C`.
+    #[must_use]
+    pub fn for_codec<C: crate::Codec>() -> Self {
+        FrameConfig {
+            max_frame: DEFAULT_MAX_FRAME,
+            codec: C::ID,
+        }
+    }
+
+    /// The codec id sent in the handshake (see [`Codec::ID`](crate::Codec::ID)).
+    pub fn codec(&self) -> u8 {
+        self.codec
+    }
+
     /// Returns the config with another maximum frame size.
     #[must_use]
     pub fn with_max_frame(mut self, max_frame: u32) -> Self {

@@ -104,11 +104,18 @@ impl Role {
 /// The byte-level halves of an endpoint: a sender, a receiver, or both.
 pub type Halves = (Option<Box<dyn FrameSender>>, Option<Box<dyn FrameReceiver>>);
 
+/// Seals [`Endpoint`]: only conduit's own endpoint types implement it.
+pub(crate) mod sealed {
+    /// The seal.
+    pub trait Sealed {}
+}
+
 /// An endpoint that can be handed to a child: its byte-level halves.
 ///
 /// Implemented by the typed [`crate::Sender`], [`crate::Receiver`] and
-/// [`crate::Duplex`].
-pub trait Endpoint: Sized {
+/// [`crate::Duplex`]; sealed (conduit's handoff relies on what these types
+/// do with their halves).
+pub trait Endpoint: Sized + sealed::Sealed {
     /// Which halves the endpoint has.
     const ROLE: Role;
     /// Takes the endpoint apart into its byte-level halves.

@@ -441,6 +441,10 @@ fn wrong_halves(role: Role) -> Error {
     ))
 }
 
+impl<T, C: Codec> crate::handoff::sealed::Sealed for Sender<T, C> {}
+impl<T, C: Codec> crate::handoff::sealed::Sealed for Receiver<T, C> {}
+impl<S, R, C: Codec> crate::handoff::sealed::Sealed for Duplex<S, R, C> {}
+
 impl<T: Serialize + 'static, C: Codec> Endpoint for Sender<T, C> {
     const ROLE: Role = Role::Sender;
     fn into_halves(self) -> Halves {

@@ -218,8 +218,10 @@ pub struct ShmConfig {
     pub capacity: usize,
     /// The largest message in bytes (default 64 MiB); both ends must agree.
     pub max_frame: u32,
-    /// The codec id (see `conduit_core::Codec::ID`); both ends must agree.
-    pub codec: u8,
+    /// The codec id, from the [`FrameConfig`] this config was made from
+    /// (CBOR by default); private so that it cannot disagree with the
+    /// typed endpoints' codec.
+    codec: u8,
     /// How long a side spins before it parks (default 50 µs). Spinning
     /// avoids the cost of a wake-up (tens of µs across cores) when the peer
     /// answers quickly; zero parks at once.
@@ -250,13 +252,18 @@ impl From<FrameConfig> for ShmConfig {
     fn from(cfg: FrameConfig) -> Self {
         ShmConfig {
             max_frame: cfg.max_frame,
-            codec: cfg.codec,
+            codec: cfg.codec(),
             ..ShmConfig::default()
         }
     }
 }
 
 impl ShmConfig {
+    /// The codec id both ends check.
+    pub fn codec(&self) -> u8 {
+        self.codec
+    }
+
     /// Returns the config with another ring capacity.
     #[must_use]
     pub fn with_capacity(mut self, capacity: usize) -> Self {

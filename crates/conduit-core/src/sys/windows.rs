@@ -61,6 +61,33 @@ fn last_error() -> io::Error {
     last_error_from(unsafe { GetLastError() })
 }
 
+/// The checked-call helper every conduit crate uses for `BOOL`-returning
+/// Win32 calls: the thread's last OS error when the call failed.
+pub fn check(ok: windows_sys::core::BOOL) -> io::Result<()> {
+    if ok == 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Takes ownership of the handle a `Create*`/`Open*` call just returned,
+/// or gives that call's OS error when it returned null or
+/// `INVALID_HANDLE_VALUE`.
+///
+/// # Safety
+///
+/// `h` must be the return value of the Win32 call made just before (so that
+/// the last OS error is that call's), and when it is a handle, nothing else
+/// may own or close it.
+pub unsafe fn owned(h: HANDLE) -> io::Result<OwnedHandle> {
+    if h.is_null() || h == INVALID_HANDLE_VALUE {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a valid handle that nobody else owns (the caller's contract).
+    Ok(unsafe { OwnedHandle::from_raw_handle(h as _) })
+}
+
 impl OsStream {
     /// Wraps a handle (the kind does not matter on Windows).
     pub fn new(handle: OwnedHandle, _kind: StreamKind) -> OsStream {
@@ -218,14 +245,14 @@ pub fn receive_handles(part: &str, count: usize) -> Result<Vec<OwnedHandle>> {
             pid,
         )
     };
-    if parent.is_null() {
-        return Err(Error::from_io(
+    // SAFETY: the return value of the OpenProcess call just made; a process
+    // handle nobody else owns.
+    let parent = unsafe { owned(parent) }.map_err(|e| {
+        Error::from_io(
             "cannot open the parent process to take the handed handles",
-            last_error(),
-        ));
-    }
-    // SAFETY: `parent` is a valid process handle that we own from here on.
-    let parent = unsafe { OwnedHandle::from_raw_handle(parent as _) };
+            e,
+        )
+    })?;
     // The parent may have exited and its pid been reused by a younger process.
     // SAFETY: GetCurrentProcess returns a pseudo-handle that needs no closing.
     let me = unsafe { GetCurrentProcess() };
@@ -266,14 +293,10 @@ pub fn receive_handles(part: &str, count: usize) -> Result<Vec<OwnedHandle>> {
 fn parent_pid() -> Result<u32> {
     // SAFETY: no preconditions; the result is checked.
     let snap = unsafe { CreateToolhelp32Snapshot(TH32CS_SNAPPROCESS, 0) };
-    if snap == INVALID_HANDLE_VALUE || snap.is_null() {
-        return Err(Error::from_io(
-            "cannot list processes to find this process's parent",
-            last_error(),
-        ));
-    }
-    // SAFETY: `snap` is a valid snapshot handle that we own from here on.
-    let snap = unsafe { OwnedHandle::from_raw_handle(snap as _) };
+    // SAFETY: the return value of the CreateToolhelp32Snapshot call just
+    // made; a snapshot handle nobody else owns.
+    let snap = unsafe { owned(snap) }
+        .map_err(|e| Error::from_io("cannot list processes to find this process's parent", e))?;
     // SAFETY: GetCurrentProcessId has no preconditions.
     let me = unsafe { GetCurrentProcessId() };
     let mut entry = PROCESSENTRY32W {

@@ -12,7 +12,6 @@ use std::time::Duration;
 use conduit_core::{Error, Result};
 use rustix::fs::{MemfdFlags, Mode, SealFlags};
 use rustix::io::Errno;
-use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use rustix::thread::futex;
 
 /// Creates the sealed memfd of `len` bytes.
@@ -39,16 +38,6 @@ pub fn check_segment(fd: &OwnedFd) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// A close-on-exec Unix stream socket pair.
-pub fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )?)
 }
 
 /// Futex wait on a shared mapping; true on timeout.

@@ -11,18 +11,15 @@
 //! spelling but needs macOS 14.4, and a pipe doorbell would cost a `write`
 //! per wake-up plus a `read` to drain it.
 
-use std::collections::hash_map::RandomState;
 use std::ffi::{c_int, c_void};
-use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
 
 use conduit_core::Result;
 use rustix::fs::Mode;
 use rustix::io::{Errno, FdFlags};
-use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 const UL_COMPARE_AND_WAIT_SHARED: u32 = 3;
 const ULF_NO_ERRNO: u32 = 0x0100_0000;
@@ -32,24 +29,19 @@ extern "C" {
     fn __ulock_wake(operation: u32, addr: *mut c_void, wake_value: u64) -> c_int;
 }
 
-/// A fresh, unpredictable shm name (at most 31 bytes on macOS).
-fn random_name() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    // RandomState's keys come from the OS random generator.
-    let mut h = RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    if let Ok(t) = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
-        h.write_u128(t.as_nanos());
-    }
-    format!("/cndt-{:016x}", h.finish())
+/// A fresh, unpredictable shm name (at most 31 bytes on macOS): 64 bits
+/// from the OS random generator.
+fn random_name() -> io::Result<String> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(format!("/cndt-{:016x}", u64::from_le_bytes(bytes)))
 }
 
 /// Creates an unlinked shm object of `len` bytes.
 pub fn create_segment(len: usize) -> io::Result<OwnedFd> {
     let flags = rustix::shm::OFlags::CREATE | rustix::shm::OFlags::EXCL | rustix::shm::OFlags::RDWR;
     for _ in 0..16 {
-        let name = random_name();
+        let name = random_name()?;
         match rustix::shm::open(name.as_str(), flags, Mode::RUSR | Mode::WUSR) {
             Ok(fd) => {
                 let _ = rustix::shm::unlink(name.as_str());
@@ -65,20 +57,6 @@ pub fn create_segment(len: usize) -> io::Result<OwnedFd> {
         io::ErrorKind::AlreadyExists,
         "no free random shm name after 16 attempts",
     ))
-}
-
-/// A close-on-exec Unix stream socket pair (macOS has no `SOCK_CLOEXEC`: the
-/// flag is set right after creation, as std does).
-pub fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let (a, b) = rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::empty(),
-        None,
-    )?;
-    rustix::io::fcntl_setfd(&a, FdFlags::CLOEXEC)?;
-    rustix::io::fcntl_setfd(&b, FdFlags::CLOEXEC)?;
-    Ok((a, b))
 }
 
 /// Nothing to check beyond the size (checked by the caller): macOS cannot

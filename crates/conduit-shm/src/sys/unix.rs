@@ -18,11 +18,10 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::AtomicU32;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use conduit_core::{Error, ErrorKind, Result};
-use rustix::event::{PollFd, PollFlags, Timespec};
-use rustix::io::Errno;
+use rustix::event::PollFlags;
 use rustix::mm::{MapFlags, ProtFlags};
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -66,10 +65,6 @@ mod os {
     }
 
     pub fn wake(_word: &AtomicU32) {}
-
-    pub fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-        Err(unsupported())
-    }
 }
 
 /// A shared-memory object mapped read-write into this process.
@@ -168,7 +163,8 @@ impl Link {
 
     /// The sender's and the receiver's links of one ring.
     pub fn pair() -> Result<(Link, Link)> {
-        let (a, b) = os::socket_pair()
+        // Core's close-on-exec (and, on macOS, no-SIGPIPE) socket pair.
+        let (a, b) = conduit_core::transport::sys::socketpair()
             .map_err(|e| Error::from_io("cannot create the lifeline socket pair", e))?;
         Ok((Link { life: a }, Link { life: b }))
     }
@@ -187,15 +183,16 @@ impl Link {
     /// killed). The peer never writes to the socket, so "readable" means
     /// end-of-file.
     pub fn peer_alive(&self) -> bool {
-        let mut fds = [PollFd::new(&self.life, PollFlags::IN)];
-        let now = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        match rustix::event::poll(&mut fds, Some(&now)) {
-            Ok(0) | Err(Errno::INTR) => true,
-            Ok(_) | Err(_) => false,
-        }
+        // Nothing to read before "now": alive. Readable (end-of-file) or an
+        // error: the peer is gone.
+        matches!(
+            conduit_core::transport::sys::poll_fd(
+                self.life.as_fd(),
+                PollFlags::IN,
+                Some(Instant::now())
+            ),
+            Ok(false)
+        )
     }
 
     /// The handles, for a handoff.

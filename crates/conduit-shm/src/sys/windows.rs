@@ -18,11 +18,12 @@
 //!   and the wait is not lost, it ends the wait at once.
 
 use std::io;
-use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
+use std::os::windows::io::{AsRawHandle, OwnedHandle};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use conduit_core::transport::sys::owned;
 use conduit_core::{Error, ErrorKind, Result};
 use windows_sys::Win32::Foundation::{HANDLE, INVALID_HANDLE_VALUE, WAIT_OBJECT_0, WAIT_TIMEOUT};
 use windows_sys::Win32::System::Memory::{
@@ -68,14 +69,10 @@ impl Segment {
                 ptr::null(),
             )
         };
-        if h.is_null() {
-            return Err(Error::from_io(
-                "cannot create a shared-memory segment",
-                io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: CreateFileMappingW succeeded, so `h` is a new handle we own.
-        let handle = unsafe { OwnedHandle::from_raw_handle(h as _) };
+        // SAFETY: the return value of the CreateFileMappingW call just made;
+        // a new section handle nobody else owns.
+        let handle = unsafe { owned(h) }
+            .map_err(|e| Error::from_io("cannot create a shared-memory segment", e))?;
         Segment::map(handle, len)
     }
 
@@ -137,14 +134,9 @@ fn event() -> Result<OwnedHandle> {
     // SAFETY: null attributes (not inheritable) and a null name are allowed;
     // auto-reset, initially not signalled. The result is checked for null.
     let h = unsafe { CreateEventW(ptr::null(), 0, 0, ptr::null()) };
-    if h.is_null() {
-        return Err(Error::from_io(
-            "cannot create a wake-up event",
-            io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: CreateEventW succeeded, so `h` is a new handle we own.
-    Ok(unsafe { OwnedHandle::from_raw_handle(h as _) })
+    // SAFETY: the return value of the CreateEventW call just made; a new
+    // event handle nobody else owns.
+    unsafe { owned(h) }.map_err(|e| Error::from_io("cannot create a wake-up event", e))
 }
 
 /// One side's link to the other: events for parking and waking, lifeline pipes.
