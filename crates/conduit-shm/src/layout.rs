@@ -16,20 +16,63 @@ pub const MAX_CAPACITY: u32 = 1 << 30;
 pub const RECORD_HEADER: u32 = 16;
 
 /// Record kinds (the second word of a record header).
-pub mod kind {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Kind {
     /// Not written yet: the sender stores a real kind here last, publishing
     /// the record.
-    pub const EMPTY: u32 = 0;
+    Empty = 0,
     /// A whole message.
-    pub const WHOLE: u32 = 1;
+    Whole = 1,
     /// The first piece of a message streamed in pieces; carries the total.
-    pub const FIRST: u32 = 2;
+    First = 2,
     /// A middle piece.
-    pub const MORE: u32 = 3;
+    More = 3,
     /// The last piece.
-    pub const LAST: u32 = 4;
+    Last = 4,
     /// Filler up to the end of the ring.
-    pub const PAD: u32 = 5;
+    Pad = 5,
+}
+
+impl Kind {
+    /// The kind word.
+    pub const fn word(self) -> u32 {
+        self as u32
+    }
+}
+
+impl TryFrom<u32> for Kind {
+    /// The unknown word.
+    type Error = u32;
+
+    fn try_from(word: u32) -> Result<Kind, u32> {
+        Ok(match word {
+            0 => Kind::Empty,
+            1 => Kind::Whole,
+            2 => Kind::First,
+            3 => Kind::More,
+            4 => Kind::Last,
+            5 => Kind::Pad,
+            other => return Err(other),
+        })
+    }
+}
+
+/// The kind words, for the code that stores them.
+pub mod kind {
+    use super::Kind;
+    /// [`Kind::Empty`].
+    pub const EMPTY: u32 = Kind::Empty.word();
+    /// [`Kind::Whole`].
+    pub const WHOLE: u32 = Kind::Whole.word();
+    /// [`Kind::First`].
+    pub const FIRST: u32 = Kind::First.word();
+    /// [`Kind::More`].
+    pub const MORE: u32 = Kind::More.word();
+    /// [`Kind::Last`].
+    pub const LAST: u32 = Kind::Last.word();
+    /// [`Kind::Pad`].
+    pub const PAD: u32 = Kind::Pad.word();
 }
 
 /// The control words of a segment.
