@@ -243,10 +243,10 @@ impl System {
             | Runner::RawSocketpair
             | Runner::RawShmSpin
             | Runner::RawFutex => None,
-            Runner::Conduit(t) => match t.name() {
-                "pipe" => Some("raw-pipe"),
-                "socketpair" => Some("raw-socketpair"),
-                "shm" => Some("raw-shm"),
+            Runner::Conduit(t) => match t {
+                Transport::Pipe => Some("raw-pipe"),
+                Transport::Socketpair => Some("raw-socketpair"),
+                Transport::Shm => Some("raw-shm"),
                 _ => None,
             },
             Runner::ConduitNamed
@@ -316,7 +316,7 @@ pub fn systems() -> Vec<System> {
     ];
     for t in Transport::enabled() {
         let mut ws = vec![Rtt, RttTyped, Msgs, MsgsTyped, Bulk64K, Bulk1M];
-        if t.name() == "shm" {
+        if t == Transport::Shm {
             ws.insert(2, RttUnpinned);
         }
         v.push(System::new(
