@@ -63,3 +63,35 @@ pub fn boxed_duplex<S: FrameSender, R: FrameReceiver>(
 ) -> (BoxDuplexEnd, BoxDuplexEnd) {
     (boxed_channel(ends.0), boxed_channel(ends.1))
 }
+
+/// Declares a transport crate's `pub const DESCRIPTOR` from its own
+/// functions in scope: `channel(FrameConfig)`, `duplex(FrameConfig)` (unless
+/// `no_pairs`), `import_sender(Package)` and `import_receiver(Package)`.
+///
+/// ```ignore
+/// conduit_core::describe_transport!(TRANSPORT);            // pipe, socketpair
+/// conduit_core::describe_transport!(TRANSPORT, no_pairs);  // named
+/// ```
+#[macro_export]
+#[doc(hidden)]
+macro_rules! describe_transport {
+    ($name:expr) => {
+        $crate::describe_transport!($name, pairs: Some($crate::transport::Pairs {
+            channel: |cfg| channel(cfg).map($crate::transport::boxed_channel),
+            duplex: |cfg| duplex(cfg).map($crate::transport::boxed_duplex),
+        }));
+    };
+    ($name:expr, no_pairs) => {
+        $crate::describe_transport!($name, pairs: None);
+    };
+    ($name:expr, pairs: $pairs:expr) => {
+        /// This transport for the facade's registry (an unstable interface,
+        /// see `conduit_core::transport`).
+        pub const DESCRIPTOR: $crate::transport::Descriptor = $crate::transport::Descriptor {
+            name: $name,
+            pairs: $pairs,
+            import_sender: |p| Ok(Box::new(import_sender(p)?)),
+            import_receiver: |p| Ok(Box::new(import_receiver(p)?)),
+        };
+    };
+}

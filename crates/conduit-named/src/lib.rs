@@ -120,7 +120,7 @@ use std::time::{Duration, Instant};
 
 use conduit_core::stream::{StreamReceiver, StreamSender};
 use conduit_core::transport::sys::OsStream;
-use conduit_core::transport::{Descriptor, Package};
+use conduit_core::transport::Package;
 use conduit_core::{Error, ErrorKind, FrameConfig, Result};
 
 mod sys;
@@ -128,15 +128,9 @@ mod sys;
 /// The transport's name, as it appears in handoff tokens and `transport()`.
 pub const TRANSPORT: &str = "named";
 
-/// This transport for the facade's registry (an unstable interface, see
-/// `conduit_core::transport`): named endpoints make no anonymous pairs, but
-/// handed-over connection halves are rebuilt here.
-pub const DESCRIPTOR: Descriptor = Descriptor {
-    name: TRANSPORT,
-    pairs: None,
-    import_sender: |p| Ok(Box::new(import_sender(p)?)),
-    import_receiver: |p| Ok(Box::new(import_receiver(p)?)),
-};
+// Named endpoints make no anonymous pairs, but handed-over connection
+// halves are rebuilt here.
+conduit_core::describe_transport!(TRANSPORT, no_pairs);
 
 /// The longest name, in bytes.
 pub const MAX_NAME_LEN: usize = 64;

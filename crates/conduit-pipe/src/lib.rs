@@ -12,7 +12,7 @@
 
 use conduit_core::stream::{StreamReceiver, StreamSender};
 use conduit_core::transport::sys::{OsStream, StreamKind};
-use conduit_core::transport::{self, Descriptor, Package, Pairs};
+use conduit_core::transport::Package;
 use conduit_core::{Error, FrameConfig, Result};
 
 mod sys;
@@ -20,17 +20,7 @@ mod sys;
 /// The transport's name, as it appears in handoff tokens and `transport()`.
 pub const TRANSPORT: &str = "pipe";
 
-/// This transport for the facade's registry (an unstable interface, see
-/// `conduit_core::transport`).
-pub const DESCRIPTOR: Descriptor = Descriptor {
-    name: TRANSPORT,
-    pairs: Some(Pairs {
-        channel: |cfg| channel(cfg).map(transport::boxed_channel),
-        duplex: |cfg| duplex(cfg).map(transport::boxed_duplex),
-    }),
-    import_sender: |p| Ok(Box::new(import_sender(p)?)),
-    import_receiver: |p| Ok(Box::new(import_receiver(p)?)),
-};
+conduit_core::describe_transport!(TRANSPORT);
 
 /// A byte-level duplex endpoint: a sender and a receiver over two pipes.
 pub type DuplexEnd = (StreamSender, StreamReceiver);

@@ -150,7 +150,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use conduit_core::transport::{self, Descriptor, Package, Pairs};
+use conduit_core::transport::{self, Package};
 use conduit_core::{
     Codec, Error, FrameConfig, FrameReceiver, FrameSender, Result, DEFAULT_MAX_FRAME,
 };
@@ -168,18 +168,11 @@ use sys::{Link, Segment};
 /// The transport's name, as it appears in handoff tokens and `transport()`.
 pub const TRANSPORT: &str = "shm";
 
-/// This transport for the facade's registry (an unstable interface, see
-/// `conduit_core::transport`): anonymous pairs with the default
-/// [`ShmConfig`] for a [`FrameConfig`], and imports of handed-over halves.
-pub const DESCRIPTOR: Descriptor = Descriptor {
-    name: TRANSPORT,
-    pairs: Some(Pairs {
-        channel: |cfg| channel(ShmConfig::from(cfg)).map(transport::boxed_channel),
-        duplex: |cfg| duplex(ShmConfig::from(cfg)).map(transport::boxed_duplex),
-    }),
-    import_sender: |p| Ok(Box::new(import_sender(p)?)),
-    import_receiver: |p| Ok(Box::new(import_receiver(p)?)),
-};
+// Anonymous pairs with the default ShmConfig for a FrameConfig.
+conduit_core::describe_transport!(TRANSPORT, pairs: Some(transport::Pairs {
+    channel: |cfg| channel(ShmConfig::from(cfg)).map(transport::boxed_channel),
+    duplex: |cfg| duplex(ShmConfig::from(cfg)).map(transport::boxed_duplex),
+}));
 
 /// Version of the handoff parameters (the first meta number).
 const META_VERSION: u64 = 1;

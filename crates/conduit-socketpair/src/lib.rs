@@ -13,7 +13,7 @@
 
 use conduit_core::stream::{StreamReceiver, StreamSender};
 use conduit_core::transport::sys::OsStream;
-use conduit_core::transport::{self, Descriptor, Package, Pairs};
+use conduit_core::transport::Package;
 use conduit_core::{Error, FrameConfig, Result};
 
 mod sys;
@@ -21,17 +21,7 @@ mod sys;
 /// The transport's name, as it appears in handoff tokens and `transport()`.
 pub const TRANSPORT: &str = "socketpair";
 
-/// This transport for the facade's registry (an unstable interface, see
-/// `conduit_core::transport`).
-pub const DESCRIPTOR: Descriptor = Descriptor {
-    name: TRANSPORT,
-    pairs: Some(Pairs {
-        channel: |cfg| channel(cfg).map(transport::boxed_channel),
-        duplex: |cfg| duplex(cfg).map(transport::boxed_duplex),
-    }),
-    import_sender: |p| Ok(Box::new(import_sender(p)?)),
-    import_receiver: |p| Ok(Box::new(import_receiver(p)?)),
-};
+conduit_core::describe_transport!(TRANSPORT);
 
 /// A byte-level duplex endpoint.
 pub type DuplexEnd = (StreamSender, StreamReceiver);
