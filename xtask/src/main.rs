@@ -1,59 +1,63 @@
 //! `cargo xtask`: the project's chores, written in Rust so that a local run and
 //! CI run the very same steps (see `.cargo/config.toml` for the alias).
 //!
-//! One module per command; each exposes `run(args) -> Result<(), String>`.
+//! The command line is declared in [`flags`] (xflags); `main` dispatches to one
+//! module per command, each exposing `run(flags, ...) -> Result<(), String>`.
 //! Commands are run through [`xshell`], with `cargo` taken from `$CARGO`.
 
 #![forbid(unsafe_code)]
 
 mod bench;
 mod ci;
+mod flags;
+mod junit;
 mod test_matrix;
 mod util;
 mod xcheck;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "\
-usage: cargo xtask <command> [options]
-
-commands:
-  test-matrix  run the conduit-tests suite once per transport feature set, then crate tests
-               [--transport <t>] [--cases <n>] [--quick] [--profile <p>] [-- <runner args>]
-  ci           fmt, clippy per feature set, doc, test-matrix, xcheck, actionlint
-               [--skip-test-matrix] [--skip-xcheck] [--skip-actionlint] [--quick]
-  xcheck       clippy for Windows/macOS targets and Windows tests under Wine (Linux only)
-               [--no-wine] [--targets a,b] [cargo args]
-  bench        conduit vs raw OS limits, ipc-channel, interprocess, Python (release build)
-               [--quick] [--only <system>] [--reps <n>] [--out <dir>] [--no-pin] [--list]
-
-`cargo xtask <command> --help` tells more about one command.";
+use flags::{Parsed, XtaskCmd};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some((command, rest)) = args.split_first() else {
-        println!("{USAGE}");
-        return ExitCode::SUCCESS;
-    };
-    let result = match command.as_str() {
-        "-h" | "--help" | "help" => {
-            println!("{USAGE}");
-            Ok(())
+    let (flags, passthrough) = match flags::parse(std::env::args_os().skip(1).collect()) {
+        Ok(Parsed::Run(flags, passthrough)) => (flags, passthrough),
+        Ok(Parsed::Help(help)) => {
+            println!("{help}");
+            return ExitCode::SUCCESS;
         }
-        "test-matrix" => test_matrix::run(rest),
-        "ci" => ci::run(rest),
-        "xcheck" => xcheck::run(rest),
-        "bench" => bench::run(rest),
-        other => {
-            eprintln!("xtask: unknown command `{other}`\n\n{USAGE}");
+        Err(msg) => {
+            eprintln!("xtask: error: {msg}");
             return ExitCode::from(2);
         }
+    };
+    let (name, result) = match flags.subcommand {
+        XtaskCmd::TestMatrix(f) => ("test-matrix", test_matrix::run(&f, &passthrough)),
+        XtaskCmd::Xcheck(f) => ("xcheck", xcheck::run(&f, &passthrough)),
+        XtaskCmd::Ci(f) => (
+            "ci",
+            no_passthrough("ci", &passthrough).and_then(|()| ci::run(&f)),
+        ),
+        XtaskCmd::Bench(f) => (
+            "bench",
+            no_passthrough("bench", &passthrough).and_then(|()| bench::run(&f)),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
-            eprintln!("xtask {command}: error: {msg}");
+            eprintln!("xtask {name}: error: {msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Commands without a runner refuse arguments after `--`.
+fn no_passthrough(name: &str, passthrough: &[std::ffi::OsString]) -> Result<(), String> {
+    match passthrough.first() {
+        None => Ok(()),
+        Some(arg) => Err(format!(
+            "unexpected argument after `--`: {arg:?} (see `cargo xtask {name} --help`)"
+        )),
     }
 }

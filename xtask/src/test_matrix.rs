@@ -6,31 +6,29 @@
 //! `crates/conduit/Cargo.toml`: every plain feature listed there is a transport.
 //! The feature sets are each transport alone, `all-transports`, and the default
 //! set. Adding a transport needs no change here.
+//!
+//! The counts in the table come from nextest's JUnit report when the nextest
+//! profile writes one (`[profile.<p>.junit]` in `.config/nextest.toml`; the
+//! `ci` profile does); it is read right after each run, before the next run
+//! overwrites it, and kept as `junit-<set>.xml`. Without a report (the
+//! `default` profile) they come from nextest's closing summary line, and
+//! without cargo-nextest from libtest's `test result:` lines. The table says
+//! which, per row.
 
 use std::{
-    env, fs,
-    path::PathBuf,
+    env,
+    ffi::OsString,
+    fs, io,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use toml::{Table, Value};
 
-use crate::util::{self, Counts};
-
-const HELP: &str = "\
-usage: cargo xtask test-matrix [options] [-- <runner args>]
-
-Runs the conduit-tests suite once per transport feature set: each transport
-alone (--no-default-features --features <t>), all-transports, and the default
-set; then the crates' own tests (conduit-core and conduit-<t>). Uses `cargo nextest run` when cargo-nextest is installed, else `cargo test`.
-
-options:
-  --transport <t>  only the feature sets that contain transport <t> (and the
-                   tests of conduit-core and conduit-<t>)
-  --cases <n>      PROPTEST_CASES for the property tests
-  --quick          PROPTEST_CASES=8 unless --cases is given
-  --profile <p>    nextest profile (default: $CONDUIT_NEXTEST_PROFILE, else `default`)
-  -- <args>        passed on to the runner unchanged (test filters, --no-fail-fast, ...)";
+use crate::{
+    flags, junit,
+    util::{self, Counts},
+};
 
 /// The package whose tests the matrix runs.
 const TEST_PACKAGE: &str = "conduit-tests";
@@ -42,6 +40,8 @@ const CORE_PACKAGE: &str = "conduit-core";
 const CRATE_TESTS: &str = "crate tests";
 /// The feature that lists every transport.
 const ALL_TRANSPORTS: &str = "all-transports";
+/// nextest's configuration.
+const NEXTEST_CONFIG: &str = ".config/nextest.toml";
 
 /// One cargo feature selection of the matrix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,57 +166,72 @@ fn crate_tests_set(transports: &[String]) -> FeatureSet {
     }
 }
 
-#[derive(Debug, Default)]
-struct Options {
-    transport: Option<String>,
-    cases: Option<String>,
-    quick: bool,
-    profile: Option<String>,
-    runner_args: Vec<String>,
+/// Where the counts of a row come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// nextest's JUnit report.
+    Junit,
+    /// Passed and failed from the JUnit report, skipped from nextest's summary
+    /// line: the report leaves skipped tests out.
+    JunitSkippedFromSummary,
+    /// nextest's closing summary line: the profile writes no JUnit report.
+    Summary,
+    /// libtest's `test result:` lines (`cargo test`).
+    Libtest,
+    /// Nothing to count: the build or the runner failed.
+    Nothing,
 }
 
-fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
-    let mut o = Options::default();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = |flag: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{flag} needs a value"))
-        };
-        match arg.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "--transport" => o.transport = Some(value("--transport")?),
-            "--cases" => {
-                let n = value("--cases")?;
-                n.parse::<u32>()
-                    .map_err(|_| format!("--cases wants a number, not `{n}`"))?;
-                o.cases = Some(n);
-            }
-            "--quick" => o.quick = true,
-            "--profile" => o.profile = Some(value("--profile")?),
-            "--" => {
-                o.runner_args = it.by_ref().cloned().collect();
-            }
-            other => return Err(format!("unknown argument `{other}`\n\n{HELP}")),
+impl Source {
+    fn label(self) -> &'static str {
+        match self {
+            Source::Junit => "junit",
+            Source::JunitSkippedFromSummary => "junit+summary",
+            Source::Summary => "summary",
+            Source::Libtest => "libtest",
+            Source::Nothing => "-",
         }
     }
-    Ok(Some(o))
+
+    fn explain(self, junit: Option<&Path>) -> String {
+        let report = junit.map_or_else(
+            || "the JUnit report".to_owned(),
+            |p| {
+                format!(
+                    "the JUnit report ({})",
+                    p.with_file_name("junit-<set>.xml").display()
+                )
+            },
+        );
+        match self {
+            Source::Junit => format!("junit: {report}"),
+            Source::JunitSkippedFromSummary => format!(
+                "junit+summary: passed and failed from {report}, skipped from nextest's \
+                 summary line (the report leaves skipped tests out unless the nextest profile \
+                 sets junit.report-skipped = \"all\")"
+            ),
+            Source::Summary => "summary: nextest's closing summary line (this nextest profile \
+                 writes no JUnit report)"
+                .to_owned(),
+            Source::Libtest => "libtest: the `test result:` lines of cargo test (cargo-nextest \
+                 not found): doctests count too, tests left out by a filter do not"
+                .to_owned(),
+            Source::Nothing => "-: no counts (the build or the test runner failed)".to_owned(),
+        }
+    }
 }
 
 struct Row {
     set: FeatureSet,
     ok: bool,
     counts: Option<Counts>,
+    source: Source,
     time: Duration,
 }
 
-/// Runs the matrix; fails if any feature set fails.
-pub fn run(args: &[String]) -> Result<(), String> {
-    let Some(opts) = parse_args(args)? else {
-        println!("{HELP}");
-        return Ok(());
-    };
+/// Runs the matrix; fails if any feature set fails. `runner_args` go to the
+/// test runner unchanged.
+pub fn run(opts: &flags::TestMatrix, runner_args: &[OsString]) -> Result<(), String> {
     let transports = transports()?;
     let mut sets = sets_for(&transports);
     if let Some(t) = &opts.transport {
@@ -246,12 +261,17 @@ pub fn run(args: &[String]) -> Result<(), String> {
         .unwrap_or_else(|| "default".to_owned());
     let cases = opts
         .cases
-        .clone()
+        .map(|n| n.to_string())
         .or_else(|| opts.quick.then(|| "8".to_owned()));
-    let runner = if nextest {
-        format!("cargo nextest (profile `{profile}`)")
+    let junit = if nextest {
+        nextest_junit_path(&profile)?
     } else {
-        "cargo test (cargo-nextest not found)".to_owned()
+        None
+    };
+    let runner = match (nextest, &junit) {
+        (true, Some(_)) => format!("cargo nextest (profile `{profile}`, JUnit report)"),
+        (true, None) => format!("cargo nextest (profile `{profile}`, no JUnit report)"),
+        (false, _) => "cargo test (cargo-nextest not found)".to_owned(),
     };
     println!(
         "test-matrix: {} feature set(s) of {TEST_PACKAGE} with {runner}; PROPTEST_CASES={}",
@@ -262,10 +282,6 @@ pub fn run(args: &[String]) -> Result<(), String> {
             .unwrap_or_else(|| "(proptest default)".to_owned())
     );
 
-    let junit_dir = util::project_root()
-        .join("target")
-        .join("nextest")
-        .join(&profile);
     let mut rows = Vec::new();
     for (i, set) in sets.iter().enumerate() {
         println!(
@@ -285,40 +301,37 @@ pub fn run(args: &[String]) -> Result<(), String> {
                 .args(["test", "--no-fail-fast"])
                 .args(&set.cargo_args)
         };
-        if !opts.runner_args.is_empty() {
+        if !runner_args.is_empty() {
             if !nextest {
                 cmd = cmd.arg("--");
             }
-            cmd = cmd.args(&opts.runner_args);
+            cmd = cmd.args(runner_args);
         }
         if let Some(n) = &cases {
             cmd = cmd.env("PROPTEST_CASES", n);
         }
-        let junit = junit_dir.join("junit.xml");
-        if nextest {
-            let _ = fs::remove_file(&junit);
-        }
+        // A report left by the previous set must not be read as this one's.
+        let junit = junit.as_deref().filter(|path| remove_stale(path));
         let start = Instant::now();
         let teed = util::run_tee(cmd)?;
         let time = start.elapsed();
-        let counts = if nextest {
-            util::parse_nextest_summary(&teed.text)
+        let (counts, source) = if nextest {
+            nextest_counts(&teed.text, junit, &set.name)
         } else {
-            util::parse_libtest_results(&teed.text)
+            let counts = util::parse_libtest_results(&teed.text);
+            (counts, counts.map_or(Source::Nothing, |_| Source::Libtest))
         };
         let ok = teed.status.success() && counts.is_some_and(|c| c.failed == 0);
-        if nextest && junit.is_file() {
-            keep_junit(&junit, &junit_dir.join(format!("junit-{}.xml", set.name)));
-        }
         rows.push(Row {
             set: set.clone(),
             ok,
             counts,
+            source,
             time,
         });
     }
 
-    report(&rows, cases.as_deref());
+    report(&rows, cases.as_deref(), junit.as_deref());
     let failed: Vec<&str> = rows
         .iter()
         .filter(|r| !r.ok)
@@ -331,8 +344,92 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
 }
 
-/// nextest writes `junit.xml` afresh on every run; keep a copy per feature set.
-fn keep_junit(from: &PathBuf, to: &PathBuf) {
+/// Removes the report of an earlier run; false if it is there and cannot go.
+fn remove_stale(path: &Path) -> bool {
+    match fs::remove_file(path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+        Err(e) => {
+            eprintln!(
+                "test-matrix: warning: cannot remove {}: {e}; not reading JUnit reports",
+                path.display()
+            );
+            false
+        }
+    }
+}
+
+/// The counts of one nextest run: from the JUnit report at `junit` when there
+/// is one, else from the summary line in `output`.
+fn nextest_counts(output: &str, junit: Option<&Path>, set: &str) -> (Option<Counts>, Source) {
+    let summary = util::parse_nextest_summary(output);
+    let from_summary = (
+        summary,
+        summary.map_or(Source::Nothing, |_| Source::Summary),
+    );
+    let Some(path) = junit.filter(|p| p.is_file()) else {
+        return from_summary;
+    };
+    keep_junit(path, &path.with_file_name(format!("junit-{set}.xml")));
+    let report = match junit::read(path) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("test-matrix: warning: cannot read the JUnit report: {e}");
+            return from_summary;
+        }
+    };
+    let mut counts = report;
+    let mut source = Source::Junit;
+    if let Some(summary) = summary {
+        if (summary.passed, summary.failed) != (report.passed, report.failed) {
+            eprintln!(
+                "test-matrix: warning: the JUnit report ({} passed, {} failed) and nextest's \
+                 summary ({} passed, {} failed) disagree; the table shows the report",
+                report.passed, report.failed, summary.passed, summary.failed
+            );
+        }
+        if report.skipped == 0 && summary.skipped > 0 {
+            counts.skipped = summary.skipped;
+            source = Source::JunitSkippedFromSummary;
+        }
+    }
+    (Some(counts), source)
+}
+
+/// Where nextest writes the JUnit report of `profile`, if the profile writes
+/// one: `<store dir>/<profile>/<junit.path>`, as set in `.config/nextest.toml`
+/// (a profile inherits `junit.path` from `default`).
+fn nextest_junit_path(profile: &str) -> Result<Option<PathBuf>, String> {
+    let root = util::project_root();
+    let path = root.join(NEXTEST_CONFIG);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let found = junit_in_config(&text, profile).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(found.map(|(store, junit)| root.join(store).join(profile).join(junit)))
+}
+
+/// The store directory and the JUnit path of `profile` in nextest's config.
+fn junit_in_config(config: &str, profile: &str) -> Result<Option<(String, String)>, String> {
+    let table: Table = config.parse().map_err(|e: toml::de::Error| e.to_string())?;
+    let get = |path: &[&str]| -> Option<String> {
+        let (last, parents) = path.split_last()?;
+        let mut t = &table;
+        for key in parents {
+            t = t.get(*key)?.as_table()?;
+        }
+        t.get(*last)?.as_str().map(str::to_owned)
+    };
+    let junit = get(&["profile", profile, "junit", "path"])
+        .or_else(|| get(&["profile", "default", "junit", "path"]));
+    let store = get(&["store", "dir"]).unwrap_or_else(|| "target/nextest".to_owned());
+    Ok(junit.map(|junit| (store, junit)))
+}
+
+/// nextest writes its report afresh on every run; keep a copy per feature set.
+fn keep_junit(from: &Path, to: &Path) {
     if let Err(e) = fs::copy(from, to) {
         eprintln!(
             "test-matrix: warning: cannot copy {} to {}: {e}",
@@ -342,7 +439,7 @@ fn keep_junit(from: &PathBuf, to: &PathBuf) {
     }
 }
 
-fn report(rows: &[Row], cases: Option<&str>) {
+fn report(rows: &[Row], cases: Option<&str>, junit: Option<&Path>) {
     let count =
         |c: Option<Counts>, f: fn(Counts) -> u64| c.map_or("?".to_owned(), |c| f(c).to_string());
     let table: Vec<Vec<String>> = rows
@@ -356,6 +453,7 @@ fn report(rows: &[Row], cases: Option<&str>) {
                 count(r.counts, |c| c.failed),
                 count(r.counts, |c| c.skipped),
                 util::secs(r.time),
+                r.source.label().to_owned(),
             ]
         })
         .collect();
@@ -372,10 +470,20 @@ fn report(rows: &[Row], cases: Option<&str>) {
             "failed",
             "skipped",
             "secs",
+            "counts",
         ],
         3,
         &table,
     );
+    let mut sources: Vec<Source> = Vec::new();
+    for r in rows {
+        if !sources.contains(&r.source) {
+            sources.push(r.source);
+        }
+    }
+    for source in sources {
+        println!("  counts from {}", source.explain(junit));
+    }
     let mut total = Counts::default();
     for r in rows {
         total.add(r.counts.unwrap_or_default());
@@ -463,18 +571,69 @@ all-transports = [
     }
 
     #[test]
-    fn args() {
-        let args: Vec<String> = ["--quick", "--transport", "shm", "--", "prop_"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let o = parse_args(&args);
-        assert!(matches!(o, Ok(Some(Options { quick: true, .. }))));
-        if let Ok(Some(o)) = o {
-            assert_eq!(o.transport.as_deref(), Some("shm"));
-            assert_eq!(o.runner_args, ["prop_"]);
-        }
-        assert!(parse_args(&["--bogus".to_string()]).is_err());
-        assert!(parse_args(&["--cases".to_string(), "x".to_string()]).is_err());
+    fn finds_the_junit_report_in_nextest_config() {
+        let config = r#"
+[profile.default]
+slow-timeout = { period = "60s", terminate-after = 5 }
+[profile.ci]
+fail-fast = false
+[profile.ci.junit]
+path = "junit.xml"
+"#;
+        let ci = Some(("target/nextest".to_owned(), "junit.xml".to_owned()));
+        assert_eq!(junit_in_config(config, "ci"), Ok(ci));
+        assert_eq!(junit_in_config(config, "default"), Ok(None));
+        assert_eq!(junit_in_config(config, "other"), Ok(None));
+        // Profiles inherit from `default`; the store directory can move.
+        let config = "[store]\ndir = \"out/nt\"\n[profile.default.junit]\npath = \"j.xml\"\n";
+        let inherited = Some(("out/nt".to_owned(), "j.xml".to_owned()));
+        assert_eq!(junit_in_config(config, "ci"), Ok(inherited));
+        assert!(junit_in_config("[profile", "ci").is_err());
+    }
+
+    #[test]
+    fn counts_from_junit_else_summary() {
+        let dir = std::env::temp_dir().join(format!("xtask-junit-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("junit.xml");
+        let summary = "     Summary [   1.1s] 15 tests run: 15 passed, 4 skipped\n";
+
+        // No report: the summary line.
+        let (counts, source) = nextest_counts(summary, Some(&path), "named");
+        assert_eq!(source, Source::Summary);
+        assert_eq!(counts.map(|c| (c.passed, c.skipped)), Some((15, 4)));
+        assert_eq!(nextest_counts("", None, "x"), (None, Source::Nothing));
+
+        // A report without skipped tests: those come from the summary.
+        fs::write(
+            &path,
+            r#"<testsuites tests="15" skipped="0" failures="0" errors="0"/>"#,
+        )
+        .unwrap();
+        let (counts, source) = nextest_counts(summary, Some(&path), "named");
+        assert_eq!(source, Source::JunitSkippedFromSummary);
+        assert_eq!(
+            counts.map(|c| (c.passed, c.failed, c.skipped)),
+            Some((15, 0, 4))
+        );
+        assert!(dir.join("junit-named.xml").is_file());
+
+        // A report with them (junit.report-skipped): the report alone.
+        fs::write(
+            &path,
+            r#"<testsuites tests="19" skipped="4" failures="1" errors="0"/>"#,
+        )
+        .unwrap();
+        let (counts, source) = nextest_counts("", Some(&path), "named");
+        assert_eq!(source, Source::Junit);
+        assert_eq!(
+            counts.map(|c| (c.passed, c.failed, c.skipped)),
+            Some((14, 1, 4))
+        );
+
+        assert!(remove_stale(&path));
+        assert!(!path.exists());
+        assert!(remove_stale(&path));
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -29,26 +29,10 @@ use std::{
 
 use xshell::{Cmd, Shell};
 
-use crate::util::{self, Counts};
-
-const HELP: &str = "\
-usage: cargo xtask xcheck [--no-wine] [--targets a,b] [cargo args] [-- <test binary args>]
-
-Linux x86_64 with Debian packages only (installed with apt-get when missing):
-clippy -D warnings for Windows and macOS targets with Debian's rustc-web and
--Zbuild-std, then the x86_64-pc-windows-gnu tests under wine64.
-
-options:
-  --no-wine        skip the Wine test run
-  --targets a,b    targets for clippy (default: x86_64-pc-windows-msvc,
-                   x86_64-pc-windows-gnu, aarch64-apple-darwin, x86_64-apple-darwin)
-  [cargo args]     replace the default package selection of both steps
-                   (clippy: --workspace --all-features; Wine tests: --workspace --all-features
-                   except conduit-bench and xtask)
-  -- <args>        passed to the Windows test binaries
-
-environment: XCHECK_HOME (Wine prefix cache, default ~/.cache/xcheck),
-             XCHECK_INSTALL=0 (fail instead of installing missing packages)";
+use crate::{
+    flags,
+    util::{self, Counts},
+};
 
 const DEFAULT_TARGETS: [&str; 4] = [
     "x86_64-pc-windows-msvc",
@@ -89,41 +73,31 @@ __declspec(dllexport) BOOL WINAPI ProcessPrng(PBYTE data, SIZE_T len) {
 }
 "#;
 
+/// What the command line asks for.
 #[derive(Debug)]
 struct Options {
     wine: bool,
     targets: Vec<String>,
     cargo_args: Vec<String>,
-    test_args: Vec<String>,
+    test_args: Vec<OsString>,
 }
 
-fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
-    let mut o = Options {
-        wine: true,
-        targets: DEFAULT_TARGETS.iter().map(|t| (*t).to_owned()).collect(),
-        cargo_args: Vec::new(),
-        test_args: Vec::new(),
-    };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "--no-wine" => o.wine = false,
-            "--targets" => {
-                let list = it.next().ok_or("--targets needs a value")?;
-                o.targets = split_targets(list);
-            }
-            "--" => o.test_args = it.by_ref().cloned().collect(),
-            other => match other.strip_prefix("--targets=") {
-                Some(list) => o.targets = split_targets(list),
-                None => o.cargo_args.push(other.to_owned()),
-            },
+impl Options {
+    fn new(flags: &flags::Xcheck, test_args: &[OsString]) -> Result<Options, String> {
+        let o = Options {
+            wine: !flags.no_wine,
+            targets: flags.targets.as_deref().map_or_else(
+                || DEFAULT_TARGETS.iter().map(|t| (*t).to_owned()).collect(),
+                split_targets,
+            ),
+            cargo_args: flags.cargo_args(),
+            test_args: test_args.to_vec(),
+        };
+        if o.targets.is_empty() && !o.wine {
+            return Err("nothing to do: no targets and --no-wine".to_owned());
         }
+        Ok(o)
     }
-    if o.targets.is_empty() && !o.wine {
-        return Err("nothing to do: no targets and --no-wine".to_owned());
-    }
-    Ok(Some(o))
 }
 
 fn split_targets(list: &str) -> Vec<String> {
@@ -142,11 +116,8 @@ struct Step {
 }
 
 /// Runs the cross checks; on anything but Linux it prints why it skips and succeeds.
-pub fn run(args: &[String]) -> Result<(), String> {
-    let Some(mut opts) = parse_args(args)? else {
-        println!("{HELP}");
-        return Ok(());
-    };
+pub fn run(flags: &flags::Xcheck, test_args: &[OsString]) -> Result<(), String> {
+    let mut opts = Options::new(flags, test_args)?;
     if !cfg!(target_os = "linux") {
         println!(
             "xcheck: skipped: it needs a Linux host with Debian packages \
@@ -629,28 +600,30 @@ struct WineRun {
 mod tests {
     use super::*;
 
-    #[test]
-    fn args() {
-        let args: Vec<String> = [
-            "--no-wine",
-            "--targets",
-            "a, b",
-            "-p",
-            "x",
-            "--",
-            "--nocapture",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let o = parse_args(&args);
-        assert!(matches!(o, Ok(Some(Options { wine: false, .. }))));
-        if let Ok(Some(o)) = o {
-            assert_eq!(o.targets, ["a", "b"]);
-            assert_eq!(o.cargo_args, ["-p", "x"]);
-            assert_eq!(o.test_args, ["--nocapture"]);
+    fn flags(targets: Option<&str>, no_wine: bool) -> flags::Xcheck {
+        flags::Xcheck {
+            no_wine,
+            targets: targets.map(str::to_owned),
+            package: vec!["x".to_owned()],
+            workspace: false,
+            exclude: Vec::new(),
+            features: Vec::new(),
+            all_features: false,
+            no_default_features: false,
         }
-        let o = parse_args(&["--targets=".to_string(), "--no-wine".to_string()]);
-        assert!(o.is_err());
+    }
+
+    #[test]
+    fn options() {
+        let o = Options::new(&flags(Some("a, b"), true), &["--nocapture".into()]).unwrap();
+        assert!(!o.wine);
+        assert_eq!(o.targets, ["a", "b"]);
+        assert_eq!(o.cargo_args, ["--package", "x"]);
+        assert_eq!(o.test_args, ["--nocapture"]);
+        assert_eq!(
+            Options::new(&flags(None, false), &[]).unwrap().targets,
+            DEFAULT_TARGETS
+        );
+        assert!(Options::new(&flags(Some(""), true), &[]).is_err());
     }
 }

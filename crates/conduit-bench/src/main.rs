@@ -44,27 +44,43 @@ pub fn err(msg: impl Into<String>) -> Box<dyn std::error::Error + Send + Sync> {
     msg.into().into()
 }
 
-const HELP: &str = "\
-usage: conduit-bench [--quick] [--only <system>[,<system>...]]... [--reps <n>] [--out <dir>] [--no-pin] [--list]
+/// The command line, declared with xflags like xtask's (`xtask/src/flags.rs`
+/// declares the same options for `cargo xtask bench`). The doc comments are
+/// the `--help` text.
+mod flags {
+    use std::path::PathBuf;
 
-Measures 64 B round-trip latency (median, p99), 64 B one-way messages/s and
-64 KiB / 1 MiB one-way GB/s between two processes, for every conduit
-transport, the raw OS limits, ipc-channel, interprocess and Python
-multiprocessing. Prints a table, writes results.json and bench.svg.
-
-options:
-  --quick        short warm-up and repetitions (the whole run takes < 1 minute)
-  --only <s>     run only these systems (repeatable or comma list); a name
-                 matches a system id (conduit-shm), a group (raw, conduit,
-                 ipc-channel, interprocess, python) or a word of an id (shm,
-                 pipe); the raw limits a system is compared with run too
-  --reps <n>     timed repetitions per case (default 5, --quick 3; at least 3)
-  --out <dir>    where results.json and bench.svg go
-                 (default: <target dir>/conduit-bench)
-  --no-pin       do not pin the two processes to distinct CPUs
-  --list         list the systems and their workloads, then exit
-
-`cargo xtask bench [options]` builds this binary in release mode and runs it.";
+    xflags::xflags! {
+        /// usage: conduit-bench [--quick] [--only <system>[,<system>...]]... [--reps <n>] [--out <dir>] [--no-pin] [--list]
+        ///
+        /// Measures 64 B round-trip latency (median, p99), 64 B one-way messages/s and
+        /// 64 KiB / 1 MiB one-way GB/s between two processes, for every conduit
+        /// transport, the raw OS limits, ipc-channel, interprocess and Python
+        /// multiprocessing. Prints a table, writes results.json and bench.svg.
+        ///
+        /// `cargo xtask bench [options]` builds this binary in release mode and runs it.
+        cmd conduit-bench {
+            /// Short warm-up and repetitions (the whole run takes < 1 minute).
+            optional --quick
+            /// The full run (the default; not with --quick).
+            optional --full
+            /// Run only these systems (repeatable or comma list); a name
+            /// matches a system id (conduit-shm), a group (raw, conduit,
+            /// ipc-channel, interprocess, python) or a word of an id (shm,
+            /// pipe); the raw limits a system is compared with run too.
+            repeated --only system: String
+            /// Timed repetitions per case (default 5, --quick 3; at least 3).
+            optional --reps n: usize
+            /// Where results.json and bench.svg go
+            /// (default: <target dir>/conduit-bench).
+            optional --out dir: PathBuf
+            /// Do not pin the two processes to distinct CPUs.
+            optional --no-pin
+            /// List the systems and their workloads, then exit.
+            optional --list
+        }
+    }
+}
 
 /// Command-line options.
 #[derive(Debug, Default)]
@@ -84,47 +100,40 @@ pub struct Opts {
 }
 
 impl Opts {
-    fn parse(args: &[String]) -> Result<Option<Opts>, String> {
-        let mut opts = Opts::default();
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
-                _ => (arg.as_str(), None),
-            };
-            let mut value = |name: &str| -> Result<String, String> {
-                inline
-                    .clone()
-                    .or_else(|| it.next().cloned())
-                    .ok_or_else(|| format!("{name} needs a value"))
-            };
-            match flag {
-                "-h" | "--help" => return Ok(None),
-                "--quick" => opts.quick = true,
-                "--full" => opts.quick = false,
-                "--no-pin" => opts.no_pin = true,
-                "--list" => opts.list = true,
-                "--only" => {
-                    let v = value("--only")?;
-                    opts.only.extend(
-                        v.split(',')
-                            .map(str::trim)
-                            .filter(|s| !s.is_empty())
-                            .map(str::to_owned),
-                    );
-                }
-                "--reps" => {
-                    let v = value("--reps")?;
-                    let n: usize = v
-                        .parse()
-                        .map_err(|_| format!("--reps: `{v}` is not a number"))?;
-                    opts.reps = Some(n.max(3));
-                }
-                "--out" => opts.out = Some(PathBuf::from(value("--out")?)),
-                other => return Err(format!("unknown argument `{other}`\n\n{HELP}")),
-            }
+    /// Parses the arguments (without the program name). `Err` carries the help
+    /// text for `-h`/`--help` (see [`xflags::Error::is_help`]), else a message
+    /// that names the bad argument.
+    fn parse(args: &[String]) -> Result<Opts, xflags::Error> {
+        // xflags takes `--flag value`; `--flag=value` is split here.
+        let args = args
+            .iter()
+            .flat_map(
+                |arg| match arg.strip_prefix("--").and_then(|a| a.split_once('=')) {
+                    Some((flag, value)) => vec![format!("--{flag}"), value.to_owned()],
+                    None => vec![arg.clone()],
+                },
+            )
+            .map(Into::into)
+            .collect();
+        let f = flags::ConduitBench::from_vec(args)?;
+        if f.quick && f.full {
+            return Err(xflags::Error::new("--quick and --full exclude each other"));
         }
-        Ok(Some(opts))
+        Ok(Opts {
+            quick: f.quick,
+            only: f
+                .only
+                .iter()
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            reps: f.reps.map(|n| n.max(3)),
+            out: f.out,
+            no_pin: f.no_pin,
+            list: f.list,
+        })
     }
 }
 
@@ -166,13 +175,13 @@ fn main() -> ExitCode {
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let opts = match Opts::parse(&args) {
-        Ok(Some(opts)) => opts,
-        Ok(None) => {
-            println!("{HELP}");
+        Ok(opts) => opts,
+        Err(help) if help.is_help() => {
+            println!("{}", help.to_string().trim_end());
             return ExitCode::SUCCESS;
         }
         Err(msg) => {
-            eprintln!("conduit-bench: {msg}");
+            eprintln!("conduit-bench: error: {msg} (see `cargo xtask bench --help`)");
             return ExitCode::from(2);
         }
     };
@@ -393,12 +402,23 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let opts = Opts::parse(&args).unwrap().unwrap();
+        let opts = Opts::parse(&args).unwrap();
         assert!(opts.quick);
         assert_eq!(opts.only, ["shm", "pipe", "python"]);
         assert_eq!(opts.reps, Some(3));
-        assert!(Opts::parse(&["--bogus".to_string()]).is_err());
-        assert!(Opts::parse(&["--help".to_string()]).unwrap().is_none());
+        let parse =
+            |args: &[&str]| Opts::parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let opts = parse(&["--full", "--out", "o", "--no-pin", "--list", "--reps=7"]).unwrap();
+        assert!(!opts.quick && opts.no_pin && opts.list);
+        assert_eq!((opts.out, opts.reps), (Some(PathBuf::from("o")), Some(7)));
+        let bogus = parse(&["--bogus"]).unwrap_err();
+        assert!(!bogus.is_help() && bogus.to_string().contains("`--bogus`"));
+        assert!(parse(&["--reps", "x"]).is_err());
+        assert!(parse(&["--quick", "--full"]).is_err());
+        assert!(parse(&["stray"]).is_err());
+        let help = parse(&["--help"]).unwrap_err();
+        assert!(help.is_help() && help.to_string().contains("--only <system>"));
+        assert!(parse(&["-h"]).unwrap_err().is_help());
     }
 
     #[test]
