@@ -19,11 +19,12 @@
 //! The handles are owned, close-on-exec / non-inheritable, blocking, and
 //! usable from two threads at once (one sending, one receiving).
 //!
-//! `unsafe` in this crate is confined to these files.
+//! `unsafe` in this crate is confined to this module: `sys/windows.rs` on
+//! Windows, the files under `sys/unix/` on Unix.
 
 #![allow(unsafe_code)]
 
-#[cfg_attr(unix, path = "unix.rs")]
+#[cfg_attr(unix, path = "unix/mod.rs")]
 #[cfg_attr(windows, path = "windows.rs")]
 mod imp;
 
