@@ -3,21 +3,25 @@
 //! socket directory (the pipe's DACL does that job), so most of these are
 //! Unix-only.
 
-#[cfg(unix)]
-use std::fs::create_dir;
-#[cfg(unix)]
-use std::path::{Path, PathBuf};
-#[cfg(unix)]
-use std::process::Command;
 use std::thread;
 
 use conduit::named::{connect, connect_timeout, Listener};
 use conduit::ErrorKind;
 
-use super::{connect_to_server, io_source, spawn_with_name, unique, NAME_ENV};
+use super::{connect_to_server, io_source, spawn_with_name, unique};
 use crate::msg::Msg;
-use crate::suite::{expect_kind, Scenario, HANG};
-use crate::{ensure, fail, spawn, Failed};
+use crate::suite::{expect_kind, HANG};
+use crate::{ensure, fail, Failed};
+// The Unix-only tests and their helpers.
+#[cfg(unix)]
+use {
+    super::NAME_ENV,
+    crate::spawn,
+    crate::suite::Scenario,
+    std::fs::create_dir,
+    std::path::{Path, PathBuf},
+    std::process::Command,
+};
 
 /// Runs [`stale_socket_body`] in a child with its own socket directory:
 /// binds in the shared directory sweep killed servers' files, so a parallel
