@@ -19,12 +19,13 @@
 //! The handles are owned, close-on-exec / non-inheritable, blocking, and
 //! usable from two threads at once (one sending, one receiving).
 //!
-//! `unsafe` in this crate is confined to these files.
+//! `unsafe` in this crate is confined to this module: the files under
+//! `sys/unix/` on Unix, under `sys/windows/` on Windows.
 
 #![allow(unsafe_code)]
 
-#[cfg_attr(unix, path = "unix.rs")]
-#[cfg_attr(windows, path = "windows.rs")]
+#[cfg_attr(unix, path = "unix/mod.rs")]
+#[cfg_attr(windows, path = "windows/mod.rs")]
 mod imp;
 
 pub use imp::*;

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use conduit::{Codec, Duplex, ErrorKind, Sender, Transport};
 
-use super::{expect_kind, spawn_idle, HANG};
+use super::cases::spawn_idle;
+use super::echo::spawn_echo;
+use super::liars::{handshake, shm_record, spawn_liar_as, Liar, MAX};
+use super::{echo_loop, expect_kind, job, Scenario, HANG};
 use crate::msg::Msg;
 use crate::{ensure, fail, spawn, ChildFn, Failed};
 
@@ -32,41 +35,43 @@ fn child_gated_echo() {
     let conn: Duplex<Msg, Msg> = conduit::adopt("conn").expect("adopt conn");
     let ctl: Duplex<Msg, Msg> = conduit::adopt("ctl").expect("adopt ctl");
     assert_eq!(ctl.recv().expect("go"), Msg::Text("go".into()));
-    super::echo_loop(&conn);
+    echo_loop(&conn);
 }
 
-/// Plays `CONDUIT_SCENARIO` on the sender handed under `conn`, tells the
+/// Plays the [`Scenario`] it is given on the sender handed under `conn`, tells the
 /// parent "sent" on `ctl`, then waits to be killed (or for `ctl` to close).
 fn child_liar() {
-    let scenario = std::env::var("CONDUIT_SCENARIO").expect("scenario");
+    let scenario = Scenario::from_env();
     let conn: Sender<Vec<u8>> = conduit::adopt("conn").expect("adopt conn");
     let ctl: Duplex<Msg, Msg> = conduit::adopt("ctl").expect("adopt ctl");
     let mut raw = conn.into_raw();
     let mut once = Vec::new();
     conduit::Cbor::encode(&Msg::Text("once".into()), &mut once).expect("encode");
-    match scenario.as_str() {
+    match scenario {
         // shm: one message, then a padding record that sends the receiver
         // back to the start of the ring, where that message still lies.
-        "replay" => {
+        Scenario::Replay => {
             raw.send_frame(&once).expect("send");
-            raw.send_unframed(&super::shm_record(SHM_PAD, 0, &[]))
+            raw.send_unframed(&shm_record(SHM_PAD, 0, &[]))
                 .expect("write padding");
         }
         // shm: a padding record at ring offset 0, which would skip a whole
         // lap and land on itself again.
-        "pad_at_start" => {
-            raw.send_unframed(&super::shm_record(SHM_PAD, 0, &[]))
+        Scenario::PadAtStart => {
+            raw.send_unframed(&shm_record(SHM_PAD, 0, &[]))
                 .expect("write padding");
         }
         // Streams: a frame header announcing 64 MiB, then 100 bytes of it.
-        "announce" => {
-            raw.send_unframed(&super::handshake(1, 1, super::MAX))
-                .expect("write");
+        Scenario::Announce => {
+            raw.send_unframed(&handshake(1, 1, MAX)).expect("write");
             raw.send_unframed(&(64u32 << 20).to_le_bytes())
                 .expect("write");
             raw.send_unframed(&[1u8; 100]).expect("write");
         }
-        other => panic!("unknown scenario {other}"),
+        other => panic!(
+            "the hardening liar does not play scenario {}",
+            other.as_str()
+        ),
     }
     ctl.send(&Msg::Text("sent".into())).expect("status");
     while ctl.recv().is_ok() {}
@@ -76,14 +81,8 @@ fn child_liar() {
 const SHM_PAD: u32 = 5;
 
 /// Spawns the liar with `scenario` and waits for its "sent".
-fn spawn_liar(t: Transport, scenario: &str) -> Result<super::Liar, Failed> {
-    let (tx, rx) = t.channel::<Msg>().map_err(fail("channel"))?;
-    let (ctl, ctl_child) = t.duplex::<Msg, Msg>().map_err(fail("duplex"))?;
-    let child = spawn("hardening_liar", |cmd| {
-        cmd.env("CONDUIT_SCENARIO", scenario);
-        conduit::handoff(cmd, "conn", tx)?;
-        conduit::handoff(cmd, "ctl", ctl_child)
-    })?;
+fn spawn_liar(t: Transport, scenario: Scenario) -> Result<Liar, Failed> {
+    let (child, rx, ctl) = spawn_liar_as("hardening_liar", t, scenario)?;
     let status = ctl.recv_timeout(HANG).map_err(fail("status"))?;
     ensure(status == Msg::Text("sent".into()), || format!("{status:?}"))?;
     Ok((child, rx, ctl))
@@ -195,7 +194,7 @@ pub(crate) fn poll_waits_and_counts_a_gone_peer_as_ready(t: Transport) -> Result
 /// consumed record again or loop over the ring; after the sender is killed
 /// every call reports `Disconnected`.
 pub(crate) fn shm_records_are_never_replayed(t: Transport) -> Result<(), Failed> {
-    let (mut child, rx, _ctl) = spawn_liar(t, "replay")?;
+    let (mut child, rx, _ctl) = spawn_liar(t, Scenario::Replay)?;
     let got = rx.recv_timeout(HANG).map_err(fail("the one message"))?;
     ensure(got == Msg::Text("once".into()), || format!("{got:?}"))?;
     child.kill()?;
@@ -222,7 +221,7 @@ pub(crate) fn shm_records_are_never_replayed(t: Transport) -> Result<(), Failed>
     ensure(copies == 0, || format!("replayed {copies} times"))?;
 
     // A padding record at the ring's start: an error or a timeout, at once.
-    let (_child, rx, _ctl) = spawn_liar(t, "pad_at_start")?;
+    let (_child, rx, _ctl) = spawn_liar(t, Scenario::PadAtStart)?;
     let res = crate::watchdog(
         "recv_timeout over padding at offset 0",
         Duration::from_secs(5),
@@ -240,7 +239,7 @@ pub(crate) fn shm_records_are_never_replayed(t: Transport) -> Result<(), Failed>
 /// bytes arrive, and a receiver does not keep a large buffer after a large
 /// message.
 pub(crate) fn announced_frames_commit_memory_as_it_arrives(t: Transport) -> Result<(), Failed> {
-    let (_child, rx, _ctl) = spawn_liar(t, "announce")?;
+    let (_child, rx, _ctl) = spawn_liar(t, Scenario::Announce)?;
     crate::alloc::reset_largest();
     expect_kind(
         "recv_timeout of a frame still arriving",
@@ -253,19 +252,8 @@ pub(crate) fn announced_frames_commit_memory_as_it_arrives(t: Transport) -> Resu
     })?;
 
     // Retained memory after one large message, echoed by a child.
-    let (typed, typed_child) = t.duplex::<Msg, Msg>().map_err(fail("duplex"))?;
-    let (_raw, raw_child) = t.duplex::<Vec<u8>, Vec<u8>>().map_err(fail("duplex"))?;
-    let mut child = spawn("echo", |cmd| {
-        conduit::handoff(cmd, "typed", typed_child)?;
-        conduit::handoff(cmd, "raw", raw_child)
-    })?;
-    let big = Msg::Job {
-        id: 1,
-        name: "big".into(),
-        tags: vec![],
-        payload: vec![0x5a; 32 << 20],
-        priority: None,
-    };
+    let (mut child, typed, _raw) = spawn_echo(t)?;
+    let big = job(1, "big", vec![0x5a; 32 << 20]);
     // A small round trip first, so that the endpoints' steady buffers exist.
     typed.send(&Msg::Int(0)).map_err(fail("send"))?;
     typed.recv_timeout(HANG).map_err(fail("recv"))?;
@@ -299,13 +287,7 @@ pub(crate) fn try_send_and_send_timeout_on_a_full_channel(t: Transport) -> Resul
         conduit::handoff(cmd, "conn", typed_child)?;
         conduit::handoff(cmd, "ctl", ctl_child)
     })?;
-    let job = |id: u64| Msg::Job {
-        id,
-        name: "fill".into(),
-        tags: vec![],
-        payload: vec![id as u8; 4096],
-        priority: None,
-    };
+    let job = |id: u64| job(id, "fill", vec![id as u8; 4096]);
     // The child reads nothing until "go": our direction fills up.
     let mut sent = 0u64;
     loop {

@@ -1,0 +1,119 @@
+//! Overlapped I/O with a deadline: the rendezvous pipe's traffic and the
+//! server's wait for a client (`ConnectNamedPipe`) are cancelled
+//! (`CancelIoEx`) when their deadline passes.
+
+use std::io;
+use std::os::windows::io::OwnedHandle;
+use std::time::Instant;
+
+use windows_sys::core::BOOL;
+use windows_sys::Win32::Foundation::{
+    GetLastError, ERROR_BROKEN_PIPE, ERROR_IO_PENDING, ERROR_OPERATION_ABORTED,
+    ERROR_PIPE_CONNECTED, WAIT_OBJECT_0, WAIT_TIMEOUT,
+};
+use windows_sys::Win32::Storage::FileSystem::{ReadFile, WriteFile};
+use windows_sys::Win32::System::Threading::{CreateEventW, WaitForSingleObject, INFINITE};
+use windows_sys::Win32::System::IO::{CancelIoEx, GetOverlappedResult, OVERLAPPED};
+
+use super::{is, millis_until, owned, raw};
+
+/// Runs one overlapped operation on `file` (started by `start` with the
+/// OVERLAPPED to use) and waits for it until `deadline`, cancelling it then
+/// (`TimedOut`). Returns the number of bytes transferred.
+pub(super) fn overlapped(
+    file: &OwnedHandle,
+    deadline: Option<Instant>,
+    start: impl FnOnce(*mut OVERLAPPED) -> BOOL,
+) -> io::Result<u32> {
+    // SAFETY: no security attributes or name; a manual-reset event, not set.
+    let event = owned(unsafe { CreateEventW(std::ptr::null(), 1, 0, std::ptr::null()) })?;
+    let mut ov = OVERLAPPED {
+        hEvent: raw(&event),
+        ..OVERLAPPED::default()
+    };
+    // The system writes to `ov` while the operation runs: only this raw
+    // pointer is used from here on, no reference.
+    let ov = std::ptr::addr_of_mut!(ov);
+    if start(ov) == 0 {
+        // SAFETY: GetLastError has no preconditions.
+        match unsafe { GetLastError() } {
+            ERROR_IO_PENDING => {}
+            // ConnectNamedPipe: the client came before the call; nothing pending.
+            ERROR_PIPE_CONNECTED => return Ok(0),
+            code => return Err(io::Error::from_raw_os_error(code as i32)),
+        }
+    }
+    // The operation may be in flight: from here on `ov` (and the caller's
+    // buffer) must stay in place until it has completed, so every path
+    // below ends in a waiting GetOverlappedResult.
+    loop {
+        let ms = deadline.map_or(INFINITE, millis_until);
+        // SAFETY: `event` is a valid event handle.
+        let woke = unsafe { WaitForSingleObject(raw(&event), ms) };
+        if woke == WAIT_OBJECT_0 {
+            break;
+        }
+        if woke == WAIT_TIMEOUT && deadline.is_some_and(|d| Instant::now() < d) {
+            continue;
+        }
+        // Deadline passed (or the wait failed): cancel; the operation then
+        // completes, with ERROR_OPERATION_ABORTED unless it finished first.
+        // SAFETY: `ov` identifies our operation on `file`; cancelling an
+        // operation that already completed is harmless.
+        unsafe { CancelIoEx(raw(file), ov) };
+        break;
+    }
+    let mut n = 0u32;
+    // SAFETY: `ov` belongs to an operation on `file`; with bWait = TRUE this
+    // returns only once the operation is complete, after which neither `ov`
+    // nor the buffer is used by the system any more.
+    let ok = unsafe { GetOverlappedResult(raw(file), ov, &mut n, 1) };
+    if ok != 0 {
+        return Ok(n);
+    }
+    // SAFETY: GetLastError has no preconditions.
+    match unsafe { GetLastError() } {
+        ERROR_OPERATION_ABORTED => Err(io::Error::from(io::ErrorKind::TimedOut)),
+        code => Err(io::Error::from_raw_os_error(code as i32)),
+    }
+}
+
+pub(super) fn read_exact(file: &OwnedHandle, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        let rest = &mut buf[got..];
+        let len = rest.len() as u32;
+        let ptr = rest.as_mut_ptr();
+        // SAFETY: `ptr` is valid for `len` bytes until `overlapped` returns,
+        // which is after the read has completed; the count comes from
+        // GetOverlappedResult, so the out-pointer may be null.
+        let n = overlapped(file, Some(deadline), |ov| unsafe {
+            ReadFile(raw(file), ptr, len, std::ptr::null_mut(), ov)
+        });
+        match n {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            Ok(n) => got += n as usize,
+            Err(e) if is(&e, ERROR_BROKEN_PIPE) => {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn write_all(file: &OwnedHandle, mut buf: &[u8], deadline: Instant) -> io::Result<()> {
+    while !buf.is_empty() {
+        let len = buf.len() as u32;
+        let ptr = buf.as_ptr();
+        // SAFETY: as in `read_exact`, for reading `len` bytes at `ptr`.
+        let n = overlapped(file, Some(deadline), |ov| unsafe {
+            WriteFile(raw(file), ptr, len, std::ptr::null_mut(), ov)
+        })?;
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::WriteZero));
+        }
+        buf = &buf[(n as usize).min(buf.len())..];
+    }
+    Ok(())
+}
