@@ -18,12 +18,65 @@ use std::time::Instant;
 use crate::error::{Error, ErrorKind, Result};
 use crate::handoff::Package;
 
-/// Test-only: the answer of transports without shared memory to `poke_shared`.
-fn no_shared_memory() -> Error {
-    Error::new(
-        ErrorKind::Unsupported,
-        "this transport has no shared memory to poke",
-    )
+/// Hooks for conformance tests that play a misbehaving peer (feature
+/// `testing`, enabled only by the test harness): not part of the supported
+/// API, hidden, and may change in any release.
+///
+/// Reach them through [`FrameSender::test_hooks`] /
+/// [`FrameReceiver::test_hooks`], or call them on a `dyn FrameSender` /
+/// `dyn FrameReceiver` directly (this trait is implemented for both).
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub trait TestHooks {
+    /// Writes `bytes` to the underlying channel without framing or
+    /// handshake (shm: copies them into the ring at the tail and publishes
+    /// them).
+    fn send_unframed(&mut self, bytes: &[u8]) -> Result<()> {
+        let _ = bytes;
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "this endpoint cannot write unframed bytes",
+        ))
+    }
+
+    /// Overwrites `bytes.len()` bytes of the transport's shared memory at
+    /// byte `offset` of the segment, bypassing every rule of the protocol,
+    /// and returns the segment's length (poke no bytes to only learn it).
+    /// Transports without shared memory fail with `Unsupported`.
+    fn poke_shared(&mut self, offset: u64, bytes: &[u8]) -> Result<u64> {
+        let _ = (offset, bytes);
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "this transport has no shared memory to poke",
+        ))
+    }
+}
+
+#[cfg(feature = "testing")]
+fn no_hooks() -> Error {
+    Error::new(ErrorKind::Unsupported, "this endpoint has no test hooks")
+}
+
+#[cfg(feature = "testing")]
+impl TestHooks for dyn FrameSender {
+    fn send_unframed(&mut self, bytes: &[u8]) -> Result<()> {
+        self.test_hooks().ok_or_else(no_hooks)?.send_unframed(bytes)
+    }
+
+    fn poke_shared(&mut self, offset: u64, bytes: &[u8]) -> Result<u64> {
+        self.test_hooks()
+            .ok_or_else(no_hooks)?
+            .poke_shared(offset, bytes)
+    }
+}
+
+#[cfg(feature = "testing")]
+impl TestHooks for dyn FrameReceiver {
+    fn poke_shared(&mut self, offset: u64, bytes: &[u8]) -> Result<u64> {
+        self.test_hooks()
+            .ok_or_else(no_hooks)?
+            .poke_shared(offset, bytes)
+    }
 }
 
 /// The sending half of a byte-level channel.
@@ -48,24 +101,11 @@ pub trait FrameSender: Send + 'static {
     /// Turns the endpoint into handles and parameters for a child process.
     fn export(self: Box<Self>) -> Result<Package>;
 
-    /// Writes `bytes` to the underlying stream without framing or handshake.
-    ///
-    /// This exists for conformance tests that play a misbehaving peer; it is
-    /// not part of the supported API and may go away.
+    /// The test hooks (feature `testing`; see [`TestHooks`]).
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
-    fn send_unframed(&mut self, bytes: &[u8]) -> Result<()>;
-
-    /// Overwrites `bytes.len()` bytes of the transport's shared memory at byte
-    /// `offset` of the segment, bypassing every rule of the protocol, and
-    /// returns the segment's length (poke no bytes to only learn it).
-    ///
-    /// This exists for conformance tests that play a hostile peer scribbling on
-    /// shared memory; it is not part of the supported API and may go away.
-    /// Transports without shared memory fail with `Unsupported`.
-    #[doc(hidden)]
-    fn poke_shared(&mut self, offset: u64, bytes: &[u8]) -> Result<u64> {
-        let _ = (offset, bytes);
-        Err(no_shared_memory())
+    fn test_hooks(&mut self) -> Option<&mut dyn TestHooks> {
+        None
     }
 }
 
@@ -99,12 +139,11 @@ pub trait FrameReceiver: Send + 'static {
     /// Turns the endpoint into handles and parameters for a child process.
     fn export(self: Box<Self>) -> Result<Package>;
 
-    /// Test-only, like [`FrameSender::poke_shared`]: overwrites bytes of the
-    /// transport's shared memory; not part of the supported API.
+    /// The test hooks (feature `testing`; see [`TestHooks`]).
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
-    fn poke_shared(&mut self, offset: u64, bytes: &[u8]) -> Result<u64> {
-        let _ = (offset, bytes);
-        Err(no_shared_memory())
+    fn test_hooks(&mut self) -> Option<&mut dyn TestHooks> {
+        None
     }
 }
 

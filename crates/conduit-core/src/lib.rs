@@ -21,6 +21,9 @@ pub mod sys;
 pub mod transport;
 mod typed;
 
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub use channel::TestHooks;
 pub use channel::{FrameConfig, FrameReceiver, FrameSender, DEFAULT_MAX_FRAME};
 pub use codec::{Cbor, Codec};
 pub use error::{Error, ErrorKind, Result};

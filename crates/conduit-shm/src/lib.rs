@@ -151,6 +151,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use conduit_core::transport::{self, Package};
+#[cfg(any(test, feature = "testing"))]
+use conduit_core::TestHooks;
 use conduit_core::{
     Codec, Error, FrameConfig, FrameReceiver, FrameSender, Result, DEFAULT_MAX_FRAME,
 };
@@ -480,6 +482,7 @@ pub fn import_receiver(package: Package) -> Result<ShmReceiver> {
     })
 }
 
+#[cfg(any(test, feature = "testing"))]
 fn poke(region: &Region, offset: u64, bytes: &[u8]) -> Result<u64> {
     region.poke(offset, bytes)?;
     Ok(region.segment_len() as u64)
@@ -509,8 +512,15 @@ impl FrameSender for ShmSender {
         package(&region, link, &p, tail)
     }
 
-    /// Copies `bytes` verbatim into the ring at the tail and publishes them
-    /// (test-only, see the trait).
+    #[cfg(any(test, feature = "testing"))]
+    fn test_hooks(&mut self) -> Option<&mut dyn TestHooks> {
+        Some(self)
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl TestHooks for ShmSender {
+    /// Copies `bytes` verbatim into the ring at the tail and publishes them.
     fn send_unframed(&mut self, bytes: &[u8]) -> Result<()> {
         self.inner.as_mut().ok_or_else(gone)?.send_raw(bytes)
     }
@@ -550,6 +560,14 @@ impl FrameReceiver for ShmReceiver {
         package(&region, link, &p, head)
     }
 
+    #[cfg(any(test, feature = "testing"))]
+    fn test_hooks(&mut self) -> Option<&mut dyn TestHooks> {
+        Some(self)
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl TestHooks for ShmReceiver {
     fn poke_shared(&mut self, offset: u64, bytes: &[u8]) -> Result<u64> {
         poke(
             self.inner.as_ref().ok_or_else(gone)?.region(),

@@ -139,6 +139,7 @@ impl Region {
 
     /// Test hook: writes `bytes` anywhere in the segment (header included),
     /// bounds-checked against the mapping.
+    #[cfg(any(test, feature = "testing"))]
     pub fn poke(&self, at: u64, bytes: &[u8]) -> Result<()> {
         let end = at.checked_add(bytes.len() as u64);
         if !matches!(end, Some(end) if end <= self.seg.len() as u64) {

@@ -4,7 +4,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use conduit_core::{ErrorKind, FrameReceiver, FrameSender};
+use conduit_core::{ErrorKind, FrameReceiver, FrameSender, TestHooks};
 
 use crate::layout::{self, kind, Word};
 use crate::{channel, ShmConfig, ShmReceiver, ShmSender};

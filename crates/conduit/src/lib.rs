@@ -84,6 +84,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use conduit_core::transport::{BoxReceiver, BoxSender, Descriptor, Package, Resolver};
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub use conduit_core::TestHooks;
 pub use conduit_core::{
     serde_bytes, Cbor, Codec, Duplex, Endpoint, Error, ErrorKind, FrameConfig, FrameReceiver,
     FrameSender, Iter, Receiver, Result, Sender, DEFAULT_MAX_FRAME,

@@ -253,6 +253,14 @@ impl FrameSender for StreamSender {
         })
     }
 
+    #[cfg(feature = "testing")]
+    fn test_hooks(&mut self) -> Option<&mut dyn crate::channel::TestHooks> {
+        Some(self)
+    }
+}
+
+#[cfg(feature = "testing")]
+impl crate::channel::TestHooks for StreamSender {
     fn send_unframed(&mut self, bytes: &[u8]) -> Result<()> {
         self.write_all([bytes, &[]], None)
     }

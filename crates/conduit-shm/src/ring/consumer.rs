@@ -460,6 +460,7 @@ impl Consumer {
     }
 
     /// The region (for the test hook).
+    #[cfg(any(test, feature = "testing"))]
     pub fn region(&self) -> &Region {
         &self.region
     }

@@ -95,6 +95,7 @@ impl Params {
 
 /// Splits raw record bytes around the first kind word: bytes 0..4, the
 /// kind, bytes 8.. (`None` when there is no whole kind word).
+#[cfg(any(test, feature = "testing"))]
 pub(super) fn split_kind(bytes: &[u8]) -> Option<(&[u8], u32, &[u8])> {
     let word = bytes.get(4..8)?;
     let kind = u32::from_ne_bytes([word[0], word[1], word[2], word[3]]);

@@ -10,7 +10,7 @@ use crate::mem::Region;
 use crate::sys::Link;
 
 use super::wait::{ring_peer, wait_until, Waited, PRODUCER_PARK};
-use super::{closed_error, split_kind, LivenessClock, Params};
+use super::{closed_error, LivenessClock, Params};
 
 /// The sending side of a ring.
 #[derive(Debug)]
@@ -172,6 +172,7 @@ impl Producer {
     /// (bytes 4..8) last, which publishes them. The first record's position
     /// word (bytes 12..16) is filled in with the tail, as the protocol
     /// requires; `poke_shared` writes anything anywhere.
+    #[cfg(any(test, feature = "testing"))]
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
         if let Some(e) = closed_error(&self.broken) {
             return Err(e);
@@ -185,7 +186,7 @@ impl Producer {
         if end % HDR == 0 {
             self.clear_slot(end)?;
         }
-        let Some((head, kind_word, rest)) = split_kind(bytes) else {
+        let Some((head, kind_word, rest)) = super::split_kind(bytes) else {
             self.write_wrapping(self.tail, bytes)?;
             self.tail = end;
             return Ok(());
@@ -309,6 +310,7 @@ impl Producer {
     }
 
     /// The region (for the test hook).
+    #[cfg(any(test, feature = "testing"))]
     pub fn region(&self) -> &Region {
         &self.region
     }

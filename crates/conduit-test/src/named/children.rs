@@ -3,6 +3,7 @@
 use std::thread;
 
 use conduit::named::{connect, connect_timeout, Listener};
+use conduit::TestHooks;
 use conduit::{Codec, Duplex, ErrorKind, FrameConfig};
 
 use super::dirs::stale_socket_body;

@@ -4,6 +4,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
+use conduit::TestHooks;
 use conduit::{Codec, Duplex, ErrorKind, Receiver, Sender};
 
 use super::job;

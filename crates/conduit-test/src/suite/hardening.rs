@@ -6,6 +6,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
+use conduit::TestHooks;
 use conduit::{Codec, Duplex, ErrorKind, Sender, Transport};
 
 use super::cases::spawn_idle;

@@ -5,6 +5,7 @@
 
 use std::process::Command;
 
+use conduit::TestHooks;
 use conduit::{Codec, Duplex, FrameSender, Receiver, Sender, Transport};
 
 use super::Scenario;
@@ -42,7 +43,7 @@ pub(super) fn child_liar() {
         conduit::Cbor::encode(&Msg::Text("after".into()), &mut ok).expect("encode");
         raw.send_frame(&ok).expect("send after");
         true
-    } else if raw.transport() == "shm" {
+    } else if Transport::from_name(raw.transport()) == Some(Transport::Shm) {
         liar_shm(scenario, raw.as_mut(), &ctl)
     } else {
         liar_stream(scenario, raw.as_mut(), &ctl)

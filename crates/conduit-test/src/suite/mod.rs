@@ -12,7 +12,7 @@
 //! trials carry shm names. shm also gets a hostile peer that scribbles random
 //! bytes over the shared pages.
 //!
-//! The pieces: [`children`] (the child functions and their table),
+//! The pieces: `children` (the child functions and their table),
 //! `liars` (the misbehaving peers and the hand-written wire format),
 //! `cases` and `hostile` (the parent's side of the tests, with well-behaved
 //! and misbehaving peers), `echo` (the echo property, shared with the named
@@ -36,6 +36,7 @@ pub use checks::Scenario;
 pub(crate) use checks::{cases, expect_kind, job};
 pub(crate) use children::echo_loop;
 pub use children::{child_adopt_checks, CHILDREN};
+#[cfg(feature = "named")]
 pub(crate) use echo::echo_property;
 
 use cases::{
