@@ -15,7 +15,9 @@
 
 use std::time::Instant;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
+#[cfg(feature = "testing")]
+use crate::error::{Error, ErrorKind};
 use crate::handoff::Package;
 
 /// Hooks for conformance tests that play a misbehaving peer (feature

@@ -71,15 +71,15 @@ pub fn check(ok: windows_sys::core::BOOL) -> io::Result<()> {
     }
 }
 
-/// Takes ownership of the handle a `Create*`/`Open*` call just returned,
-/// or gives that call's OS error when it returned null or
-/// `INVALID_HANDLE_VALUE`.
+/// Takes ownership of the handle a `Create*`/`Open*` call just returned
+/// (directly or through an out-parameter), or gives that call's OS error
+/// when it is null or `INVALID_HANDLE_VALUE`.
 ///
 /// # Safety
 ///
-/// `h` must be the return value of the Win32 call made just before (so that
-/// the last OS error is that call's), and when it is a handle, nothing else
-/// may own or close it.
+/// `h` must come from the Win32 call made just before (so that the last OS
+/// error is that call's), and when it is a handle, nothing else may own or
+/// close it.
 pub unsafe fn owned(h: HANDLE) -> io::Result<OwnedHandle> {
     if h.is_null() || h == INVALID_HANDLE_VALUE {
         return Err(io::Error::last_os_error());

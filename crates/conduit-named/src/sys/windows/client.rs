@@ -137,5 +137,7 @@ fn open_pipe(name: &str, access: u32, flags: FILE_FLAGS_AND_ATTRIBUTES) -> io::R
             std::ptr::null_mut(),
         )
     };
-    owned(h)
+    // SAFETY: the return value of the CreateFileW call just made, a new
+    // handle nobody else owns.
+    unsafe { owned(h) }
 }

@@ -60,13 +60,12 @@
 //! and the server's side of the rendezvous; `client` the `connect` side.
 
 use std::io;
-use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
+use std::os::windows::io::{AsRawHandle, OwnedHandle};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
-use windows_sys::core::BOOL;
-use windows_sys::Win32::Foundation::{HANDLE, INVALID_HANDLE_VALUE};
+use windows_sys::Win32::Foundation::HANDLE;
 use windows_sys::Win32::System::Threading::INFINITE;
 
 use conduit_core::sys::StreamKind;
@@ -101,24 +100,8 @@ const RENDEZVOUS_BUF: u32 = 512;
 
 // ---------------------------------------------------------------- helpers
 
-/// The one checked-call helper: a `BOOL`-returning Win32 call's result.
-fn check(ok: BOOL) -> io::Result<()> {
-    if ok == 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-/// Takes ownership of a handle returned by a `Create*` call.
-fn owned(h: HANDLE) -> io::Result<OwnedHandle> {
-    if h.is_null() || h == INVALID_HANDLE_VALUE {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the call that returned `h` succeeded, so it is a new handle
-    // that nothing else owns.
-    Ok(unsafe { OwnedHandle::from_raw_handle(h as _) })
-}
+// The workspace's one checked-call helper and handle taker, from core.
+use conduit_core::transport::sys::{check, owned};
 
 fn raw(h: &OwnedHandle) -> HANDLE {
     h.as_raw_handle() as HANDLE

@@ -26,7 +26,10 @@ pub(super) fn overlapped(
     start: impl FnOnce(*mut OVERLAPPED) -> BOOL,
 ) -> io::Result<u32> {
     // SAFETY: no security attributes or name; a manual-reset event, not set.
-    let event = owned(unsafe { CreateEventW(std::ptr::null(), 1, 0, std::ptr::null()) })?;
+    let event = unsafe { CreateEventW(std::ptr::null(), 1, 0, std::ptr::null()) };
+    // SAFETY: the return value of the CreateEventW call just made, a new
+    // handle nobody else owns.
+    let event = unsafe { owned(event) }?;
     let mut ov = OVERLAPPED {
         hEvent: raw(&event),
         ..OVERLAPPED::default()

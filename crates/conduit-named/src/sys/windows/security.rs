@@ -70,7 +70,9 @@ fn query_user_sid() -> io::Result<String> {
     // SAFETY: GetCurrentProcess returns a pseudo handle that is always
     // valid; `token` outlives the call.
     check(unsafe { OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut token) })?;
-    let token = owned(token)?;
+    // SAFETY: the token handle the OpenProcessToken call just made returned
+    // (it succeeded), owned by nobody else.
+    let token = unsafe { owned(token) }?;
     let mut len = 0u32;
     // SAFETY: a null buffer of length 0 only asks for the needed size.
     unsafe { GetTokenInformation(raw(&token), TokenUser, std::ptr::null_mut(), 0, &mut len) };

@@ -253,7 +253,10 @@ fn create_pipe(
     };
     // SAFETY: GetLastError has no preconditions.
     let opened_existing = unsafe { GetLastError() } == ERROR_ALREADY_EXISTS;
-    let pipe = owned(h)?;
+    // SAFETY: the return value of the CreateNamedPipeW call just made
+    // (GetLastError in between does not change the last error), a new
+    // handle nobody else owns.
+    let pipe = unsafe { owned(h) }?;
     // Windows refuses a second "first" instance with ERROR_ACCESS_DENIED.
     // Wine ignores FILE_FLAG_FIRST_PIPE_INSTANCE and joins the existing
     // pipe; newer Wine says so with ERROR_ALREADY_EXISTS, and every version
