@@ -27,6 +27,7 @@ pub mod handoff_cases;
 pub mod msg;
 #[cfg(feature = "named")]
 pub mod named;
+pub mod python;
 pub mod suite;
 
 /// The environment variable that tells a re-executed test binary which child
@@ -77,6 +78,10 @@ pub fn main(children: &[ChildFn], mut trials: Vec<Trial>) -> ! {
         trials.extend(suite::trials(t));
     }
     let args = Arguments::from_args();
+    // Looking for python3 + cbor2 spawns a process: only when the python
+    // trials can be selected (nextest runs the binary once per test).
+    let wants_python = args.filter.as_deref().map_or(true, |f| f.contains("python"));
+    trials.extend(python::trials(wants_python));
     libtest_mimic::run(&args, trials).exit()
 }
 
