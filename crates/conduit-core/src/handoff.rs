@@ -210,6 +210,76 @@ fn adopted() -> std::sync::MutexGuard<'static, Option<HashSet<String>>> {
     ADOPTED.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A parsed handoff token (see the module docs for the format).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Token {
+    /// The role the parent handed.
+    pub role: Role,
+    /// The OS-specific handle part (`none` when there are no handles).
+    pub os_part: String,
+    /// Per half: transport name, number of handles, transport parameters.
+    pub halves: Vec<(String, u64, Vec<u64>)>,
+    /// The number of handles of all halves (at most 16).
+    pub total: u64,
+}
+
+/// The most handles one token may announce.
+const MAX_HANDLES: u64 = 16;
+
+/// Parses and checks the token found under `key` (for error messages); no
+/// handle is touched. Hidden: public for the fuzz target.
+#[doc(hidden)]
+pub fn parse_token(key: &str, token: &str) -> Result<Token> {
+    let mut fields = token.split(';');
+    if fields.next() != Some(TOKEN_VERSION) {
+        return Err(malformed(
+            key,
+            "unknown token version (parent and child built with different conduit versions?)",
+        ));
+    }
+    let role = fields
+        .next()
+        .and_then(Role::parse)
+        .ok_or_else(|| malformed(key, "bad role"))?;
+    let os_part = fields
+        .next()
+        .ok_or_else(|| malformed(key, "missing handle part"))?
+        .to_string();
+    let mut halves = Vec::new();
+    let mut total = 0u64;
+    for half in fields {
+        let mut items = half.split(',');
+        let transport = items
+            .next()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| malformed(key, "empty transport"))?;
+        let nums: Vec<u64> = items
+            .map(|s| s.parse::<u64>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| malformed(key, "non-numeric parameter"))?;
+        let (&count, meta) = nums
+            .split_first()
+            .ok_or_else(|| malformed(key, "missing handle count"))?;
+        // Checked per half, so that the sum cannot overflow.
+        total = total
+            .checked_add(count)
+            .filter(|t| *t <= MAX_HANDLES)
+            .ok_or_else(|| malformed(key, "too many handles"))?;
+        halves.push((transport.to_string(), count, meta.to_vec()));
+    }
+    let expected = if role == Role::Duplex { 2 } else { 1 };
+    if halves.len() != expected {
+        return Err(malformed(key, "wrong number of halves for the role"));
+    }
+    Ok(Token {
+        role,
+        os_part,
+        halves,
+        total,
+    })
+}
+
 /// Adopts the endpoint the parent handed to this process under `key`, using
 /// `resolver` to rebuild each half.
 ///
@@ -243,17 +313,12 @@ pub fn adopt_with<E: Endpoint>(key: &str, resolver: &dyn Resolver) -> Result<E> 
              spawn it with conduit::handoff(&mut cmd, {key:?}, endpoint)"
         ))
     })?;
-    let mut fields = token.split(';');
-    if fields.next() != Some(TOKEN_VERSION) {
-        return Err(malformed(
-            key,
-            "unknown token version (parent and child built with different conduit versions?)",
-        ));
-    }
-    let role = fields
-        .next()
-        .and_then(Role::parse)
-        .ok_or_else(|| malformed(key, "bad role"))?;
+    let Token {
+        role,
+        os_part,
+        halves,
+        total,
+    } = parse_token(key, &token)?;
     if role != E::ROLE {
         return Err(Error::invalid_input(format!(
             "the parent handed a {} under key {key:?} but this process adopts it as a {}",
@@ -261,33 +326,7 @@ pub fn adopt_with<E: Endpoint>(key: &str, resolver: &dyn Resolver) -> Result<E> 
             E::ROLE.as_str()
         )));
     }
-    let os_part = fields
-        .next()
-        .ok_or_else(|| malformed(key, "missing handle part"))?;
-    let mut halves = Vec::new();
-    for half in fields {
-        let mut items = half.split(',');
-        let transport = items
-            .next()
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| malformed(key, "empty transport"))?;
-        let nums: Vec<u64> = items
-            .map(|s| s.parse::<u64>())
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|_| malformed(key, "non-numeric parameter"))?;
-        let (&count, meta) = nums
-            .split_first()
-            .ok_or_else(|| malformed(key, "missing handle count"))?;
-        halves.push((transport.to_string(), count, meta.to_vec()));
-    }
-    let expected = if role == Role::Duplex { 2 } else { 1 };
-    if halves.len() != expected {
-        return Err(malformed(key, "wrong number of halves for the role"));
-    }
-    let total: u64 = halves.iter().map(|h| h.1).sum();
-    if total > 16 {
-        return Err(malformed(key, "too many handles"));
-    }
+    let os_part = os_part.as_str();
     for (transport, _, _) in &halves {
         resolver.check(transport)?;
     }

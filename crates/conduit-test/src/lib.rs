@@ -80,7 +80,10 @@ pub fn main(children: &[ChildFn], mut trials: Vec<Trial>) -> ! {
     let args = Arguments::from_args();
     // Looking for python3 + cbor2 spawns a process: only when the python
     // trials can be selected (nextest runs the binary once per test).
-    let wants_python = args.filter.as_deref().map_or(true, |f| f.contains("python"));
+    let wants_python = args
+        .filter
+        .as_deref()
+        .map_or(true, |f| f.contains("python"));
     trials.extend(python::trials(wants_python));
     libtest_mimic::run(&args, trials).exit()
 }

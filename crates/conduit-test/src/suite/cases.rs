@@ -248,6 +248,12 @@ pub(super) fn adopt_errors() -> Result<(), Failed> {
             "CONDUIT_HANDOFF_role",
             format!("conduit1;sender;none;{on},0"),
         );
+        // Handle counts whose sum overflows a u64 (found by the
+        // handoff_token fuzz target): an error, not a panic.
+        cmd.env(
+            "CONDUIT_HANDOFF_overflow",
+            format!("conduit1;duplex;none;{on},18446744073709551615,1;{on},1,1"),
+        );
         Ok(())
     })?;
     child.wait_success()

@@ -191,4 +191,9 @@ pub fn child_adopt_checks() {
     let e = kind("role");
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     assert!(e.to_string().contains("sender"), "{e}");
+    let e = conduit::adopt::<conduit::Duplex<Msg, Msg>>("overflow")
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(e.to_string().contains("too many handles"), "{e}");
 }
