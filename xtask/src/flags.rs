@@ -49,7 +49,8 @@ xflags::xflags! {
         /// Steps: cargo fmt --check; clippy -D warnings per feature set of the
         /// test matrix (-p conduit -p conduit-tests) and once with --workspace
         /// --all-features; xtask's own tests; cargo doc with RUSTDOCFLAGS=-D
-        /// warnings; test-matrix; xcheck; actionlint. All steps run even when
+        /// warnings; test-matrix; xcheck; fuzz (5 s per target); actionlint.
+        /// All steps run even when
         /// one fails; the command fails if any step failed.
         cmd ci {
             /// Do not run the test matrix.
@@ -58,6 +59,8 @@ xflags::xflags! {
             optional --skip-xcheck
             /// Do not lint the GitHub workflows.
             optional --skip-actionlint
+            /// Do not run the short fuzz smoke run (`fuzz --time 5`).
+            optional --skip-fuzz
             /// Pass --quick to test-matrix (PROPTEST_CASES=8).
             optional --quick
         }
@@ -126,6 +129,22 @@ xflags::xflags! {
             /// List the systems and workloads, then exit.
             optional --list
         }
+
+        /// usage: cargo xtask fuzz [--target <t>] [--time <s>]
+        ///
+        /// Coverage-guided fuzzing with cargo-fuzz (libFuzzer) of the targets
+        /// in fuzz/fuzz_targets: stream_reader, cbor_decode, shm_consumer,
+        /// handoff_token. Installs cargo-fuzz when it is missing and builds
+        /// with RUSTC_BOOTSTRAP=1 (cargo-fuzz needs nightly-only flags).
+        /// Starts from fuzz/seeds/<target>; crashes land in
+        /// target/fuzz-artifacts/<target> and fail the command. Prints execs,
+        /// coverage and corpus size per target.
+        cmd fuzz {
+            /// Only this target.
+            optional --target t: String
+            /// Seconds per target (default 60).
+            optional --time s: u32
+        }
     }
 }
 
@@ -142,7 +161,7 @@ pub enum Parsed {
 }
 
 /// The commands, for error messages.
-const COMMANDS: [&str; 4] = ["test-matrix", "ci", "xcheck", "bench"];
+const COMMANDS: [&str; 5] = ["test-matrix", "ci", "xcheck", "bench", "fuzz"];
 
 /// Parses the arguments of `cargo xtask` (without the program name). An error
 /// names the offending argument and points at `--help`.
@@ -296,6 +315,7 @@ pub enum XtaskCmd {
     Ci(Ci),
     Xcheck(Xcheck),
     Bench(Bench),
+    Fuzz(Fuzz),
 }
 
 #[derive(Debug)]
@@ -311,6 +331,7 @@ pub struct Ci {
     pub skip_test_matrix: bool,
     pub skip_xcheck: bool,
     pub skip_actionlint: bool,
+    pub skip_fuzz: bool,
     pub quick: bool,
 }
 
@@ -335,6 +356,12 @@ pub struct Bench {
     pub out: Option<PathBuf>,
     pub no_pin: bool,
     pub list: bool,
+}
+
+#[derive(Debug)]
+pub struct Fuzz {
+    pub target: Option<String>,
+    pub time: Option<u32>,
 }
 
 impl Xtask {

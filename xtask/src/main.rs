@@ -10,6 +10,7 @@
 mod bench;
 mod ci;
 mod flags;
+mod fuzz;
 mod junit;
 mod test_matrix;
 mod util;
@@ -41,6 +42,10 @@ fn main() -> ExitCode {
         XtaskCmd::Bench(f) => (
             "bench",
             no_passthrough("bench", &passthrough).and_then(|()| bench::run(&f)),
+        ),
+        XtaskCmd::Fuzz(f) => (
+            "fuzz",
+            no_passthrough("fuzz", &passthrough).and_then(|()| fuzz::run(&f)),
         ),
     };
     match result {
