@@ -2,6 +2,13 @@
 //! passed to the child by the child duplicating them out of the parent with
 //! `DUPLICATE_CLOSE_SOURCE`.
 //!
+//! The stream calls `ReadFile`/`WriteFile` itself rather than going through
+//! `std::fs::File` over the `OwnedHandle`: std's synchronous read aborts the
+//! process if the kernel answers `STATUS_PENDING` (a handle opened for
+//! overlapped I/O), where this code returns an error, and std does not map
+//! `ERROR_NO_DATA` / `ERROR_PIPE_NOT_CONNECTED` on writes the way conduit
+//! needs (`Disconnected`). The two wrappers are small and checked.
+//!
 //! Handles never become inheritable, so no other child spawned at the same
 //! time can inherit them (std's `CreateProcessW` inherits every inheritable
 //! handle). The parent's copies are closed by the child's duplication.
