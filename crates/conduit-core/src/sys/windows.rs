@@ -5,9 +5,10 @@
 //! The stream calls `ReadFile`/`WriteFile` itself rather than going through
 //! `std::fs::File` over the `OwnedHandle`: std's synchronous read aborts the
 //! process if the kernel answers `STATUS_PENDING` (a handle opened for
-//! overlapped I/O), where this code returns an error, and std does not map
-//! `ERROR_NO_DATA` / `ERROR_PIPE_NOT_CONNECTED` on writes the way conduit
-//! needs (`Disconnected`). The two wrappers are small and checked.
+//! overlapped I/O), where this code returns an error; the wrappers also map
+//! `ERROR_NO_DATA` / `ERROR_PIPE_NOT_CONNECTED` to a broken pipe
+//! (`Disconnected`) explicitly, not by std's error-kind table. They are
+//! small and checked.
 //!
 //! Handles never become inheritable, so no other child spawned at the same
 //! time can inherit them (std's `CreateProcessW` inherits every inheritable
