@@ -144,6 +144,33 @@ fn sigpipe_ignored() -> bool {
     }
 }
 
+/// How long a thread trusts an earlier "`SIGPIPE` is ignored" answer.
+const IGNORED_TRUSTED_FOR: std::time::Duration = std::time::Duration::from_millis(1);
+
+thread_local! {
+    /// Until when this thread trusts that `SIGPIPE` is ignored.
+    static IGNORED_UNTIL: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// [`sigpipe_ignored`], with an "ignored" answer trusted for
+/// [`IGNORED_TRUSTED_FOR`] by the calling thread: the `sigaction` query
+/// cost ~45% of the 64-byte pipe message rate in `cargo xtask bench`
+/// (a system call per write), the clock read ~25 ns. Only the answer that
+/// lets a write skip the guard is kept; "not ignored" is asked again each
+/// time.
+fn sigpipe_ignored_recently() -> bool {
+    let now = Instant::now();
+    let trusted = IGNORED_UNTIL
+        .try_with(|until| until.get().is_some_and(|t| now < t))
+        .unwrap_or(false);
+    if trusted {
+        return true;
+    }
+    let ignored = sigpipe_ignored();
+    let _ = IGNORED_UNTIL.try_with(|until| until.set(ignored.then(|| now + IGNORED_TRUSTED_FOR)));
+    ignored
+}
+
 /// Runs `write` (one write to a pipe) so that it cannot raise `SIGPIPE` in
 /// this process whatever the signal's disposition. When `SIGPIPE` is ignored
 /// (the Rust runtime's default) the write runs as is. Otherwise `SIGPIPE` is
@@ -154,18 +181,22 @@ fn sigpipe_ignored() -> bool {
 /// the mask is left alone and only a signal raised by this write is taken.
 ///
 /// Cost per write (measured on the 2-vCPU VM: a system call is ~0.2 µs
-/// there, a 64-byte pipe write to a reading thread ~0.9 µs): one `sigaction`
-/// query when `SIGPIPE` is ignored; else two `pthread_sigmask` calls more
-/// (one more `sigpending` when the caller blocks `SIGPIPE` itself, two more
-/// on `EPIPE`).
+/// there, a 64-byte pipe write to a reading thread ~0.9 µs): a clock read
+/// when `SIGPIPE` is ignored (one `sigaction` query per thread and
+/// millisecond); else two `pthread_sigmask` calls more (one more
+/// `sigpending` when the caller blocks `SIGPIPE` itself, two more on
+/// `EPIPE`).
 ///
-/// Windows of doubt, both needing another thread or process to act in the
-/// same instant: a thread that changes `SIGPIPE` from ignored to default
-/// between the query and a write that fails could let that write kill the
-/// process; a `SIGPIPE` sent to the process by someone else between a
-/// failing write and the `sigwait` is merged with ours and consumed.
+/// Windows of doubt: a program that changes `SIGPIPE` from ignored to
+/// default while another thread writes is protected only after at most
+/// [`IGNORED_TRUSTED_FOR`] (1 ms) in each writing thread, so a write that
+/// fails with `EPIPE` in that millisecond could still kill the process
+/// (programs set the disposition once at start-up, before any channel
+/// exists, which is safe); a `SIGPIPE` sent to the process by someone else
+/// between a failing write and the `sigwait` is merged with ours and
+/// consumed.
 pub fn without_sigpipe<T>(write: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
-    if sigpipe_ignored() {
+    if sigpipe_ignored_recently() {
         return write();
     }
     let mut pipe_only = MaybeUninit::<libc::sigset_t>::uninit();
