@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use conduit::{ErrorKind, Process};
+use conduit::{Duplex, ErrorKind, Process, Receiver, Sender};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -48,6 +48,16 @@ fn main() {
             die_with_parent_after_sigkill,
         ),
         Trial::test("many_from_many_threads", many_from_many_threads),
+        Trial::test("endpoints_of_every_transport", endpoints_of_every_transport),
+        Trial::test("endpoints_in_vec_and_option", endpoints_in_vec_and_option),
+        Trial::test(
+            "endpoint_serialized_elsewhere_fails",
+            endpoint_serialized_elsewhere_fails,
+        ),
+        Trial::test(
+            "endpoints_to_64_concurrent_children",
+            endpoints_to_64_concurrent_children,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -315,6 +325,132 @@ fn many_from_many_threads() -> Result<(), Failed> {
                     let got = p.join().map_err(|e| e.to_string())?;
                     if got != n * n {
                         return Err(format!("{n}: got {got}"));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().map_err(|_| "thread panicked")??;
+    }
+    Ok(())
+}
+
+/// Counts the strings on `rx` until the parent closes it, reports each
+/// length on `tx`, returns `n` plus the count.
+fn count_words((n, rx, tx): (u32, Receiver<String>, Sender<u64>)) -> u32 {
+    let mut count = 0;
+    for word in rx.iter() {
+        let Ok(word) = word else { break };
+        let _ = tx.send(&(word.len() as u64));
+        count += 1;
+    }
+    n + count
+}
+
+fn endpoints_of_every_transport() -> Result<(), Failed> {
+    for t in conduit::Transport::enabled() {
+        let (words_tx, words_rx) = t.channel::<String>()?;
+        let (lens_tx, lens_rx) = t.channel::<u64>()?;
+        let mut p = Process::spawn(count_words, (7u32, words_rx, lens_tx))?;
+        for w in ["a", "bb", "ccc"] {
+            words_tx.send(&w.to_string())?;
+        }
+        for want in 1..=3u64 {
+            let got = lens_rx.recv_timeout(Duration::from_secs(10))?;
+            check(
+                got == want,
+                format!("{}: length {got}, want {want}", t.name()),
+            )?;
+        }
+        drop(words_tx);
+        check(p.join()? == 10, format!("{}: result", t.name()))?;
+        // Only the child held the other ends: they are closed now.
+        let err = fails(lens_rx.recv_timeout(Duration::from_secs(5)))?;
+        check(err.is_disconnected(), format!("{}: {err}", t.name()))?;
+    }
+    Ok(())
+}
+
+/// Echoes one number on each duplex, reports the sum on `done`.
+fn echo_all((conns, done): (Vec<Duplex<u32, u32>>, Option<Sender<u32>>)) -> usize {
+    let mut sum = 0;
+    for c in &conns {
+        if let Ok(x) = c.recv() {
+            sum += x;
+            let _ = c.send(&(x * 10));
+        }
+    }
+    if let Some(done) = done {
+        let _ = done.send(&sum);
+    }
+    conns.len()
+}
+
+fn endpoints_in_vec_and_option() -> Result<(), Failed> {
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for _ in 0..3 {
+        let (a, b) = conduit::duplex::<u32, u32>()?;
+        ours.push(a);
+        theirs.push(b);
+    }
+    let (done_tx, done_rx) = conduit::channel::<u32>()?;
+    let mut p = Process::spawn(echo_all, (theirs, Some(done_tx)))?;
+    for (i, c) in ours.iter().enumerate() {
+        c.send(&(i as u32 + 1))?;
+        check(c.recv()? == (i as u32 + 1) * 10, "echo")?;
+    }
+    check(done_rx.recv()? == 6, "sum")?;
+    check(p.join()? == 3, "count")
+}
+
+fn endpoint_serialized_elsewhere_fails() -> Result<(), Failed> {
+    let (tx, rx) = conduit::channel::<u32>()?;
+    let mut out = Vec::new();
+    let err = ciborium::into_writer(&rx, &mut out).map(|_| ()).err();
+    let msg = err.map(|e| e.to_string()).unwrap_or_default();
+    check(
+        msg.contains("conduit::Process::spawn"),
+        format!("error: {msg:?}"),
+    )?;
+    // Nothing moved: the channel still works.
+    tx.send(&5)?;
+    check(rx.recv()? == 5, "channel after a refused serialization")
+}
+
+fn first_number(rx: Receiver<u64>) -> u64 {
+    rx.recv().unwrap_or(u64::MAX)
+}
+
+fn endpoints_to_64_concurrent_children() -> Result<(), Failed> {
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut ps = Vec::new();
+                for i in 0..8u64 {
+                    let n = t * 8 + i;
+                    let (tx, rx) = conduit::channel::<u64>().map_err(|e| e.to_string())?;
+                    let p = Process::spawn(first_number, rx).map_err(|e| e.to_string())?;
+                    ps.push((n, tx, p));
+                }
+                for (n, tx, mut p) in ps {
+                    tx.send(&n).map_err(|e| e.to_string())?;
+                    let got = p.join().map_err(|e| e.to_string())?;
+                    if got != n {
+                        return Err(format!("child {n} read {got}"));
+                    }
+                    // No other child holds this receiver: the peer is gone.
+                    let gone = (0..100).any(|_| {
+                        let r = tx.send(&0);
+                        if r.is_ok() {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        r.is_err_and(|e| e.is_disconnected())
+                    });
+                    if !gone {
+                        return Err(format!("child {n}'s receiver is still open elsewhere"));
                     }
                 }
                 Ok(())

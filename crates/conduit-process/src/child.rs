@@ -6,11 +6,11 @@ use std::panic;
 use std::sync::{Mutex, OnceLock};
 use std::thread::{self, ThreadId};
 
-use conduit_core::handoff::adopt_with;
+use conduit_core::handoff::{adopt_halves, adopt_with, Resolver, Role};
 use conduit_core::Duplex;
 
 use crate::sys::{self, SameImage};
-use crate::{FailKind, FromChild, Request, Runtime, CTL_KEY, PROTOCOL_VERSION};
+use crate::{endpoint_key, FailKind, FromChild, Request, Runtime, CTL_KEY, PROTOCOL_VERSION};
 
 /// Exit code of a child that could not take its control channel or read its
 /// request (it printed why on stderr).
@@ -46,7 +46,7 @@ pub(crate) fn run(rt: &Runtime) -> ! {
             setup_failed(&format!("cannot start the parent-watch thread: {e}"));
         }
     }
-    let outcome = run_request(&request, || {
+    let outcome = run_request(&request, rt.resolver, || {
         let _ = tx.send(&FromChild::Started);
     });
     let sent = tx.send(&outcome);
@@ -72,7 +72,7 @@ fn failed(kind: FailKind, message: String) -> FromChild {
 }
 
 /// Checks the request against this binary, then jumps.
-fn run_request(req: &Request, started: impl FnOnce()) -> FromChild {
+fn run_request(req: &Request, resolver: &dyn Resolver, started: impl FnOnce()) -> FromChild {
     if req.version != PROTOCOL_VERSION {
         return failed(
             FailKind::Protocol,
@@ -91,10 +91,28 @@ fn run_request(req: &Request, started: impl FnOnce()) -> FromChild {
                 .into(),
         );
     };
+    let mut endpoints = Vec::with_capacity(req.endpoints.len());
+    for (i, role) in req.endpoints.iter().enumerate() {
+        let Some(role) = Role::parse(role) else {
+            return failed(
+                FailKind::Protocol,
+                format!("unknown endpoint role {role:?}"),
+            );
+        };
+        match adopt_halves(&endpoint_key(i), role, resolver) {
+            Ok(halves) => endpoints.push((role, halves)),
+            Err(e) => {
+                return failed(
+                    FailKind::Protocol,
+                    format!("cannot take endpoint {i} of the arguments: {e}"),
+                )
+            }
+        }
+    }
     let trampoline = sys::trampoline_at(&proof, req.trampoline_offset);
     install_panic_hook();
     started();
-    trampoline(&req.names, &req.args)
+    trampoline(&req.names, &req.args, endpoints)
 }
 
 /// The last panic of the thread that runs the target: (message, location).

@@ -86,7 +86,8 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use conduit_core::handoff::{handoff, Resolver};
+use conduit_core::handoff::{handoff, handoff_halves, Resolver};
+use conduit_core::transport::spawn_context::{export_scope, import_scope, Exported};
 use conduit_core::transport::BoxDuplexEnd;
 use conduit_core::{Duplex, Error, ErrorKind, Receiver, Result, Sender};
 
@@ -95,6 +96,11 @@ mod sys;
 
 /// The handoff key of the control channel.
 const CTL_KEY: &str = "conduit_process";
+/// The handoff key of the `i`-th endpoint inside the arguments.
+fn endpoint_key(i: usize) -> String {
+    format!("conduit_process_{i}")
+}
+
 /// Bumped when [`Request`] or [`FromChild`] change.
 const PROTOCOL_VERSION: u32 = 1;
 
@@ -158,6 +164,9 @@ struct Request {
     names: Names,
     #[serde(with = "serde_bytes")]
     args: Vec<u8>,
+    /// The role of each endpoint inside `args`, handed over under
+    /// [`endpoint_key`].
+    endpoints: Vec<String>,
     die_with_parent: bool,
 }
 
@@ -193,10 +202,10 @@ enum FromChild {
 }
 
 /// A monomorphized [`trampoline`].
-type Trampoline = fn(&Names, &[u8]) -> FromChild;
+type Trampoline = fn(&Names, &[u8], Exported) -> FromChild;
 
 /// Runs `F` on the CBOR-encoded `args`; what the child jumps to.
-fn trampoline<F, A, R>(names: &Names, args: &[u8]) -> FromChild
+fn trampoline<F, A, R>(names: &Names, args: &[u8], endpoints: Exported) -> FromChild
 where
     F: Fn(A) -> R + Copy + 'static,
     A: DeserializeOwned,
@@ -218,7 +227,8 @@ where
             message: format!("the target {} is not zero-sized", ours.f),
         };
     };
-    let a: A = match ciborium::from_reader(args) {
+    let (a, _unclaimed) = import_scope(endpoints, || ciborium::from_reader::<A, _>(args));
+    let a = match a {
         Ok(a) => a,
         Err(e) => {
             return FromChild::Failed {
@@ -395,7 +405,9 @@ impl ProcessBuilder {
         };
         let _ = f;
         let rt = runtime()?;
-        let args = encode(&args).map_err(|e| {
+        // Endpoints inside `args` move out of it into `endpoints` here.
+        let (args, endpoints) = export_scope(move || encode(&args));
+        let args = args.map_err(|e| {
             Error::new(
                 ErrorKind::Encode,
                 format!("the arguments of the child process do not encode: {e}"),
@@ -408,6 +420,10 @@ impl ProcessBuilder {
             trampoline_offset: sys::trampoline_offset(trampoline::<F, A, R>),
             names: Names::of::<F, A, R>(),
             args,
+            endpoints: endpoints
+                .iter()
+                .map(|(role, _)| role.as_str().into())
+                .collect(),
             die_with_parent: self.die_with_parent,
         };
         let exe = std::env::current_exe().map_err(|e| {
@@ -438,6 +454,9 @@ impl ProcessBuilder {
             cmd.stderr(s);
         }
         handoff(&mut cmd, CTL_KEY, theirs)?;
+        for (i, (role, halves)) in endpoints.into_iter().enumerate() {
+            handoff_halves(&mut cmd, &endpoint_key(i), role, halves)?;
+        }
         sys::prepare(&mut cmd, self.die_with_parent);
         let spawned = if self.die_with_parent {
             spawn_from_keeper(cmd)
