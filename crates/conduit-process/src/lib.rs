@@ -56,6 +56,20 @@
 //! gets no command-line arguments (`main` must not need any before
 //! `conduit::init()`).
 //!
+//! # Endpoints inside the arguments
+//!
+//! `Sender`, `Receiver` and `Duplex` (of every transport) may sit anywhere
+//! inside `args`: fields, `Vec` elements, `Option`s. While `spawn` encodes
+//! the arguments, a thread-local *spawn context* is active
+//! (`conduit_core::transport::spawn_context`): serializing an endpoint moves
+//! its byte-level halves into the context (the value left in the parent
+//! answers `Disconnected`) and writes its index; each collected endpoint is
+//! then handed to this one child with `handoff` (exact inheritance: no other
+//! child, even one spawned at the same time from another thread, gets its
+//! handles). The child adopts them before decoding and the endpoints'
+//! `Deserialize` takes them back by index. Serializing an endpoint outside
+//! `spawn` (to JSON, to a file) fails with an error instead of copying it.
+//!
 //! # Tests
 //!
 //! A test binary's `main` is libtest's, which does not call
