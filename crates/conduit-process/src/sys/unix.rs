@@ -2,7 +2,7 @@
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitStatus};
 
 use rustix::process::{Pid, Signal};
@@ -37,6 +37,7 @@ pub(crate) fn prepare(cmd: &mut Command, die_with_parent: bool) {
     }
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
+        use std::os::unix::process::CommandExt;
         let parent = rustix::process::getpid();
         // SAFETY: the hook runs in the forked child before exec, where only
         // async-signal-safe calls are allowed: it makes two system calls
