@@ -610,6 +610,13 @@ impl<R: Serialize + DeserializeOwned + 'static> Process<R> {
     /// `f` is a `fn` item or a closure that captures nothing (checked at
     /// compile time); `args` and the result travel as CBOR.
     ///
+    /// A closure that captures is refused when the program is built:
+    ///
+    /// ```compile_fail
+    /// let base = 10u32;
+    /// let p = conduit::Process::spawn(move |x: u32| x + base, 1);
+    /// ```
+    ///
     /// # Errors
     ///
     /// `InvalidInput` when `conduit::init()` has not run in this process,
