@@ -546,6 +546,15 @@ fn spawn_from_keeper(cmd: Command) -> std::io::Result<Child> {
         .unwrap_or_else(|_| Err(std::io::Error::other("the conduit-spawner thread is gone")))
 }
 
+/// How often `join` looks at the child process itself while it waits on
+/// the control channel: only on Windows, where the channel may not report
+/// a child that exited before adopting it.
+const EXIT_CHECK: Option<Duration> = if cfg!(windows) {
+    Some(Duration::from_millis(100))
+} else {
+    None
+};
+
 /// Control channels of dropped `die_with_parent` children, kept open until
 /// this process exits so that those children live as long as it does.
 static KEPT: Mutex<Vec<Duplex<Request, FromChild>>> = Mutex::new(Vec::new());
@@ -682,14 +691,40 @@ impl<R: Serialize + DeserializeOwned + 'static> Process<R> {
     fn wait(&mut self, deadline: Option<Instant>) -> Result<bool> {
         while self.outcome.is_none() {
             let Some(ctl) = &self.ctl else { break };
-            let msg = match deadline {
+            // Windows: a child that exits before adopting its control
+            // channel leaves the handles in this process, so the channel
+            // never reports `Disconnected` (see `conduit_core::handoff`);
+            // look at the process itself between slices of the wait.
+            let slice = EXIT_CHECK.map(|s| Instant::now() + s);
+            let until = match (deadline, slice) {
+                (Some(d), Some(s)) => Some(d.min(s)),
+                (d, s) => d.or(s),
+            };
+            let msg = match until {
                 Some(d) => ctl.recv_deadline(d),
                 None => ctl.recv(),
             };
             match msg {
                 Ok(FromChild::Started) => self.started = true,
                 Ok(other) => self.outcome = Some(other),
-                Err(e) if e.is_timeout() || e.kind() == ErrorKind::Empty => return Ok(false),
+                Err(e) if e.is_timeout() || e.kind() == ErrorKind::Empty => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Ok(false);
+                    }
+                    if slice.is_some() && self.exit_status().is_some() {
+                        // Everything it sent is readable now.
+                        while let Some(ctl) = &self.ctl {
+                            match ctl.try_recv() {
+                                Ok(FromChild::Started) => self.started = true,
+                                Ok(other) => {
+                                    self.outcome = Some(other);
+                                    break;
+                                }
+                                Err(_) => self.ctl = None,
+                            }
+                        }
+                    }
+                }
                 Err(e) => {
                     if !e.is_disconnected() {
                         self.ctl_error = Some(e);
