@@ -45,6 +45,11 @@ pub enum ErrorKind {
     InvalidInput,
     /// Any other operating-system error; see [`std::error::Error::source`].
     Io,
+    /// A child process started with `conduit::Process` did not return a
+    /// result: its target panicked (the message carries the panic message and
+    /// location), it exited early, it was killed by a signal, or it never ran
+    /// the target (its `main` does not call `conduit::init()` first).
+    ChildFailed,
 }
 
 impl fmt::Display for ErrorKind {
@@ -61,6 +66,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::InvalidInput => "invalid input",
             ErrorKind::Io => "i/o error",
+            ErrorKind::ChildFailed => "child process failed",
         })
     }
 }
@@ -243,7 +249,7 @@ impl From<Error> for io::Error {
             }
             ErrorKind::Unsupported => io::ErrorKind::Unsupported,
             ErrorKind::InvalidInput | ErrorKind::Encode => io::ErrorKind::InvalidInput,
-            ErrorKind::Io => io::ErrorKind::Other,
+            ErrorKind::Io | ErrorKind::ChildFailed => io::ErrorKind::Other,
         };
         io::Error::new(kind, err)
     }

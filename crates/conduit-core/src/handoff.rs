@@ -83,7 +83,8 @@ pub enum Role {
 }
 
 impl Role {
-    fn as_str(self) -> &'static str {
+    /// `"sender"`, `"receiver"` or `"duplex"`.
+    pub fn as_str(self) -> &'static str {
         match self {
             Role::Sender => "sender",
             Role::Receiver => "receiver",
@@ -91,7 +92,8 @@ impl Role {
         }
     }
 
-    fn parse(s: &str) -> Option<Role> {
+    /// The role named by [`Role::as_str`].
+    pub fn parse(s: &str) -> Option<Role> {
         Some(match s {
             "sender" => Role::Sender,
             "receiver" => Role::Receiver,
@@ -165,8 +167,25 @@ fn check_key(key: &str) -> Result<()> {
 /// closed (Unix: now; Windows: when the child adopts), so the parent sees the
 /// peer disconnect when the child exits.
 pub fn handoff<E: Endpoint>(cmd: &mut Command, key: &str, endpoint: E) -> Result<()> {
+    handoff_halves(cmd, key, E::ROLE, endpoint.into_halves())
+}
+
+/// [`handoff`] of an endpoint already taken apart into its halves (which
+/// must match `role`).
+pub fn handoff_halves(cmd: &mut Command, key: &str, role: Role, halves: Halves) -> Result<()> {
     check_key(key)?;
-    let (tx, rx) = endpoint.into_halves();
+    let (tx, rx) = halves;
+    let expected = match role {
+        Role::Sender => (true, false),
+        Role::Receiver => (false, true),
+        Role::Duplex => (true, true),
+    };
+    if (tx.is_some(), rx.is_some()) != expected {
+        return Err(Error::invalid_input(format!(
+            "the halves handed under key {key:?} do not make a {}",
+            role.as_str()
+        )));
+    }
     let mut packages = Vec::new();
     if let Some(tx) = tx {
         packages.push(tx.export()?);
@@ -190,7 +209,7 @@ pub fn handoff<E: Endpoint>(cmd: &mut Command, key: &str, endpoint: E) -> Result
     } else {
         sys::send_handles(cmd, handles)?
     };
-    let token = format!("{TOKEN_VERSION};{};{os_part}{halves}", E::ROLE.as_str());
+    let token = format!("{TOKEN_VERSION};{};{os_part}{halves}", role.as_str());
     cmd.env(env_var(key), token);
     Ok(())
 }
@@ -297,6 +316,13 @@ pub fn parse_token(key: &str, token: &str) -> Result<Token> {
 /// descriptor's device and inode numbers; Windows: the token's process is not
 /// this process's parent), `Disconnected` when another process has taken them.
 pub fn adopt_with<E: Endpoint>(key: &str, resolver: &dyn Resolver) -> Result<E> {
+    let (tx, rx) = adopt_halves(key, E::ROLE, resolver)?;
+    E::from_halves(tx, rx)
+}
+
+/// [`adopt_with`] that returns the byte-level halves of an endpoint of
+/// `role` instead of a typed endpoint.
+pub fn adopt_halves(key: &str, expected_role: Role, resolver: &dyn Resolver) -> Result<Halves> {
     check_key(key)?;
     let var = env_var(key);
     if adopted()
@@ -319,11 +345,11 @@ pub fn adopt_with<E: Endpoint>(key: &str, resolver: &dyn Resolver) -> Result<E> 
         halves,
         total,
     } = parse_token(key, &token)?;
-    if role != E::ROLE {
+    if role != expected_role {
         return Err(Error::invalid_input(format!(
             "the parent handed a {} under key {key:?} but this process adopts it as a {}",
             role.as_str(),
-            E::ROLE.as_str()
+            expected_role.as_str()
         )));
     }
     let os_part = os_part.as_str();
@@ -379,5 +405,5 @@ pub fn adopt_with<E: Endpoint>(key: &str, resolver: &dyn Resolver) -> Result<E> 
             (tx, rx)
         }
     };
-    E::from_halves(tx, rx)
+    Ok((tx, rx))
 }

@@ -14,6 +14,7 @@ pub mod channel;
 pub mod codec;
 pub mod error;
 pub mod handoff;
+mod spawn_context;
 pub mod stream;
 /// Old path of [`transport::sys`], kept hidden for the crates not moved yet.
 #[doc(hidden)]

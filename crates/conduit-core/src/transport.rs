@@ -15,6 +15,13 @@ use crate::error::Result;
 
 pub use crate::handoff::{Halves, Package, Resolver, Role};
 
+/// Endpoints inside the arguments of `conduit::Process::spawn`: the
+/// thread-local contexts in which the typed endpoints serialize (moving
+/// their halves out) and deserialize.
+pub mod spawn_context {
+    pub use crate::spawn_context::{export_scope, import_scope, Exported};
+}
+
 /// The platform layer transport crates build on: OS handles, byte streams
 /// over them, close-on-exec pipes and socket pairs (see the `sys` module
 /// docs in `conduit-core`).

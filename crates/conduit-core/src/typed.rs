@@ -19,7 +19,7 @@ use crate::codec::{decode_message, decode_message_owned, encode_message, is_raw,
 use crate::error::{Error, ErrorKind, Result};
 use crate::handoff::{Endpoint, Halves, Role};
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -30,8 +30,8 @@ pub fn deadline_after(timeout: Duration) -> Option<Instant> {
     Instant::now().checked_add(timeout)
 }
 
-struct SendState {
-    raw: Box<dyn FrameSender>,
+pub(crate) struct SendState {
+    pub(crate) raw: Box<dyn FrameSender>,
     buf: Vec<u8>,
 }
 
@@ -47,8 +47,8 @@ struct SendState {
 /// # Ok(()) }
 /// ```
 pub struct Sender<T, C: Codec = Cbor> {
-    state: Mutex<SendState>,
-    transport: &'static str,
+    pub(crate) state: Mutex<SendState>,
+    pub(crate) transport: &'static str,
     _marker: PhantomData<fn(&T, C)>,
 }
 
@@ -190,8 +190,8 @@ impl<T: Serialize + 'static, C: Codec> Sender<T, C> {
 /// # Ok(()) }
 /// ```
 pub struct Receiver<T, C: Codec = Cbor> {
-    raw: Mutex<Box<dyn FrameReceiver>>,
-    transport: &'static str,
+    pub(crate) raw: Mutex<Box<dyn FrameReceiver>>,
+    pub(crate) transport: &'static str,
     _marker: PhantomData<fn() -> (T, C)>,
 }
 
@@ -353,8 +353,8 @@ impl<T: DeserializeOwned + 'static, C: Codec> Iterator for Iter<'_, T, C> {
 /// # Ok(()) }
 /// ```
 pub struct Duplex<S, R, C: Codec = Cbor> {
-    tx: Sender<S, C>,
-    rx: Receiver<R, C>,
+    pub(crate) tx: Sender<S, C>,
+    pub(crate) rx: Receiver<R, C>,
 }
 
 impl<S, R, C: Codec> fmt::Debug for Duplex<S, R, C> {

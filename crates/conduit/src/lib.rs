@@ -95,6 +95,10 @@ pub use conduit_core::{
 mod registry;
 pub use registry::Transport;
 
+mod process;
+pub use conduit_process::{Process, ProcessBuilder};
+pub use process::init;
+
 /// Wraps byte-level endpoints into a typed one-way channel.
 fn typed_channel<T>(tx: BoxSender, rx: BoxReceiver) -> (Sender<T>, Receiver<T>)
 where

@@ -162,6 +162,18 @@ impl Transport {
             .ok_or_else(|| disabled(row.feature))
     }
 
+    /// A byte-level duplex connection on this transport (for the process
+    /// control channel).
+    pub(crate) fn raw_duplex(
+        self,
+        cfg: FrameConfig,
+    ) -> Result<(
+        conduit_core::transport::BoxDuplexEnd,
+        conduit_core::transport::BoxDuplexEnd,
+    )> {
+        (self.pairs()?.duplex)(cfg)
+    }
+
     /// Creates a one-way channel on this transport.
     pub fn channel<T: Serialize + DeserializeOwned + 'static>(
         self,

@@ -1,0 +1,115 @@
+//! Unix: executable identity, the pre-exec hook, SIGTERM, exit statuses.
+
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, ExitStatus};
+
+use rustix::process::{Pid, Signal};
+
+use crate::Ended;
+
+/// Device, inode, size and modification time of the running executable.
+///
+/// On Linux `/proc/self/exe` names the running image even after its file
+/// was replaced or removed (a rebuilt binary gets a new inode).
+pub(crate) fn exe_identity() -> io::Result<Vec<u64>> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let meta = std::fs::metadata("/proc/self/exe")?;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let meta = std::fs::metadata(std::env::current_exe()?)?;
+    Ok(vec![
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime() as u64,
+        meta.mtime_nsec() as u64,
+    ])
+}
+
+/// Linux: the child gets SIGKILL when the spawning thread's process dies
+/// (`PR_SET_PDEATHSIG`), and refuses to start when the parent is already
+/// gone. Elsewhere nothing happens before exec: the child's watcher thread
+/// (see `crate::child`) is the best effort there.
+pub(crate) fn prepare(cmd: &mut Command, die_with_parent: bool) {
+    if !die_with_parent {
+        return;
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::unix::process::CommandExt;
+        let parent = rustix::process::getpid();
+        // SAFETY: the hook runs in the forked child before exec, where only
+        // async-signal-safe calls are allowed: it makes two system calls
+        // (`prctl`, `getppid`) through rustix, which allocate nothing and
+        // take no lock, and builds an `io::Error` from an errno value
+        // (no allocation for `from_raw_os_error`). It captures a `Pid`
+        // (plain integer) only.
+        unsafe {
+            cmd.pre_exec(move || {
+                rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+                // The parent may have died between fork and prctl: then
+                // the signal will never come, so do not start at all.
+                if rustix::process::getppid() != Some(parent) {
+                    return Err(io::Error::from_raw_os_error(libc_esrch()));
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = cmd;
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn libc_esrch() -> i32 {
+    rustix::io::Errno::SRCH.raw_os_error()
+}
+
+/// Sends SIGTERM to a child that has not been reaped.
+pub(crate) fn terminate(child: &mut Child) -> io::Result<()> {
+    if child.try_wait()?.is_some() {
+        return Ok(());
+    }
+    let pid = i32::try_from(child.id())
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad child pid"))?;
+    // Not reaped yet, so the pid still names our child (a zombie at worst).
+    rustix::process::kill_process(pid, Signal::TERM).map_err(io::Error::from)
+}
+
+/// How the child ended.
+pub(crate) fn describe(status: ExitStatus) -> Ended {
+    if let Some(code) = status.code() {
+        return Ended::Code(code);
+    }
+    match status.signal() {
+        Some(sig) => Ended::Signal(sig, signal_name(sig)),
+        None => Ended::Other(format!("{status}")),
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    let names: &[(Signal, &str)] = &[
+        (Signal::HUP, "SIGHUP"),
+        (Signal::INT, "SIGINT"),
+        (Signal::QUIT, "SIGQUIT"),
+        (Signal::ILL, "SIGILL"),
+        (Signal::TRAP, "SIGTRAP"),
+        (Signal::ABORT, "SIGABRT"),
+        (Signal::BUS, "SIGBUS"),
+        (Signal::FPE, "SIGFPE"),
+        (Signal::KILL, "SIGKILL"),
+        (Signal::USR1, "SIGUSR1"),
+        (Signal::SEGV, "SIGSEGV"),
+        (Signal::USR2, "SIGUSR2"),
+        (Signal::PIPE, "SIGPIPE"),
+        (Signal::ALARM, "SIGALRM"),
+        (Signal::TERM, "SIGTERM"),
+    ];
+    names
+        .iter()
+        .find(|(s, _)| s.as_raw() == sig)
+        .map_or("an unnamed signal", |(_, n)| n)
+}

@@ -1,0 +1,464 @@
+//! `conduit::Process` across real processes.
+//!
+//! A test binary's `main` is normally libtest's, which does not call
+//! `conduit::init()`; children re-execute this binary, so this target has
+//! `harness = false` and its own `main`: `conduit::init()` first, then the
+//! tests through libtest-mimic (works under `cargo test` and
+//! `cargo nextest run`).
+
+use std::time::{Duration, Instant};
+
+use conduit::{Duplex, ErrorKind, Process, Receiver, Sender};
+use libtest_mimic::{Arguments, Failed, Trial};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Set in a child to play a program whose `main` lacks `conduit::init()`.
+const NO_INIT: &str = "CONDUIT_PROCESS_TEST_NO_INIT";
+
+fn main() {
+    if std::env::var_os(NO_INIT).is_some() {
+        // A main without conduit::init(): does its own thing and exits.
+        return;
+    }
+    conduit::init();
+    let args = Arguments::from_args();
+    let tests = vec![
+        Trial::test("result_comes_back", result_comes_back),
+        Trial::test("closure_without_captures", closure_without_captures),
+        Trial::test(
+            "panic_is_child_failed_with_message",
+            panic_is_child_failed_with_message,
+        ),
+        Trial::test("exit_code_is_reported", exit_code_is_reported),
+        Trial::test("kill_names_the_signal", kill_names_the_signal),
+        Trial::test("terminate_names_the_signal", terminate_names_the_signal),
+        Trial::test(
+            "join_timeout_leaves_it_joinable",
+            join_timeout_leaves_it_joinable,
+        ),
+        Trial::test(
+            "main_without_init_is_explained",
+            main_without_init_is_explained,
+        ),
+        Trial::test("undecodable_result_is_decode", undecodable_result_is_decode),
+        Trial::test("builder_env_dir_and_name", builder_env_dir_and_name),
+        Trial::test("kill_on_drop_kills", kill_on_drop_kills),
+        Trial::test(
+            "die_with_parent_after_sigkill",
+            die_with_parent_after_sigkill,
+        ),
+        Trial::test("many_from_many_threads", many_from_many_threads),
+        Trial::test("endpoints_of_every_transport", endpoints_of_every_transport),
+        Trial::test("endpoints_in_vec_and_option", endpoints_in_vec_and_option),
+        Trial::test(
+            "endpoint_serialized_elsewhere_fails",
+            endpoint_serialized_elsewhere_fails,
+        ),
+        Trial::test(
+            "endpoints_to_64_concurrent_children",
+            endpoints_to_64_concurrent_children,
+        ),
+    ];
+    libtest_mimic::run(&args, tests).exit();
+}
+
+fn check(ok: bool, what: impl Into<String>) -> Result<(), Failed> {
+    if ok {
+        Ok(())
+    } else {
+        Err(what.into().into())
+    }
+}
+
+/// The error of `r`, or a test failure when it succeeded.
+fn fails<T: std::fmt::Debug>(r: conduit::Result<T>) -> Result<conduit::Error, Failed> {
+    match r {
+        Ok(v) => Err(format!("expected an error, got {v:?}").into()),
+        Err(e) => Ok(e),
+    }
+}
+
+fn square(n: u64) -> u64 {
+    n * n
+}
+
+fn result_comes_back() -> Result<(), Failed> {
+    let mut p = Process::spawn(square, 12)?;
+    check(p.pid() > 0, "pid")?;
+    check(p.join()? == 144, "result")?;
+    check(p.exit_status().is_some_and(|s| s.success()), "exit status")?;
+    check(!p.is_alive(), "not alive after join")?;
+    let again = fails(p.join())?;
+    check(
+        again.kind() == ErrorKind::InvalidInput,
+        format!("second join: {again}"),
+    )
+}
+
+fn closure_without_captures() -> Result<(), Failed> {
+    let mut p = Process::spawn(
+        |(a, b): (String, u32)| a.repeat(b as usize),
+        ("ab".into(), 3),
+    )?;
+    check(p.join()? == "ababab", "closure result")
+}
+
+fn boom(n: u32) {
+    panic!("boom {n}");
+}
+
+fn panic_is_child_failed_with_message() -> Result<(), Failed> {
+    let mut p = Process::builder()
+        .stderr(std::process::Stdio::null())
+        .spawn(boom, 42)?;
+    let err = fails(p.join())?;
+    let msg = err.to_string();
+    check(err.kind() == ErrorKind::ChildFailed, format!("kind: {err}"))?;
+    check(msg.contains("boom 42"), format!("message: {msg}"))?;
+    check(msg.contains("process.rs:"), format!("location: {msg}"))
+}
+
+fn exit3(_: ()) {
+    std::process::exit(3);
+}
+
+fn exit_code_is_reported() -> Result<(), Failed> {
+    let mut p = Process::spawn(exit3, ())?;
+    let err = fails(p.join())?;
+    check(err.kind() == ErrorKind::ChildFailed, format!("kind: {err}"))?;
+    check(
+        err.to_string().contains("exited with code 3"),
+        err.to_string(),
+    )?;
+    check(
+        err.to_string().contains("while running its target"),
+        err.to_string(),
+    )
+}
+
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn kill_names_the_signal() -> Result<(), Failed> {
+    let mut p = Process::spawn(sleep_ms, 60_000)?;
+    p.kill()?;
+    let err = fails(p.join())?;
+    check(err.kind() == ErrorKind::ChildFailed, format!("kind: {err}"))?;
+    #[cfg(unix)]
+    check(err.to_string().contains("SIGKILL"), err.to_string())?;
+    Ok(())
+}
+
+fn terminate_names_the_signal() -> Result<(), Failed> {
+    let mut p = Process::spawn(sleep_ms, 60_000)?;
+    // Let it reach its target, so that the message is about the target.
+    std::thread::sleep(Duration::from_millis(100));
+    p.terminate()?;
+    let err = fails(p.join())?;
+    check(err.kind() == ErrorKind::ChildFailed, format!("kind: {err}"))?;
+    #[cfg(unix)]
+    check(err.to_string().contains("SIGTERM"), err.to_string())?;
+    Ok(())
+}
+
+fn join_timeout_leaves_it_joinable() -> Result<(), Failed> {
+    let mut p = Process::spawn(sleep_ms, 700)?;
+    let err = fails(p.join_timeout(Duration::from_millis(50)))?;
+    check(err.is_timeout(), format!("timeout: {err}"))?;
+    check(p.is_alive(), "alive after a timeout")?;
+    check(p.try_join()?.is_none(), "try_join while running")?;
+    check(p.join()? == 700, "joined after the timeout")
+}
+
+fn main_without_init_is_explained() -> Result<(), Failed> {
+    let mut p = Process::builder().env(NO_INIT, "1").spawn(square, 2)?;
+    let err = fails(p.join())?;
+    let msg = err.to_string();
+    check(err.kind() == ErrorKind::ChildFailed, format!("kind: {err}"))?;
+    check(msg.contains("without running its target"), msg.clone())?;
+    check(msg.contains("conduit::init()"), msg)
+}
+
+/// Encodes as a string but decodes as a number.
+#[derive(Debug)]
+struct Lopsided;
+
+impl Serialize for Lopsided {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("not a number")
+    }
+}
+
+impl<'de> Deserialize<'de> for Lopsided {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        u32::deserialize(d).map(|_| Lopsided)
+    }
+}
+
+fn lopsided(_: ()) -> Lopsided {
+    Lopsided
+}
+
+fn undecodable_result_is_decode() -> Result<(), Failed> {
+    let mut p = Process::spawn(lopsided, ())?;
+    let err = fails(p.join())?;
+    check(err.kind() == ErrorKind::Decode, format!("kind: {err}"))
+}
+
+fn env_and_dir(var: String) -> (Option<String>, String) {
+    let dir = std::env::current_dir().map(|d| d.display().to_string());
+    (std::env::var(var).ok(), dir.unwrap_or_default())
+}
+
+fn builder_env_dir_and_name() -> Result<(), Failed> {
+    let dir = std::env::temp_dir().canonicalize()?;
+    let mut p = Process::builder()
+        .name("envy")
+        .env("CONDUIT_PROCESS_TEST_VAR", "hello")
+        .current_dir(&dir)
+        .spawn(env_and_dir, "CONDUIT_PROCESS_TEST_VAR".to_string())?;
+    check(p.name() == Some("envy"), "name")?;
+    let (var, cwd) = p.join()?;
+    check(var.as_deref() == Some("hello"), format!("env: {var:?}"))?;
+    check(cwd == dir.display().to_string(), format!("dir: {cwd}"))
+}
+
+/// True when `pid` no longer runs (gone, or a zombie nobody reaped yet).
+#[cfg(target_os = "linux")]
+fn is_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn gone_within(pid: u32, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if is_gone(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    is_gone(pid)
+}
+
+fn kill_on_drop_kills() -> Result<(), Failed> {
+    let p = Process::builder()
+        .kill_on_drop(true)
+        .spawn(sleep_ms, 60_000)?;
+    let pid = p.pid();
+    drop(p);
+    #[cfg(target_os = "linux")]
+    check(
+        gone_within(pid, Duration::from_secs(1)),
+        "child still runs after drop",
+    )?;
+    let _ = pid;
+    Ok(())
+}
+
+/// Spawns a `die_with_parent` grandchild, writes its pid to `path`, sleeps.
+fn middle(path: String) {
+    let Ok(g) = Process::builder()
+        .die_with_parent(true)
+        .spawn(sleep_ms, 60_000)
+    else {
+        return;
+    };
+    let _ = std::fs::write(&path, g.pid().to_string());
+    std::thread::sleep(Duration::from_secs(60));
+    drop(g);
+}
+
+fn die_with_parent_after_sigkill() -> Result<(), Failed> {
+    if !cfg!(target_os = "linux") {
+        return Ok(());
+    }
+    let path = std::env::temp_dir().join(format!(
+        "conduit-process-test-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    ));
+    let _ = std::fs::remove_file(&path);
+    let mut p = Process::spawn(middle, path.display().to_string())?;
+    let start = Instant::now();
+    let gpid = loop {
+        if let Ok(s) = std::fs::read_to_string(&path) {
+            if let Ok(pid) = s.trim().parse::<u32>() {
+                break pid;
+            }
+        }
+        check(
+            start.elapsed() < Duration::from_secs(20),
+            "no grandchild pid",
+        )?;
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = std::fs::remove_file(&path);
+    p.kill()?;
+    let _ = p.join();
+    #[cfg(target_os = "linux")]
+    check(
+        gone_within(gpid, Duration::from_secs(1)),
+        "grandchild still runs 1 s after its parent was killed",
+    )?;
+    let _ = gpid;
+    Ok(())
+}
+
+fn many_from_many_threads() -> Result<(), Failed> {
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut ps = Vec::new();
+                for i in 0..8u64 {
+                    let n = t * 8 + i;
+                    ps.push((n, Process::spawn(square, n).map_err(|e| e.to_string())?));
+                }
+                for (n, mut p) in ps {
+                    let got = p.join().map_err(|e| e.to_string())?;
+                    if got != n * n {
+                        return Err(format!("{n}: got {got}"));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().map_err(|_| "thread panicked")??;
+    }
+    Ok(())
+}
+
+/// Counts the strings on `rx` until the parent closes it, reports each
+/// length on `tx`, returns `n` plus the count.
+fn count_words((n, rx, tx): (u32, Receiver<String>, Sender<u64>)) -> u32 {
+    let mut count = 0;
+    for word in rx.iter() {
+        let Ok(word) = word else { break };
+        let _ = tx.send(&(word.len() as u64));
+        count += 1;
+    }
+    n + count
+}
+
+fn endpoints_of_every_transport() -> Result<(), Failed> {
+    for t in conduit::Transport::enabled() {
+        let (words_tx, words_rx) = t.channel::<String>()?;
+        let (lens_tx, lens_rx) = t.channel::<u64>()?;
+        let mut p = Process::spawn(count_words, (7u32, words_rx, lens_tx))?;
+        for w in ["a", "bb", "ccc"] {
+            words_tx.send(&w.to_string())?;
+        }
+        for want in 1..=3u64 {
+            let got = lens_rx.recv_timeout(Duration::from_secs(10))?;
+            check(
+                got == want,
+                format!("{}: length {got}, want {want}", t.name()),
+            )?;
+        }
+        drop(words_tx);
+        check(p.join()? == 10, format!("{}: result", t.name()))?;
+        // Only the child held the other ends: they are closed now.
+        let err = fails(lens_rx.recv_timeout(Duration::from_secs(5)))?;
+        check(err.is_disconnected(), format!("{}: {err}", t.name()))?;
+    }
+    Ok(())
+}
+
+/// Echoes one number on each duplex, reports the sum on `done`.
+fn echo_all((conns, done): (Vec<Duplex<u32, u32>>, Option<Sender<u32>>)) -> usize {
+    let mut sum = 0;
+    for c in &conns {
+        if let Ok(x) = c.recv() {
+            sum += x;
+            let _ = c.send(&(x * 10));
+        }
+    }
+    if let Some(done) = done {
+        let _ = done.send(&sum);
+    }
+    conns.len()
+}
+
+fn endpoints_in_vec_and_option() -> Result<(), Failed> {
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for _ in 0..3 {
+        let (a, b) = conduit::duplex::<u32, u32>()?;
+        ours.push(a);
+        theirs.push(b);
+    }
+    let (done_tx, done_rx) = conduit::channel::<u32>()?;
+    let mut p = Process::spawn(echo_all, (theirs, Some(done_tx)))?;
+    for (i, c) in ours.iter().enumerate() {
+        c.send(&(i as u32 + 1))?;
+        check(c.recv()? == (i as u32 + 1) * 10, "echo")?;
+    }
+    check(done_rx.recv()? == 6, "sum")?;
+    check(p.join()? == 3, "count")
+}
+
+fn endpoint_serialized_elsewhere_fails() -> Result<(), Failed> {
+    let (tx, rx) = conduit::channel::<u32>()?;
+    let mut out = Vec::new();
+    let err = ciborium::into_writer(&rx, &mut out).map(|_| ()).err();
+    let msg = err.map(|e| e.to_string()).unwrap_or_default();
+    check(
+        msg.contains("conduit::Process::spawn"),
+        format!("error: {msg:?}"),
+    )?;
+    // Nothing moved: the channel still works.
+    tx.send(&5)?;
+    check(rx.recv()? == 5, "channel after a refused serialization")
+}
+
+fn first_number(rx: Receiver<u64>) -> u64 {
+    rx.recv().unwrap_or(u64::MAX)
+}
+
+fn endpoints_to_64_concurrent_children() -> Result<(), Failed> {
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut ps = Vec::new();
+                for i in 0..8u64 {
+                    let n = t * 8 + i;
+                    let (tx, rx) = conduit::channel::<u64>().map_err(|e| e.to_string())?;
+                    let p = Process::spawn(first_number, rx).map_err(|e| e.to_string())?;
+                    ps.push((n, tx, p));
+                }
+                for (n, tx, mut p) in ps {
+                    tx.send(&n).map_err(|e| e.to_string())?;
+                    let got = p.join().map_err(|e| e.to_string())?;
+                    if got != n {
+                        return Err(format!("child {n} read {got}"));
+                    }
+                    // No other child holds this receiver: the peer is gone.
+                    let gone = (0..100).any(|_| {
+                        let r = tx.send(&0);
+                        if r.is_ok() {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        r.is_err_and(|e| e.is_disconnected())
+                    });
+                    if !gone {
+                        return Err(format!("child {n}'s receiver is still open elsewhere"));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().map_err(|_| "thread panicked")??;
+    }
+    Ok(())
+}
