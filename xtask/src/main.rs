@@ -8,9 +8,11 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod chaos;
 mod ci;
 mod flags;
 mod junit;
+mod soak;
 mod test_matrix;
 mod util;
 mod xcheck;
@@ -41,6 +43,14 @@ fn main() -> ExitCode {
         XtaskCmd::Bench(f) => (
             "bench",
             no_passthrough("bench", &passthrough).and_then(|()| bench::run(&f)),
+        ),
+        XtaskCmd::Soak(f) => (
+            "soak",
+            no_passthrough("soak", &passthrough).and_then(|()| soak::run(&f)),
+        ),
+        XtaskCmd::Chaos(f) => (
+            "chaos",
+            no_passthrough("chaos", &passthrough).and_then(|()| chaos::run(&f)),
         ),
     };
     match result {

@@ -17,6 +17,10 @@ use crate::{
 pub const SIZE_ENV: &str = "CONDUIT_RELIABILITY_SIZE";
 /// The number of messages a soak receiver expects.
 pub const COUNT_ENV: &str = "CONDUIT_RELIABILITY_COUNT";
+/// Set for chaos children that say "ready" once they hold their endpoint.
+pub const READY_ENV: &str = "CONDUIT_RELIABILITY_READY";
+/// The ready message.
+pub const READY: &[u8] = b"ready";
 /// A chaos child never outlives this, whatever happens to its parent.
 const LIFETIME: Duration = Duration::from_secs(30);
 
@@ -40,6 +44,17 @@ pub fn main(role: &str) -> ExitCode {
             ExitCode::from(3)
         }
     }
+}
+
+/// The chaos child's end of the connection; it says [`READY`] first when
+/// [`READY_ENV`] is set.
+fn chaos_conn() -> Result<conduit::Duplex<Vec<u8>, Vec<u8>>, String> {
+    let conn = link::child_duplex::<Vec<u8>>().map_err(|e| format!("adopt: {e}"))?;
+    if std::env::var_os(READY_ENV).is_some() {
+        conn.send(&READY.to_vec())
+            .map_err(|e| format!("sending ready: {e}"))?;
+    }
+    Ok(conn)
 }
 
 fn env_number(name: &str) -> Result<u64, String> {
@@ -78,14 +93,14 @@ fn soak_echo<M: SoakMsg>() -> Result<(), String> {
 
 /// Takes the endpoint and does nothing with it until killed.
 fn idle() -> Result<(), String> {
-    let _conn = link::child_duplex::<Vec<u8>>().map_err(|e| format!("adopt: {e}"))?;
+    let _conn = chaos_conn()?;
     std::thread::sleep(LIFETIME);
     Ok(())
 }
 
 /// Receives and drops messages until killed (or the parent is gone).
 fn sink() -> Result<(), String> {
-    let conn = link::child_duplex::<Vec<u8>>().map_err(|e| format!("adopt: {e}"))?;
+    let conn = chaos_conn()?;
     let end = Instant::now() + LIFETIME;
     while Instant::now() < end {
         match conn.recv_timeout(Duration::from_millis(200)) {
@@ -100,7 +115,7 @@ fn sink() -> Result<(), String> {
 /// Sends one large message over and over until killed.
 fn source_large() -> Result<(), String> {
     let size = env_number(SIZE_ENV)? as usize;
-    let conn = link::child_duplex::<Vec<u8>>().map_err(|e| format!("adopt: {e}"))?;
+    let conn = chaos_conn()?;
     let (tx, _rx) = conn.split();
     let mut raw = tx.into_raw();
     let big: Vec<u8> = (0..size).map(|i| i as u8).collect();
@@ -115,7 +130,7 @@ fn source_large() -> Result<(), String> {
 
 /// Sends a small message every millisecond until killed.
 fn trickle() -> Result<(), String> {
-    let conn = link::child_duplex::<Vec<u8>>().map_err(|e| format!("adopt: {e}"))?;
+    let conn = chaos_conn()?;
     let end = Instant::now() + LIFETIME;
     let msg = vec![7u8; 64];
     while Instant::now() < end {

@@ -49,15 +49,17 @@ pub fn select(only: Option<&str>) -> Result<Vec<Link>, String> {
             .into_iter()
             .find(|l| l.name() == name)
             .map(|l| vec![l])
-            .ok_or_else(|| {
-                format!("unknown transport {name:?} (pipe, socketpair, shm or named)")
-            }),
+            .ok_or_else(|| format!("unknown transport {name:?} (pipe, socketpair, shm or named)")),
     }
 }
 
 /// A random endpoint name for the named transport.
 pub fn random_name(what: &str) -> String {
-    format!("rel-{what}-{}-{:08x}", std::process::id(), fastrand::u32(..))
+    format!(
+        "rel-{what}-{}-{:08x}",
+        std::process::id(),
+        fastrand::u32(..)
+    )
 }
 
 /// The command that runs this binary as a child in `role`.

@@ -128,8 +128,13 @@ impl Row {
 
     fn from_received(mut self, r: &Received) -> Row {
         let t = &r.tracker;
-        (self.lost, self.dup, self.reordered, self.corrupt, self.bytes) =
-            (t.lost(), t.dup, t.reordered, t.corrupt, t.bytes);
+        (
+            self.lost,
+            self.dup,
+            self.reordered,
+            self.corrupt,
+            self.bytes,
+        ) = (t.lost(), t.dup, t.reordered, t.corrupt, t.bytes);
         self.elapsed = r.elapsed;
         self.note = r.error.clone();
         self
@@ -231,12 +236,22 @@ fn one_way<M: SoakMsg>(link: Link, n: u64, seed: u64, pattern: &[u8]) -> Row {
     };
     let mut cmd = match link::command(role) {
         Ok(cmd) => cmd,
-        Err(e) => return Row { note: Some(e), ..row },
+        Err(e) => {
+            return Row {
+                note: Some(e),
+                ..row
+            }
+        }
     };
     cmd.env(COUNT_ENV, n.to_string()).stdout(Stdio::piped());
     let (mut child, tx) = match link::spawn_receiver::<M>(link, cmd) {
         Ok(x) => x,
-        Err(e) => return Row { note: Some(e), ..row },
+        Err(e) => {
+            return Row {
+                note: Some(e),
+                ..row
+            }
+        }
     };
     let send_error = send_all::<M>(n, seed, pattern, |m| tx.send(m));
     drop(tx);
@@ -292,7 +307,12 @@ fn echo<M: SoakMsg>(link: Link, n: u64, seed: u64, pattern: &[u8]) -> Row {
     let spawned = link::command(role).and_then(|cmd| link::spawn_duplex::<M>(link, cmd));
     let (mut child, conn) = match spawned {
         Ok(x) => x,
-        Err(e) => return Row { note: Some(e), ..row },
+        Err(e) => {
+            return Row {
+                note: Some(e),
+                ..row
+            }
+        }
     };
     let (tx, rx) = conn.split();
     let (send_error, received) = std::thread::scope(|s| {
