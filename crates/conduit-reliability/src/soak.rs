@@ -126,7 +126,7 @@ impl Row {
         self.lost + self.dup + self.reordered + self.corrupt > 0 || self.note.is_some()
     }
 
-    fn from_received(mut self, r: &Received) -> Row {
+    fn with_received(mut self, r: &Received) -> Row {
         let t = &r.tracker;
         (
             self.lost,
@@ -261,7 +261,7 @@ fn one_way<M: SoakMsg>(link: Link, n: u64, seed: u64, pattern: &[u8]) -> Row {
     }
     let status = child.wait();
     let mut row = match parse_report(&out, n) {
-        Some(r) => row.from_received(&r),
+        Some(r) => row.with_received(&r),
         None => Row {
             lost: n,
             note: Some(format!("no report from the receiver ({status:?})")),
@@ -326,7 +326,7 @@ fn echo<M: SoakMsg>(link: Link, n: u64, seed: u64, pattern: &[u8]) -> Row {
         (send_error, received)
     });
     let _ = child.wait();
-    let mut row = row.from_received(&received);
+    let mut row = row.with_received(&received);
     if let Some(e) = send_error {
         row.note = Some(e);
     }
