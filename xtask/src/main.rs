@@ -8,10 +8,12 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod chaos;
 mod ci;
 mod flags;
 mod fuzz;
 mod junit;
+mod soak;
 mod test_matrix;
 mod util;
 mod xcheck;
@@ -46,6 +48,14 @@ fn main() -> ExitCode {
         XtaskCmd::Fuzz(f) => (
             "fuzz",
             no_passthrough("fuzz", &passthrough).and_then(|()| fuzz::run(&f)),
+        ),
+        XtaskCmd::Soak(f) => (
+            "soak",
+            no_passthrough("soak", &passthrough).and_then(|()| soak::run(&f)),
+        ),
+        XtaskCmd::Chaos(f) => (
+            "chaos",
+            no_passthrough("chaos", &passthrough).and_then(|()| chaos::run(&f)),
         ),
     };
     match result {

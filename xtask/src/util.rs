@@ -30,6 +30,59 @@ pub fn shell() -> Result<Shell, String> {
     Ok(sh)
 }
 
+/// Builds binary `bin` of `package` in release mode and returns its path.
+pub fn build_release_bin(sh: &Shell, package: &str, bin: &str) -> Result<PathBuf, String> {
+    let cargo = cargo();
+    // JSON messages on stdout tell where the binary is, whatever the target
+    // directory; cargo's progress and diagnostics still go to stderr.
+    let messages = xshell::cmd!(
+        sh,
+        "{cargo} build --release -p {package} --bin {bin} --message-format=json-render-diagnostics"
+    )
+    .read()
+    .map_err(|e| format!("building {bin} failed: {e}"))?;
+    let exe = executable_in(&messages, bin).unwrap_or_else(|| default_binary_path(bin));
+    if exe.is_file() {
+        Ok(exe)
+    } else {
+        Err(format!("the {bin} binary is not at {}", exe.display()))
+    }
+}
+
+/// The `executable` of `bin`'s `compiler-artifact` message in cargo's JSON
+/// output (a small scan: xtask has no JSON parser).
+fn executable_in(messages: &str, bin: &str) -> Option<PathBuf> {
+    const KEY: &str = "\"executable\":\"";
+    messages
+        .lines()
+        .filter(|l| l.contains("\"compiler-artifact\"") && l.contains(bin))
+        .find_map(|l| {
+            let rest = &l[l.find(KEY)? + KEY.len()..];
+            let mut path = String::new();
+            let mut chars = rest.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' => return Some(PathBuf::from(path)),
+                    '\\' => path.push(chars.next()?),
+                    c => path.push(c),
+                }
+            }
+            None
+        })
+}
+
+/// `<target dir>/release/<bin>[.exe]`, the target directory being
+/// `$CARGO_TARGET_DIR` (relative to the workspace root) or `target/`.
+fn default_binary_path(bin: &str) -> PathBuf {
+    let root = project_root();
+    let target = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map_or_else(|| root.join("target"), |t| root.join(t));
+    target
+        .join("release")
+        .join(format!("{bin}{}", env::consts::EXE_SUFFIX))
+}
+
 /// Whether `cargo nextest` is installed and works.
 pub fn have_nextest(sh: &Shell) -> bool {
     let cargo = cargo();
@@ -305,6 +358,28 @@ test result: FAILED. 2 passed; 3 failed; 0 ignored; 0 measured; 4 filtered out; 
             })
         );
         assert_eq!(parse_libtest_results("nothing here"), None);
+    }
+
+    #[test]
+    fn binary_lives_in_release_dir() {
+        let p = default_binary_path("conduit-bench");
+        assert!(p.ends_with(format!("release/conduit-bench{}", env::consts::EXE_SUFFIX)));
+    }
+
+    #[test]
+    fn finds_the_executable_in_cargo_messages() {
+        let messages = concat!(
+            r#"{"reason":"compiler-artifact","target":{"name":"memchr"},"executable":null}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","target":{"name":"conduit-bench"},"executable":"C:\\t\\release\\conduit-bench.exe","fresh":true}"#,
+            "\n",
+            r#"{"reason":"build-finished","success":true}"#,
+        );
+        assert_eq!(
+            executable_in(messages, "conduit-bench"),
+            Some(PathBuf::from(r"C:\t\release\conduit-bench.exe"))
+        );
+        assert_eq!(executable_in("{}", "conduit-bench"), None);
     }
 
     #[test]

@@ -161,6 +161,7 @@ impl Region {
     }
 
     /// The segment's length in bytes.
+    #[cfg(any(test, feature = "testing"))]
     pub fn segment_len(&self) -> usize {
         self.seg.len()
     }

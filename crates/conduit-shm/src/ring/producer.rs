@@ -203,6 +203,7 @@ impl Producer {
     }
 
     /// Copies `bytes` into the ring from position `pos`, wrapping at the end.
+    #[cfg(any(test, feature = "testing"))]
     fn write_wrapping(&self, pos: u32, bytes: &[u8]) -> Result<()> {
         let cap = self.p.cap;
         let off = pos & (cap - 1);
