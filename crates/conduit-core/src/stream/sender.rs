@@ -190,7 +190,9 @@ impl StreamSender {
 impl Drop for StreamSender {
     /// Completes a frame that a deadline send left partly written, blocking
     /// (as `send` would have): the message was reported sent. A gone peer
-    /// ends the wait with an error, which is ignored here.
+    /// ends the wait with an error, which is ignored here. Then tells the
+    /// peer that this direction ended, also where the socket stays open for
+    /// this side's receiving half (not after a handoff: `io` is gone then).
     fn drop(&mut self) {
         if !self.pending.is_empty() && !self.broken {
             let pending = std::mem::take(&mut self.pending);
@@ -198,6 +200,9 @@ impl Drop for StreamSender {
                 let _ = io.set_nonblocking(false);
             }
             let _ = self.write_some([&pending, &[]], None);
+        }
+        if let Some(io) = &self.io {
+            io.shutdown_write();
         }
     }
 }

@@ -325,3 +325,17 @@ impl OsStream {
         Ok(rustix::io::ioctl_fionbio(&self.fd, on)?)
     }
 }
+
+impl OsStream {
+    /// Tells the peer that nothing more will be written, even while another
+    /// descriptor of the same socket stays open for reading (a socketpair
+    /// duplex end holds the socket twice). Pipes: nothing to do, closing
+    /// the write end is enough.
+    pub fn shutdown_write(&self) {
+        if self.kind == StreamKind::Socket {
+            // Best effort: a socket whose peer is gone cannot be shut down,
+            // and then there is nobody to tell.
+            let _ = rustix::net::shutdown(&self.fd, rustix::net::Shutdown::Write);
+        }
+    }
+}

@@ -372,3 +372,9 @@ impl OsStream {
         Ok(())
     }
 }
+
+impl OsStream {
+    /// Nothing to do on Windows: a stream's write end is its own pipe
+    /// handle, and closing it tells the peer.
+    pub fn shutdown_write(&self) {}
+}

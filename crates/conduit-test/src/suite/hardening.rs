@@ -336,3 +336,27 @@ pub(crate) fn try_send_and_send_timeout_on_a_full_channel(t: Transport) -> Resul
         })?;
     }
 }
+
+/// Dropping the sending half of a split duplex ends the peer's stream on
+/// every transport (found by `cargo xtask soak`: on socketpair and named the
+/// receiving half kept the socket open, so the peer waited forever), while
+/// the other direction keeps working.
+pub(crate) fn dropping_a_split_sender_ends_the_peer_stream(t: Transport) -> Result<(), Failed> {
+    let (a, b) = t.duplex::<Msg, Msg>().map_err(fail("duplex"))?;
+    let (a_tx, a_rx) = a.split();
+    a_tx.send(&Msg::Int(1)).map_err(fail("send"))?;
+    drop(a_tx);
+    let first = b.recv_timeout(HANG).map_err(fail("recv"))?;
+    ensure(first == Msg::Int(1), || format!("{first:?}"))?;
+    crate::watchdog("recv after the peer dropped its sender", HANG, || {
+        expect_kind(
+            "recv after the peer dropped its sender",
+            b.recv_timeout(Duration::from_secs(5)),
+            ErrorKind::Disconnected,
+        )
+    })?;
+    // The other direction still works.
+    b.send(&Msg::Int(2)).map_err(fail("send back"))?;
+    let back = a_rx.recv_timeout(HANG).map_err(fail("recv back"))?;
+    ensure(back == Msg::Int(2), || format!("{back:?}"))
+}

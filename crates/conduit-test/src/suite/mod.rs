@@ -122,6 +122,10 @@ pub fn trials(t: Transport) -> Vec<Trial> {
             "try_send_and_send_timeout_on_a_full_channel",
             hardening::try_send_and_send_timeout_on_a_full_channel,
         ),
+        (
+            "dropping_a_split_sender_ends_the_peer_stream",
+            hardening::dropping_a_split_sender_ends_the_peer_stream,
+        ),
     ]);
     if shm {
         tests.push((
