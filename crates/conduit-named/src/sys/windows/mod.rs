@@ -61,7 +61,6 @@
 
 use std::io;
 use std::os::windows::io::{AsRawHandle, OwnedHandle};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
@@ -137,24 +136,12 @@ pub fn endpoint(name: &str) -> Result<String> {
     Ok(pipe_name(&user_sid()?, name))
 }
 
-/// 32 hex digits that no other connection of this process used, and that
-/// other processes cannot predict.
-fn random_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let mut id = String::with_capacity(ID_LEN);
-    for half in 0..2u8 {
-        // RandomState is seeded from the OS's random source.
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(n);
-        h.write_u8(half);
-        h.write_u32(std::process::id());
-        h.write_u128(nanos);
-        id.push_str(&format!("{:016x}", h.finish()));
-    }
-    id
+/// 32 hex digits of 128 bits from the OS random generator (getrandom):
+/// other processes cannot predict them, and a repeat, which
+/// `FILE_FLAG_FIRST_PIPE_INSTANCE` would refuse anyway (the caller then
+/// draws again), is beyond likely.
+fn random_id() -> io::Result<String> {
+    let mut bytes = [0u8; ID_LEN / 2];
+    getrandom::fill(&mut bytes).map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

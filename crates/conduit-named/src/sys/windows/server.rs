@@ -188,7 +188,7 @@ impl Listener {
     fn data_pipes(&self) -> io::Result<(String, OwnedHandle, OwnedHandle)> {
         let mut last = io::Error::from(io::ErrorKind::AlreadyExists);
         for _ in 0..4 {
-            let id = random_id();
+            let id = random_id()?;
             let base = format!("{}@{id}", self.pipe);
             let one = |suffix: &str, access| {
                 create_pipe(
