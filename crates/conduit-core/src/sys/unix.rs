@@ -189,7 +189,7 @@ fn sigpipe_ignored_recently() -> bool {
 ///
 /// Windows of doubt: a program that changes `SIGPIPE` from ignored to
 /// default while another thread writes is protected only after at most
-/// [`IGNORED_TRUSTED_FOR`] (1 ms) in each writing thread, so a write that
+/// `IGNORED_TRUSTED_FOR` (1 ms) in each writing thread, so a write that
 /// fails with `EPIPE` in that millisecond could still kill the process
 /// (programs set the disposition once at start-up, before any channel
 /// exists, which is safe); a `SIGPIPE` sent to the process by someone else
