@@ -106,8 +106,10 @@ impl Role {
 /// The byte-level halves of an endpoint: a sender, a receiver, or both.
 pub type Halves = (Option<Box<dyn FrameSender>>, Option<Box<dyn FrameReceiver>>);
 
-/// Seals [`Endpoint`]: only conduit's own endpoint types implement it.
-pub(crate) mod sealed {
+/// Seals [`Endpoint`]: only conduit's own endpoint types implement it (the
+/// module is public, hidden, for conduit's other crates, e.g. the queue).
+#[doc(hidden)]
+pub mod sealed {
     /// The seal.
     pub trait Sealed {}
 }

@@ -79,6 +79,29 @@ fn push(role: Role, halves: Halves) -> u64 {
     })
 }
 
+/// For endpoint types of other conduit crates (the queue): inside an
+/// [`export_scope`], records `halves` and returns their index; outside one,
+/// the error message to report (`what` names the type).
+pub fn export_endpoint(
+    what: &str,
+    role: Role,
+    halves: impl FnOnce() -> Halves,
+) -> std::result::Result<u64, String> {
+    if !export_active() {
+        return Err(not_in_context(what));
+    }
+    Ok(push(role, halves()))
+}
+
+/// For endpoint types of other conduit crates: inside an [`import_scope`],
+/// takes the halves recorded under `index`, checking their role.
+pub fn import_endpoint<E: serde::de::Error>(
+    index: u64,
+    role: Role,
+) -> std::result::Result<Halves, E> {
+    take(index, role)
+}
+
 fn take<E: serde::de::Error>(index: u64, role: Role) -> std::result::Result<Halves, E> {
     IMPORT.with(|i| {
         let mut i = i.borrow_mut();

@@ -19,7 +19,9 @@ pub use crate::handoff::{Halves, Package, Resolver, Role};
 /// thread-local contexts in which the typed endpoints serialize (moving
 /// their halves out) and deserialize.
 pub mod spawn_context {
-    pub use crate::spawn_context::{export_scope, import_scope, Exported};
+    pub use crate::spawn_context::{
+        export_endpoint, export_scope, import_endpoint, import_scope, Exported,
+    };
 }
 
 /// The platform layer transport crates build on: OS handles, byte streams

@@ -167,6 +167,13 @@ use mem::Region;
 use ring::{Consumer, Params, Producer};
 use sys::{Link, Segment};
 
+/// Shared-memory segments for conduit's other crates (the queue keeps its
+/// counters in one). Not a stable API.
+#[doc(hidden)]
+pub mod segment {
+    pub use crate::sys::Segment;
+}
+
 /// The transport's name, as it appears in handoff tokens and `transport()`.
 pub const TRANSPORT: &str = "shm";
 

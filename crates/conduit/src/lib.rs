@@ -70,6 +70,7 @@
 //! | `named` | [`named`] | named endpoints for unrelated processes: Unix domain sockets in a private per-user directory; Windows named pipes |
 //! | `shm` | [`shm`] | shared-memory ring buffers with blocking wake-ups; config [`shm::ShmConfig`] |
 //! | `all-transports` | | every transport above |
+//! | `queue` (default) | [`queue`] | many-producer, many-consumer queue across processes ([`QueueSender`], [`QueueReceiver`]) |
 //!
 //! Messages are encoded with CBOR (serde + ciborium). A `Vec<u8>` message
 //! travels as raw bytes; byte fields in your own types should be marked
@@ -98,6 +99,14 @@ pub use registry::Transport;
 mod process;
 pub use conduit_process::{Process, ProcessBuilder};
 pub use process::init;
+
+/// A many-producer, many-consumer queue across processes, safe against
+/// crashes (Python's `multiprocessing.Queue` and `JoinableQueue`; feature
+/// `queue`, on by default). See [`queue`] and the design notes of
+/// [`conduit_queue`].
+#[cfg(feature = "queue")]
+#[cfg_attr(docsrs, doc(cfg(feature = "queue")))]
+pub use conduit_queue::{queue, queue_with, QueueConfig, QueueReceiver, QueueSender};
 
 /// Wraps byte-level endpoints into a typed one-way channel.
 fn typed_channel<T>(tx: BoxSender, rx: BoxReceiver) -> (Sender<T>, Receiver<T>)

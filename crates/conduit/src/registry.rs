@@ -82,6 +82,7 @@ registry! {
     /// Shared-memory rings (feature `shm`): first choice when compiled in.
     Shm => "shm", conduit_shm, 0, 0;
     => "named", conduit_named, 255, 255;
+    => "queue", conduit_queue, 255, 255;
 }
 
 fn row(t: Transport) -> &'static Row {

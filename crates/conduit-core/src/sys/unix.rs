@@ -290,12 +290,18 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Creates a connected, close-on-exec `AF_UNIX` stream socket pair.
 pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    socketpair_of(SocketType::STREAM)
+}
+
+/// Creates a connected, close-on-exec `AF_UNIX` socket pair of type `ty`
+/// (that does not raise `SIGPIPE` on macOS).
+pub fn socketpair_of(ty: SocketType) -> io::Result<(OwnedFd, OwnedFd)> {
     #[cfg(not(target_vendor = "apple"))]
     let flags = SocketFlags::CLOEXEC;
     // macOS has no SOCK_CLOEXEC; see `pipe` for the consequence.
     #[cfg(target_vendor = "apple")]
     let flags = SocketFlags::empty();
-    let (a, b) = rustix::net::socketpair(AddressFamily::UNIX, SocketType::STREAM, flags, None)?;
+    let (a, b) = rustix::net::socketpair(AddressFamily::UNIX, ty, flags, None)?;
     #[cfg(target_vendor = "apple")]
     {
         set_cloexec(&a)?;

@@ -1,0 +1,19 @@
+//! Platform layer of the queue. Each backend provides:
+//!
+//! - `pair(capacity) -> (TxEnd, RxEnd)`: a new queue's first ends;
+//! - `TxEnd::send(payload, deadline)` (`Timeout` when the queue stayed full,
+//!   `Disconnected` when every consumer is gone), `receivers_gone()`;
+//! - `RxEnd::recv(buf, deadline)` (`Timeout`, or `Disconnected` once the
+//!   queue is empty and every producer is gone), `poll(deadline)`,
+//!   `senders_gone()`;
+//! - `handles()` / `from_handles(handles)` on both, for handoffs: new OS
+//!   handles for the same kernel objects, and the checks that handed ones
+//!   are what they claim to be.
+//!
+//! A deadline of `Some(now)` means "do not wait".
+
+#[cfg_attr(unix, path = "unix.rs")]
+#[cfg_attr(windows, path = "windows.rs")]
+mod imp;
+
+pub(crate) use imp::{pair, RxEnd, TxEnd};

@@ -1,0 +1,1 @@
+//! Windows: not written yet.

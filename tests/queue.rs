@@ -1,0 +1,488 @@
+//! `conduit::queue` across real processes: producers and consumers are
+//! children started with `conduit::Process` (so this target has
+//! `harness = false` and calls `conduit::init()` first, like `process.rs`).
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use conduit::{ErrorKind, Process, QueueConfig, QueueReceiver, QueueSender, Sender};
+use libtest_mimic::{Arguments, Failed, Trial};
+use serde::{Deserialize, Serialize};
+
+fn main() {
+    conduit::init();
+    let args = Arguments::from_args();
+    let tests = vec![
+        Trial::test(
+            "fifo_from_one_producer_process",
+            fifo_from_one_producer_process,
+        ),
+        Trial::test("sizes_up_to_the_maximum", sizes_up_to_the_maximum),
+        Trial::test("every_message_once_mpmc", every_message_once_mpmc),
+        Trial::test(
+            "receivers_drain_then_disconnect_when_senders_exit",
+            receivers_drain_then_disconnect_when_senders_exit,
+        ),
+        Trial::test(
+            "killed_senders_and_receivers_count_as_gone",
+            killed_senders_and_receivers_count_as_gone,
+        ),
+        Trial::test("full_and_empty", full_and_empty),
+        Trial::test("joinable_across_processes", joinable_across_processes),
+        Trial::test(
+            "serializing_a_queue_end_elsewhere_fails",
+            serializing_a_queue_end_elsewhere_fails,
+        ),
+        Trial::test(
+            "random_kills_lose_at_most_the_message_in_hand",
+            random_kills_lose_at_most_the_message_in_hand,
+        ),
+    ];
+    // Process needs an anonymous transport for its control channel.
+    let anonymous = !conduit::Transport::enabled().is_empty();
+    let tests = tests
+        .into_iter()
+        .map(|t| t.with_ignored_flag(!anonymous))
+        .collect();
+    libtest_mimic::run(&args, tests).exit();
+}
+
+/// The error of `r`, or a test failure when it succeeded.
+fn fails<T: std::fmt::Debug>(r: conduit::Result<T>) -> Result<conduit::Error, Failed> {
+    match r {
+        Ok(v) => Err(format!("expected an error, got {v:?}").into()),
+        Err(e) => Ok(e),
+    }
+}
+
+fn check(ok: bool, what: impl Into<String>) -> Result<(), Failed> {
+    if ok {
+        Ok(())
+    } else {
+        Err(what.into().into())
+    }
+}
+
+/// One test message: who sent it, its number, and a body derived from both
+/// (so corruption or mixing shows).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+struct Item {
+    producer: u32,
+    seq: u64,
+    #[serde(with = "conduit::serde_bytes")]
+    body: Vec<u8>,
+}
+
+impl Item {
+    fn new(producer: u32, seq: u64, len: usize) -> Item {
+        let body = (0..len)
+            .map(|i| (producer as u64 * 31 + seq * 7 + i as u64) as u8)
+            .collect();
+        Item {
+            producer,
+            seq,
+            body,
+        }
+    }
+
+    fn intact(&self) -> bool {
+        *self == Item::new(self.producer, self.seq, self.body.len())
+    }
+}
+
+/// Sends `count` items tagged `producer`; returns how many it sent.
+fn produce((tx, producer, count, len): (QueueSender<Item>, u32, u64, usize)) -> u64 {
+    for seq in 0..count {
+        if tx.send(&Item::new(producer, seq, len)).is_err() {
+            return seq;
+        }
+    }
+    count
+}
+
+/// Receives until the queue ends; returns what it got.
+fn consume(rx: QueueReceiver<Item>) -> Vec<(u32, u64, bool)> {
+    rx.iter()
+        .map_while(|r| r.ok())
+        .map(|i| (i.producer, i.seq, i.intact()))
+        .collect()
+}
+
+fn fifo_from_one_producer_process() -> Result<(), Failed> {
+    let (tx, rx) = conduit::queue::<Item>()?;
+    let mut p = Process::spawn(produce, (tx, 1, 2000, 40))?;
+    for seq in 0..2000 {
+        let item = rx.recv_timeout(Duration::from_secs(20))?;
+        check(
+            item.producer == 1 && item.seq == seq && item.intact(),
+            format!("expected item {seq}, got {item:?}"),
+        )?;
+    }
+    check(p.join()? == 2000, "the producer did not send everything")?;
+    // `spawn` consumed the parent's sender with the arguments, and the
+    // child exited: no sender is left anywhere.
+    let e = fails(rx.recv_timeout(Duration::from_secs(5)))?;
+    check(
+        e.is_disconnected(),
+        format!("expected Disconnected, got {e}"),
+    )
+}
+
+fn echo_sizes((rx, tx): (QueueReceiver<Vec<u8>>, QueueSender<Vec<u8>>)) -> usize {
+    let mut n = 0;
+    while let Ok(m) = rx.recv() {
+        if tx.send(&m).is_err() {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+fn sizes_up_to_the_maximum() -> Result<(), Failed> {
+    let cfg = QueueConfig::default().max_message(8 << 20);
+    let (to_child, child_rx) = conduit::queue_with::<Vec<u8>>(cfg)?;
+    let (child_tx, from_child) = conduit::queue_with::<Vec<u8>>(cfg)?;
+    let mut p = Process::spawn(echo_sizes, (child_rx, child_tx))?;
+    let sizes = [0usize, 1, 100, 65_535, 65_536, 65_537, 300_000, 8 << 20];
+    for (i, &n) in sizes.iter().enumerate() {
+        let msg: Vec<u8> = (0..n).map(|b| (b * 13 + i) as u8).collect();
+        to_child.send(&msg)?;
+        let back = from_child.recv_timeout(Duration::from_secs(30))?;
+        check(back == msg, format!("{n}-byte message came back different"))?;
+    }
+    // Above the maximum: refused up front, nothing sent.
+    let e = fails(to_child.send(&vec![0u8; (8 << 20) + 1]))?;
+    check(
+        e.kind() == ErrorKind::TooLarge,
+        format!("expected TooLarge, got {e}"),
+    )?;
+    check(
+        to_child.is_empty(),
+        format!("len {} after a refused send", to_child.len()),
+    )?;
+    drop(to_child);
+    drop(from_child);
+    check(
+        p.join()? == sizes.len(),
+        "the child echoed a different count",
+    )
+}
+
+fn every_message_once_mpmc() -> Result<(), Failed> {
+    let (tx, rx) = conduit::queue::<Item>()?;
+    let per = 3000u64;
+    let producers: Vec<_> = (0..4u32)
+        .map(|p| Process::spawn(produce, (tx.clone(), p, per, 24)))
+        .collect::<Result<_, _>>()?;
+    let consumers: Vec<_> = (0..3)
+        .map(|_| Process::spawn(consume, rx.clone()))
+        .collect::<Result<_, _>>()?;
+    drop(tx);
+    drop(rx);
+    for mut p in producers {
+        check(p.join()? == per, "a producer could not send everything")?;
+    }
+    let mut seen = HashSet::new();
+    for mut c in consumers {
+        let got = c.join()?;
+        // Per-producer order holds in what one consumer saw.
+        let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+        for (p, seq, intact) in got {
+            check(intact, format!("item {p}/{seq} arrived corrupted"))?;
+            check(
+                seen.insert((p, seq)),
+                format!("item {p}/{seq} arrived twice"),
+            )?;
+            if let Some(prev) = last.insert(p, seq) {
+                check(prev < seq, format!("producer {p}: {seq} after {prev}"))?;
+            }
+        }
+    }
+    check(
+        seen.len() as u64 == 4 * per,
+        format!("{} of {} items arrived", seen.len(), 4 * per),
+    )
+}
+
+fn receivers_drain_then_disconnect_when_senders_exit() -> Result<(), Failed> {
+    let (tx, rx) = conduit::queue::<Item>()?;
+    // `spawn` consumes the arguments: the child holds the only sender.
+    let mut p = Process::spawn(produce, (tx, 0, 50, 8))?;
+    check(p.join()? == 50, "the producer did not send everything")?;
+    let got: Vec<Item> = rx.iter().collect::<Result<_, _>>()?;
+    check(got.len() == 50, format!("drained {} of 50", got.len()))?;
+    let e = fails(rx.recv_timeout(Duration::from_secs(5)))?;
+    check(
+        e.is_disconnected(),
+        format!("expected Disconnected, got {e}"),
+    )?;
+    // And the other way: every receiver gone, send fails.
+    let (tx, rx) = conduit::queue::<Item>()?;
+    let mut c = Process::spawn(consume, rx)?;
+    tx.send(&Item::new(0, 0, 1))?;
+    // The consumer gets one item and keeps waiting; kill it.
+    c.kill()?;
+    let _ = c.join();
+    let started = Instant::now();
+    loop {
+        match tx.send_timeout(&Item::new(0, 1, 1), Duration::from_millis(100)) {
+            Err(e) if e.is_disconnected() => break,
+            _ if started.elapsed() > Duration::from_secs(1) => {
+                return Err("send still succeeds 1 s after the last receiver was killed".into())
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn wait_forever(_: (QueueSender<Item>, QueueReceiver<Item>)) {
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+fn killed_senders_and_receivers_count_as_gone() -> Result<(), Failed> {
+    // A killed sender: the receiver sees Disconnected within 1 s.
+    let (tx, rx) = conduit::queue::<Item>()?;
+    let (tx2, rx2) = conduit::queue::<Item>()?;
+    let mut p = Process::spawn(wait_forever, (tx, rx2))?;
+    drop(tx2);
+    p.kill()?;
+    let _ = p.join();
+    let started = Instant::now();
+    let e = fails(rx.recv_timeout(Duration::from_secs(5)))?;
+    check(
+        e.is_disconnected(),
+        format!("expected Disconnected, got {e}"),
+    )?;
+    check(
+        started.elapsed() < Duration::from_secs(1),
+        format!("took {:?}", started.elapsed()),
+    )
+}
+
+fn full_and_empty() -> Result<(), Failed> {
+    let (tx, rx) = conduit::queue_with::<Vec<u8>>(QueueConfig::default().capacity_bytes(4096))?;
+    let e = fails(rx.try_recv())?;
+    check(
+        e.kind() == ErrorKind::Empty,
+        format!("expected Empty, got {e}"),
+    )?;
+    let mut sent = 0usize;
+    loop {
+        match tx.try_send(&vec![1u8; 100]) {
+            Ok(()) => sent += 1,
+            Err(e) if e.kind() == ErrorKind::Full => break,
+            Err(e) => return Err(format!("try_send: {e}").into()),
+        }
+        check(sent < 100_000, "a 4 KiB queue never filled")?;
+    }
+    check(
+        tx.len() == sent,
+        format!("len {} after {sent} sends", tx.len()),
+    )?;
+    let e = fails(tx.send_timeout(&vec![1u8; 100], Duration::from_millis(20)))?;
+    check(e.is_timeout(), format!("expected Timeout, got {e}"))?;
+    for _ in 0..sent {
+        rx.try_recv()?;
+    }
+    check(rx.is_empty(), format!("len {} after draining", rx.len()))
+}
+
+/// Takes `n` items, marks each done, returns their sum.
+fn work((rx, n): (QueueReceiver<u64>, usize)) -> u64 {
+    let mut sum = 0;
+    for _ in 0..n {
+        match rx.recv() {
+            Ok(v) => {
+                sum += v;
+                if rx.task_done().is_err() {
+                    return u64::MAX;
+                }
+            }
+            Err(_) => return u64::MAX,
+        }
+    }
+    sum
+}
+
+fn joinable_across_processes() -> Result<(), Failed> {
+    let (tx, rx) = conduit::queue::<u64>()?;
+    for v in 1..=20 {
+        tx.send(&v)?;
+    }
+    // Nobody marked anything done yet.
+    let e = fails(tx.join_timeout(Duration::from_millis(30)))?;
+    check(e.is_timeout(), format!("expected Timeout, got {e}"))?;
+    let mut a = Process::spawn(work, (rx.clone(), 10))?;
+    let mut b = Process::spawn(work, (rx.clone(), 10))?;
+    tx.join_timeout(Duration::from_secs(20))?;
+    check(
+        a.join()? + b.join()? == 210,
+        "the workers' sums do not add up",
+    )?;
+    // One more than was sent: refused.
+    let e = fails(rx.task_done())?;
+    check(
+        e.kind() == ErrorKind::InvalidInput,
+        format!("expected InvalidInput, got {e}"),
+    )?;
+    // Unfinished messages and no receiver left: join reports it.
+    tx.send(&1)?;
+    drop(rx);
+    let e = fails(tx.join_timeout(Duration::from_secs(5)))?;
+    check(
+        e.is_disconnected(),
+        format!("expected Disconnected, got {e}"),
+    )
+}
+
+fn serializing_a_queue_end_elsewhere_fails() -> Result<(), Failed> {
+    let (tx, rx) = conduit::queue::<u8>()?;
+    let mut out = Vec::new();
+    let Err(e) = ciborium::into_writer(&tx, &mut out) else {
+        return Err("a QueueSender was serialized outside Process::spawn".into());
+    };
+    check(
+        e.to_string().contains("conduit::Process::spawn"),
+        format!("error: {e}"),
+    )?;
+    tx.send(&3)?;
+    check(rx.recv()? == 3, "the queue after a refused serialization")
+}
+
+/// A consumer that reports every item to the parent over its own channel
+/// the moment it has it, so that a kill loses at most the item in hand.
+fn relay((rx, report): (QueueReceiver<Item>, Sender<(u32, u64, bool)>)) {
+    while let Ok(item) = rx.recv() {
+        if report
+            .send(&(item.producer, item.seq, item.intact()))
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// The headline property: kill random producers and consumers at random
+/// moments; every surviving message arrives exactly once, whole, in
+/// per-producer order, and at most one message is lost per killed
+/// consumer (plus, per killed producer, only messages it had not sent).
+fn random_kills_lose_at_most_the_message_in_hand() -> Result<(), Failed> {
+    let rounds = std::env::var("CONDUIT_QUEUE_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6u64);
+    let mut seed = std::env::var("CONDUIT_QUEUE_KILL_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    for round in 0..rounds {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        kill_round(seed)
+            .map_err(|e| format!("round {round} (CONDUIT_QUEUE_KILL_SEED={seed}): {e}"))?;
+    }
+    Ok(())
+}
+
+fn kill_round(seed: u64) -> Result<(), String> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let (tx, rx) = conduit::queue::<Item>().map_err(|e| e.to_string())?;
+    let per = 2000u64;
+    let n_prod = 3u32;
+    let n_cons = 3usize;
+    let mut producers = Vec::new();
+    for p in 0..n_prod {
+        let len = [8usize, 200, 70_000][rng.usize(0..3)];
+        let proc = Process::spawn(produce, (tx.clone(), p, per, len)).map_err(|e| e.to_string())?;
+        producers.push((p, proc));
+    }
+    drop(tx);
+    let mut consumers = Vec::new();
+    let mut reports = Vec::new();
+    for _ in 0..n_cons {
+        let (report_tx, report_rx) =
+            conduit::channel::<(u32, u64, bool)>().map_err(|e| e.to_string())?;
+        consumers.push(Process::spawn(relay, (rx.clone(), report_tx)).map_err(|e| e.to_string())?);
+        reports.push(report_rx);
+    }
+    drop(rx);
+    // Kill one producer and one consumer (never all consumers) at random
+    // moments while the traffic flows.
+    let victim_p = rng.usize(0..n_prod as usize);
+    let victim_c = rng.usize(0..n_cons);
+    std::thread::sleep(Duration::from_millis(rng.u64(0..40)));
+    producers[victim_p].1.kill().map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_millis(rng.u64(0..40)));
+    consumers[victim_c].kill().map_err(|e| e.to_string())?;
+    // Collect every report until every consumer has ended.
+    let mut seen: HashSet<(u32, u64)> = HashSet::new();
+    let mut per_producer: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (i, r) in reports.iter().enumerate() {
+        let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match r.recv_timeout(left) {
+                Ok((p, seq, intact)) => {
+                    if !intact {
+                        return Err(format!("item {p}/{seq} arrived corrupted"));
+                    }
+                    if !seen.insert((p, seq)) {
+                        return Err(format!("item {p}/{seq} arrived twice"));
+                    }
+                    if let Some(prev) = last.insert(p, seq) {
+                        if prev >= seq {
+                            return Err(format!("consumer {i}: producer {p}'s {seq} after {prev}"));
+                        }
+                    }
+                    per_producer.entry(p).or_default().push(seq);
+                }
+                Err(e) if e.is_disconnected() => break,
+                Err(e) => return Err(format!("consumer {i} hung: {e}")),
+            }
+        }
+    }
+    let mut lost_from_live = 0u64;
+    for (p, mut proc) in producers {
+        let sent = if p as usize == victim_p {
+            let _ = proc.join();
+            None
+        } else {
+            Some(proc.join().map_err(|e| e.to_string())?)
+        };
+        let got = per_producer.get(&p).map_or(0, |v| v.len() as u64);
+        match sent {
+            Some(sent) => {
+                if sent != per {
+                    return Err(format!("live producer {p} sent only {sent}"));
+                }
+                lost_from_live += sent - got;
+            }
+            None => {
+                // A killed producer's messages: whatever it queued arrives,
+                // which is a prefix of its sequence minus at most the items
+                // the killed consumer had in hand.
+                let max = per_producer.get(&p).and_then(|v| v.iter().max().copied());
+                if let Some(max) = max {
+                    lost_from_live += max + 1 - got;
+                }
+            }
+        }
+    }
+    for mut c in consumers {
+        let _ = c.join();
+    }
+    if lost_from_live > 1 {
+        return Err(format!(
+            "{lost_from_live} messages lost; one killed consumer may lose at most 1"
+        ));
+    }
+    Ok(())
+}
