@@ -247,7 +247,7 @@ impl TxInner {
 
 impl RxInner {
     fn recv_bytes(&self, deadline: Option<Instant>) -> Result<Vec<u8>> {
-        let msg = RECV_BUF.with(|buf| self.end.recv(&mut buf.borrow_mut(), deadline))?;
+        let msg = self.end.recv(self.max_message, deadline)?;
         self.counters.received();
         if msg.len() > self.max_message {
             return Err(Error::too_large(format!(
@@ -303,12 +303,6 @@ fn unpack(p: Package) -> Result<(Vec<conduit_core::handoff::OsHandle>, usize)> {
             "a handed queue end was made by another version of conduit",
         )),
     }
-}
-
-thread_local! {
-    /// Receive buffer, one per thread: several threads may receive from one
-    /// `QueueReceiver` at once without sharing (or waiting for) a buffer.
-    static RECV_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn full_or(e: Error) -> Error {

@@ -3,7 +3,7 @@
 //! - `pair(capacity) -> (TxEnd, RxEnd)`: a new queue's first ends;
 //! - `TxEnd::send(payload, deadline)` (`Timeout` when the queue stayed full,
 //!   `Disconnected` when every consumer is gone), `receivers_gone()`;
-//! - `RxEnd::recv(buf, deadline)` (`Timeout`, or `Disconnected` once the
+//! - `RxEnd::recv(max, deadline)` (`max`: the largest payload allowed) (`Timeout`, or `Disconnected` once the
 //!   queue is empty and every producer is gone), `poll(deadline)`,
 //!   `senders_gone()`;
 //! - `handles()` / `from_handles(handles)` on both, for handoffs: new OS

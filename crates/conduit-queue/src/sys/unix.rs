@@ -210,11 +210,21 @@ impl TxEnd {
     }
 }
 
+thread_local! {
+    /// Receive buffer, one per thread: several threads may receive from one
+    /// end at once without sharing (or waiting for) a buffer.
+    static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl RxEnd {
     /// Receives one message, waiting until `deadline` (`Some(now)`: not at
     /// all). `Timeout` when none came; `Disconnected` once the queue is
     /// empty and every producer is gone.
-    pub(crate) fn recv(&self, buf: &mut Vec<u8>, deadline: Option<Instant>) -> Result<Vec<u8>> {
+    pub(crate) fn recv(&self, _max: usize, deadline: Option<Instant>) -> Result<Vec<u8>> {
+        BUF.with(|buf| self.recv_with(&mut buf.borrow_mut(), deadline))
+    }
+
+    fn recv_with(&self, buf: &mut Vec<u8>, deadline: Option<Instant>) -> Result<Vec<u8>> {
         loop {
             if let Some(msg) = self.take(buf)? {
                 return Ok(msg);
