@@ -678,3 +678,44 @@ impl<'de, T: DeserializeOwned + 'static> Deserialize<'de> for QueueReceiver<T> {
         QueueReceiver::from_halves(tx, rx).map_err(D::Error::custom)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropping_every_sender_or_receiver_disconnects_the_other_side() -> Result<()> {
+        let (tx, rx) = queue::<u32>()?;
+        let tx2 = tx.clone();
+        tx.send(&1)?;
+        drop(tx);
+        tx2.send(&2)?;
+        drop(tx2);
+        assert_eq!(rx.recv()?, 1);
+        assert_eq!(rx.recv()?, 2);
+        let e = rx.recv_timeout(Duration::from_secs(5)).err();
+        assert!(e.as_ref().is_some_and(Error::is_disconnected), "{e:?}");
+
+        let (tx, rx) = queue::<u32>()?;
+        drop(rx);
+        let e = tx.send_timeout(&1, Duration::from_secs(5)).err();
+        assert!(e.as_ref().is_some_and(Error::is_disconnected), "{e:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_handed_end_is_the_same_queue() -> Result<()> {
+        let (tx, rx) = queue::<u32>()?;
+        let half = TxHalf(Arc::clone(&tx.inner));
+        let copy =
+            QueueSender::<u32>::new(Arc::new(TxInner::from_package(Box::new(half).export()?)?));
+        copy.send(&7)?;
+        assert_eq!(rx.recv()?, 7);
+        assert_eq!(rx.len(), 0);
+        drop(tx);
+        drop(copy);
+        let e = rx.recv_timeout(Duration::from_secs(5)).err();
+        assert!(e.as_ref().is_some_and(Error::is_disconnected), "{e:?}");
+        Ok(())
+    }
+}
