@@ -35,11 +35,11 @@
 //!   nothing of the handoff there). A `Command` spawned twice gives the token
 //!   to both children: the first to adopt gets the endpoint, the other gets an
 //!   error. Code that holds the child's process handle avoids the limitation
-//!   by pushing instead: [`Outgoing`] exports an endpoint before the spawn,
-//!   [`Outgoing::push_to`] moves its handles into the child after it
+//!   by pushing instead: `Outgoing` exports an endpoint before the spawn,
+//!   `Outgoing::push_to` moves its handles into the child after it
 //!   (`DuplicateHandle` into the child with `DUPLICATE_CLOSE_SOURCE`, as
 //!   Python's multiprocessing does) and gives a token to send to the child
-//!   over a channel, and [`adopt_pushed`] takes them there. A child that
+//!   over a channel, and `adopt_pushed` takes them there. A child that
 //!   exits without adopting closes them with its handle table. This is how
 //!   `conduit::Process` hands over the endpoints inside its arguments.
 //!
