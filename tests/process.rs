@@ -40,6 +40,10 @@ fn main() {
             "main_without_init_is_explained",
             main_without_init_is_explained,
         ),
+        Trial::test(
+            "child_that_never_adopts_disconnects_its_endpoints",
+            child_that_never_adopts_disconnects_its_endpoints,
+        ),
         Trial::test("undecodable_result_is_decode", undecodable_result_is_decode),
         Trial::test("builder_env_dir_and_name", builder_env_dir_and_name),
         Trial::test("kill_on_drop_kills", kill_on_drop_kills),
@@ -186,6 +190,60 @@ fn main_without_init_is_explained() -> Result<(), Failed> {
     check(err.kind() == ErrorKind::ChildFailed, format!("kind: {err}"))?;
     check(msg.contains("without running its target"), msg.clone())?;
     check(msg.contains("conduit::init()"), msg)
+}
+
+/// Would hold both ends; never runs (its child's `main` lacks `conduit::init()`).
+fn hold_both((_rx, _tx): (Receiver<u32>, Sender<u32>)) {}
+
+/// A child that exits without adopting the endpoints of its arguments must
+/// release them: the parent's ends see `Disconnected` within 1 s of its
+/// exit, while the `Process` is still alive (issue 10, item 1; on Windows
+/// the handles used to wait in the parent for the child to take them).
+fn child_that_never_adopts_disconnects_its_endpoints() -> Result<(), Failed> {
+    for t in conduit::Transport::enabled() {
+        let (to_child, rx) = t.channel::<u32>()?;
+        let (tx, from_child) = t.channel::<u32>()?;
+        let spawned = Process::builder()
+            .env(NO_INIT, "1")
+            .spawn(hold_both, (rx, tx));
+        // Spawn may fail only because the child was already gone when the
+        // endpoints were handed to it; the ends must be released either way.
+        let _p = match spawned {
+            Ok(mut p) => {
+                let err = fails(p.join_timeout(Duration::from_secs(30)))?;
+                check(
+                    err.kind() == ErrorKind::ChildFailed,
+                    format!("{}: join: {err}", t.name()),
+                )?;
+                Some(p)
+            }
+            Err(e) => {
+                check(
+                    e.to_string().contains("exited"),
+                    format!("{}: spawn: {e}", t.name()),
+                )?;
+                None
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let err = fails(from_child.recv_deadline(deadline))?;
+        check(
+            err.is_disconnected(),
+            format!("{}: the parent's receiver: {err}", t.name()),
+        )?;
+        // Bounded: the pipe cannot fill up before the deadline.
+        loop {
+            match to_child.send(&1) {
+                Err(e) if e.is_disconnected() => break,
+                Err(e) => return Err(format!("{}: the parent's sender: {e}", t.name()).into()),
+                Ok(()) => check(
+                    Instant::now() < deadline,
+                    format!("{}: the parent's sender still sends after 1 s", t.name()),
+                )?,
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Encodes as a string but decodes as a number.

@@ -34,7 +34,14 @@
 //!   The same holds for a `Command` dropped without being spawned (it owns
 //!   nothing of the handoff there). A `Command` spawned twice gives the token
 //!   to both children: the first to adopt gets the endpoint, the other gets an
-//!   error.
+//!   error. Code that holds the child's process handle avoids the limitation
+//!   by pushing instead: `Outgoing` exports an endpoint before the spawn,
+//!   `Outgoing::push_to` moves its handles into the child after it
+//!   (`DuplicateHandle` into the child with `DUPLICATE_CLOSE_SOURCE`, as
+//!   Python's multiprocessing does) and gives a token to send to the child
+//!   over a channel, and `adopt_pushed` takes them there. A child that
+//!   exits without adopting closes them with its handle table. This is how
+//!   `conduit::Process` hands over the endpoints inside its arguments.
 //!
 //! A token is bound to what it hands over: on Unix it records the carrier
 //! socket's device and inode numbers, checked with `fstat` before the
@@ -48,7 +55,9 @@
 //! `conduit1;<role>;<os part>;<half>[;<half>]` where a half is
 //! `<transport>,<number of handles>,<meta>...` and meta values are decimal `u64`s.
 //! The OS part is `fd=<number>:<st_dev>:<st_ino>` (Unix),
-//! `pid=<parent pid>:<handle>...` (Windows) or `none`.
+//! `pid=<parent pid>:<handle>...` (Windows), `own=<handle>...` (Windows,
+//! pushed: values in the child's own handle table; never accepted from the
+//! environment) or `none`.
 
 use std::collections::HashSet;
 use std::process::Command;
@@ -176,6 +185,19 @@ pub fn handoff<E: Endpoint>(cmd: &mut Command, key: &str, endpoint: E) -> Result
 /// must match `role`).
 pub fn handoff_halves(cmd: &mut Command, key: &str, role: Role, halves: Halves) -> Result<()> {
     check_key(key)?;
+    let (halves, handles) = pack(&format!("under key {key:?}"), role, halves)?;
+    let os_part = if handles.is_empty() {
+        "none".to_string()
+    } else {
+        sys::send_handles(cmd, handles)?
+    };
+    let token = format!("{TOKEN_VERSION};{};{os_part}{halves}", role.as_str());
+    cmd.env(env_var(key), token);
+    Ok(())
+}
+
+/// Exports the halves: the token's halves part and the handles of all halves.
+fn pack(what: &str, role: Role, halves: Halves) -> Result<(String, Vec<OsHandle>)> {
     let (tx, rx) = halves;
     let expected = match role {
         Role::Sender => (true, false),
@@ -184,7 +206,7 @@ pub fn handoff_halves(cmd: &mut Command, key: &str, role: Role, halves: Halves) 
     };
     if (tx.is_some(), rx.is_some()) != expected {
         return Err(Error::invalid_input(format!(
-            "the halves handed under key {key:?} do not make a {}",
+            "the halves handed {what} do not make a {}",
             role.as_str()
         )));
     }
@@ -206,24 +228,71 @@ pub fn handoff_halves(cmd: &mut Command, key: &str, role: Role, halves: Halves) 
         }
         handles.extend(p.handles);
     }
-    let os_part = if handles.is_empty() {
-        "none".to_string()
-    } else {
-        sys::send_handles(cmd, handles)?
-    };
-    let token = format!("{TOKEN_VERSION};{};{os_part}{halves}", role.as_str());
-    cmd.env(env_var(key), token);
-    Ok(())
+    Ok((halves, handles))
+}
+
+/// Windows: an endpoint exported for a child that is not spawned yet, to be
+/// moved into it with [`Outgoing::push_to`] once it is (the way of
+/// `conduit::Process`, which knows its child's process handle; bare
+/// [`handoff`] to a `Command` cannot, see the module docs).
+///
+/// Dropped without being pushed, it closes the handles, so the peer of the
+/// endpoint sees `Disconnected`.
+#[cfg(windows)]
+#[derive(Debug)]
+pub struct Outgoing {
+    role: Role,
+    halves: String,
+    handles: Vec<OsHandle>,
+}
+
+#[cfg(windows)]
+impl Outgoing {
+    /// Takes the halves of an endpoint of `role` apart for a child that will
+    /// be spawned later.
+    pub fn new(role: Role, halves: Halves) -> Result<Outgoing> {
+        let (halves, handles) = pack("for a child", role, halves)?;
+        Ok(Outgoing {
+            role,
+            halves,
+            handles,
+        })
+    }
+
+    /// Moves the handles into the process `child` (duplicated into it with
+    /// `DUPLICATE_CLOSE_SOURCE`, so this process keeps no copy whatever
+    /// happens) and returns the token that `child` passes to
+    /// [`adopt_pushed`]. Send it over a channel only that child can read.
+    ///
+    /// A child that exits without adopting closes the handles with its
+    /// handle table: the parent's end of the endpoint sees `Disconnected`.
+    ///
+    /// # Errors
+    ///
+    /// `Io` when a handle cannot be moved (typically: the child has exited
+    /// already); the handles are closed in this process anyway.
+    pub fn push_to(self, child: std::os::windows::io::BorrowedHandle<'_>) -> Result<String> {
+        let os_part = if self.handles.is_empty() {
+            "none".to_string()
+        } else {
+            sys::send_handles_to(child, self.handles)?
+        };
+        Ok(format!(
+            "{TOKEN_VERSION};{};{os_part}{}",
+            self.role.as_str(),
+            self.halves
+        ))
+    }
 }
 
 /// What this process adopted: keys, and the handle parts of their tokens (so
 /// that a copy of a token under another key is refused too).
 static ADOPTED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 
-fn malformed(key: &str, why: &str) -> Error {
+/// `origin` says where the token was found ("in CONDUIT_HANDOFF_x").
+fn malformed(origin: &str, why: &str) -> Error {
     Error::invalid_input(format!(
-        "malformed handoff token in {}: {why}; it must be set by conduit::handoff in the parent",
-        env_var(key)
+        "malformed handoff token {origin}: {why}; it must be set by conduit::handoff in the parent"
     ))
 }
 
@@ -252,20 +321,25 @@ const MAX_HANDLES: u64 = 16;
 /// handle is touched. Hidden: public for the fuzz target.
 #[doc(hidden)]
 pub fn parse_token(key: &str, token: &str) -> Result<Token> {
+    parse_token_from(&format!("in {}", env_var(key)), token)
+}
+
+/// [`parse_token`] of a token found where `origin` says.
+fn parse_token_from(origin: &str, token: &str) -> Result<Token> {
     let mut fields = token.split(';');
     if fields.next() != Some(TOKEN_VERSION) {
         return Err(malformed(
-            key,
+            origin,
             "unknown token version (parent and child built with different conduit versions?)",
         ));
     }
     let role = fields
         .next()
         .and_then(Role::parse)
-        .ok_or_else(|| malformed(key, "bad role"))?;
+        .ok_or_else(|| malformed(origin, "bad role"))?;
     let os_part = fields
         .next()
-        .ok_or_else(|| malformed(key, "missing handle part"))?
+        .ok_or_else(|| malformed(origin, "missing handle part"))?
         .to_string();
     let mut halves = Vec::new();
     let mut total = 0u64;
@@ -274,24 +348,24 @@ pub fn parse_token(key: &str, token: &str) -> Result<Token> {
         let transport = items
             .next()
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| malformed(key, "empty transport"))?;
+            .ok_or_else(|| malformed(origin, "empty transport"))?;
         let nums: Vec<u64> = items
             .map(|s| s.parse::<u64>())
             .collect::<std::result::Result<_, _>>()
-            .map_err(|_| malformed(key, "non-numeric parameter"))?;
+            .map_err(|_| malformed(origin, "non-numeric parameter"))?;
         let (&count, meta) = nums
             .split_first()
-            .ok_or_else(|| malformed(key, "missing handle count"))?;
+            .ok_or_else(|| malformed(origin, "missing handle count"))?;
         // Checked per half, so that the sum cannot overflow.
         total = total
             .checked_add(count)
             .filter(|t| *t <= MAX_HANDLES)
-            .ok_or_else(|| malformed(key, "too many handles"))?;
+            .ok_or_else(|| malformed(origin, "too many handles"))?;
         halves.push((transport.to_string(), count, meta.to_vec()));
     }
     let expected = if role == Role::Duplex { 2 } else { 1 };
     if halves.len() != expected {
-        return Err(malformed(key, "wrong number of halves for the role"));
+        return Err(malformed(origin, "wrong number of halves for the role"));
     }
     Ok(Token {
         role,
@@ -386,6 +460,17 @@ pub fn adopt_halves(key: &str, expected_role: Role, resolver: &dyn Resolver) -> 
             )
         })?
     };
+    rebuild(role, halves, handles, resolver)
+}
+
+/// Rebuilds the halves of an endpoint of `role` from the token's halves and
+/// the handles taken for it.
+fn rebuild(
+    role: Role,
+    halves: Vec<(String, u64, Vec<u64>)>,
+    handles: Vec<OsHandle>,
+    resolver: &dyn Resolver,
+) -> Result<Halves> {
     let mut handles = handles.into_iter();
     let mut packages = halves.into_iter().map(|(transport, count, meta)| Package {
         transport,
@@ -408,4 +493,62 @@ pub fn adopt_halves(key: &str, expected_role: Role, resolver: &dyn Resolver) -> 
         }
     };
     Ok((tx, rx))
+}
+
+/// Windows: adopts an endpoint of `expected_role` that the parent moved
+/// into this process with [`Outgoing::push_to`], from the token that call
+/// returned (named `what` in errors), using `resolver` to rebuild each
+/// half.
+///
+/// # Safety
+///
+/// `token` must be the one the parent's [`Outgoing::push_to`] returned for
+/// this very process, received over a channel only the parent can write
+/// to, and adopted once: the handle values it names are taken as owned,
+/// and must be owned by nothing else in this process. (Values that are not
+/// distinct open handles are refused, and a token is refused the second
+/// time, but a value can be open and owned by something else.)
+#[cfg(windows)]
+#[allow(unsafe_code)]
+pub unsafe fn adopt_pushed(
+    what: &str,
+    token: &str,
+    expected_role: Role,
+    resolver: &dyn Resolver,
+) -> Result<Halves> {
+    let Token {
+        role,
+        os_part,
+        halves,
+        total,
+    } = parse_token_from(&format!("for {what}"), token)?;
+    if role != expected_role {
+        return Err(Error::invalid_input(format!(
+            "the parent handed a {} as {what} but this process adopts it as a {}",
+            role.as_str(),
+            expected_role.as_str()
+        )));
+    }
+    for (transport, _, _) in &halves {
+        resolver.check(transport)?;
+    }
+    let handles = if total == 0 && os_part == "none" {
+        Vec::new()
+    } else {
+        let mut adopted = adopted();
+        if !adopted
+            .get_or_insert_with(HashSet::new)
+            .insert(format!("pushed:{os_part}"))
+        {
+            return Err(Error::invalid_input(format!(
+                "{what}: this process already adopted the endpoint this token describes"
+            )));
+        }
+        drop(adopted);
+        // SAFETY: the token comes from the parent's push into this process
+        // and is adopted once (the caller's contract, and checked above).
+        unsafe { sys::take_own_handles(&os_part, total as usize) }
+            .map_err(|e| Error::new(e.kind(), format!("cannot adopt {what}: {}", e.message())))?
+    };
+    rebuild(role, halves, handles, resolver)
 }

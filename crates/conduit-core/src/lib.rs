@@ -5,7 +5,9 @@
 //! Applications use the `conduit` facade; transport crates build on this one.
 //!
 //! `unsafe` code is denied here except in the `sys` module, which holds the
-//! few OS calls that take ownership of handed-over descriptors and handles.
+//! few OS calls that take ownership of handed-over descriptors and handles,
+//! and `handoff::adopt_pushed` (Windows), an `unsafe fn` because the
+//! handle values it takes as owned can only be vouched for by its caller.
 
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -38,18 +38,19 @@
 //! returned as an error so that the server learns about it (the listener
 //! stays usable).
 //!
-//! On Unix, handshakes run side by side: `accept` keeps the connections
-//! whose handshake is in progress (up to [`MAX_PENDING`]), waits on the
-//! listening socket and all of them at once, and returns the first that
-//! completes. Each has its own deadline, [`Listener::handshake_timeout`]
-//! after it was accepted ([`HANDSHAKE_TIMEOUT`], 10 s, unless set with
+//! Handshakes run side by side, up to [`MAX_PENDING`] at once, and
+//! `accept` returns the first connection that completes. On Unix `accept`
+//! keeps the connections whose handshake is in progress and waits on the
+//! listening socket and all of them at once; on Windows each connected
+//! client is set up (the rendezvous on the named pipe, then the handshake)
+//! on a thread of its own while `accept` offers the next pipe instance to
+//! the next client. Each connection has its own deadline,
+//! [`Listener::handshake_timeout`] after it was accepted
+//! ([`HANDSHAKE_TIMEOUT`], 10 s, unless set with
 //! [`Listener::with_handshake_timeout`]); a client that stays silent is
 //! dropped when *its* deadline passes and delays nobody else. Connections
-//! still in progress when `accept` returns are kept for the next call.
-//! On Windows the set-up of one connection (the rendezvous on the named
-//! pipe and the handshake) still runs to completion, or to its handshake
-//! timeout, before the next client is looked at, so a silent client delays
-//! the others by up to the handshake timeout; a shorter timeout bounds that.
+//! still in progress when `accept` returns are kept for the next call;
+//! dropping the listener ends them.
 //!
 //! # Security
 //!
@@ -143,8 +144,9 @@ pub const MAX_NAME_LEN: usize = 64;
 /// is earlier.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// At most this many connections have a handshake in progress in a Unix
-/// listener; when one more arrives, the oldest is dropped.
+/// At most this many connections have a handshake in progress in a
+/// listener. On Unix, when one more arrives, the oldest is dropped; on
+/// Windows, `accept` waits for one to end before it takes one more client.
 pub const MAX_PENDING: usize = 128;
 
 /// A byte-level duplex endpoint: a sender and a receiver over one connection.

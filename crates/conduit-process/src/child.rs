@@ -6,11 +6,11 @@ use std::panic;
 use std::sync::{Mutex, OnceLock};
 use std::thread::{self, ThreadId};
 
-use conduit_core::handoff::{adopt_halves, adopt_with, Resolver, Role};
+use conduit_core::handoff::{adopt_with, Resolver, Role};
 use conduit_core::Duplex;
 
 use crate::sys::{self, SameImage};
-use crate::{endpoint_key, FailKind, FromChild, Request, Runtime, CTL_KEY, PROTOCOL_VERSION};
+use crate::{FailKind, FromChild, Request, Runtime, CTL_KEY, PROTOCOL_VERSION};
 
 /// Exit code of a child that could not take its control channel or read its
 /// request (it printed why on stderr).
@@ -99,7 +99,7 @@ fn run_request(req: &Request, resolver: &dyn Resolver, started: impl FnOnce()) -
                 format!("unknown endpoint role {role:?}"),
             );
         };
-        match adopt_halves(&endpoint_key(i), role, resolver) {
+        match sys::adopt(i, role, &req.pushed, resolver) {
             Ok(halves) => endpoints.push((role, halves)),
             Err(e) => {
                 return failed(

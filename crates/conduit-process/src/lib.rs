@@ -64,10 +64,16 @@
 //! (`conduit_core::transport::spawn_context`): serializing an endpoint moves
 //! its byte-level halves into the context (the value left in the parent
 //! answers `Disconnected`) and writes its index; each collected endpoint is
-//! then handed to this one child with `handoff` (exact inheritance: no other
-//! child, even one spawned at the same time from another thread, gets its
-//! handles). The child adopts them before decoding and the endpoints'
-//! `Deserialize` takes them back by index. Serializing an endpoint outside
+//! then handed to this one child (exact inheritance: no other child, even
+//! one spawned at the same time from another thread, gets its handles):
+//! on Unix with `handoff` to the child's `Command`; on Windows by pushing
+//! the handles into the child once it is spawned (`DuplicateHandle` into
+//! its process with `DUPLICATE_CLOSE_SOURCE`, as Python's multiprocessing
+//! does) and sending their values in the request. Either way the parent
+//! keeps no copy: a child that exits before adopting them (its `main` does
+//! not call `conduit::init()`, or it dies early) releases them, and the
+//! parent's ends see `Disconnected`. The child adopts them before decoding
+//! and the endpoints' `Deserialize` takes them back by index. Serializing an endpoint outside
 //! `spawn` (to JSON, to a file) fails with an error instead of copying it.
 //!
 //! # Tests
@@ -100,7 +106,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use conduit_core::handoff::{handoff, handoff_halves, Resolver};
+use conduit_core::handoff::{handoff, Resolver};
 use conduit_core::transport::spawn_context::{export_scope, import_scope, Exported};
 use conduit_core::transport::BoxDuplexEnd;
 use conduit_core::{Duplex, Error, ErrorKind, Receiver, Result, Sender};
@@ -110,13 +116,15 @@ mod sys;
 
 /// The handoff key of the control channel.
 const CTL_KEY: &str = "conduit_process";
-/// The handoff key of the `i`-th endpoint inside the arguments.
+/// The handoff key of the `i`-th endpoint inside the arguments (Unix; on
+/// Windows they are pushed into the child, see `sys`).
+#[cfg(unix)]
 fn endpoint_key(i: usize) -> String {
     format!("conduit_process_{i}")
 }
 
 /// Bumped when [`Request`] or [`FromChild`] change.
-const PROTOCOL_VERSION: u32 = 1;
+const PROTOCOL_VERSION: u32 = 2;
 
 /// What the facade supplies: how to make the control channel and how to
 /// rebuild handed-over endpoints. Not a stable interface.
@@ -179,8 +187,12 @@ struct Request {
     #[serde(with = "serde_bytes")]
     args: Vec<u8>,
     /// The role of each endpoint inside `args`, handed over under
-    /// [`endpoint_key`].
+    /// `endpoint_key` (Unix) or in `pushed` (Windows).
     endpoints: Vec<String>,
+    /// Windows: per endpoint, the token of its handles, pushed into the
+    /// child after the spawn (`conduit_core::handoff::Outgoing`). Empty on
+    /// Unix, where the endpoints go with the `Command`.
+    pushed: Vec<String>,
     die_with_parent: bool,
 }
 
@@ -427,7 +439,7 @@ impl ProcessBuilder {
                 format!("the arguments of the child process do not encode: {e}"),
             )
         })?;
-        let request = Request {
+        let mut request = Request {
             version: PROTOCOL_VERSION,
             exe: exe_identity()?,
             check_offset: sys::check_offset(),
@@ -438,6 +450,7 @@ impl ProcessBuilder {
                 .iter()
                 .map(|(role, _)| role.as_str().into())
                 .collect(),
+            pushed: Vec::new(),
             die_with_parent: self.die_with_parent,
         };
         let exe = std::env::current_exe().map_err(|e| {
@@ -468,21 +481,39 @@ impl ProcessBuilder {
             cmd.stderr(s);
         }
         handoff(&mut cmd, CTL_KEY, theirs)?;
-        for (i, (role, halves)) in endpoints.into_iter().enumerate() {
-            handoff_halves(&mut cmd, &endpoint_key(i), role, halves)?;
-        }
+        let handing = sys::hand(&mut cmd, endpoints)?;
         sys::prepare(&mut cmd, self.die_with_parent);
         let spawned = if self.die_with_parent {
             spawn_from_keeper(cmd)
         } else {
             cmd.spawn()
         };
-        let child = spawned.map_err(|e| {
+        let mut child = spawned.map_err(|e| {
             Error::from_io(
                 &format!("cannot start a child process of {}", exe.display()),
                 e,
             )
         })?;
+        request.pushed = match handing.finish(&child) {
+            Ok(tokens) => tokens,
+            Err(e) => {
+                // It cannot run its target without its arguments (and has
+                // almost certainly exited already).
+                let _ = child.kill();
+                let ended = match child.wait() {
+                    Ok(s) => sys::describe(s).to_string(),
+                    Err(_) => "could not be waited for".into(),
+                };
+                return Err(Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot hand the endpoints in the arguments to the child process \
+                         (pid {}), which {ended}: {e}",
+                        child.id()
+                    ),
+                ));
+            }
+        };
         // A child that is already gone makes this fail; `join` then says
         // how it ended, which is the useful part.
         let _ = ctl.send(&request);
@@ -548,7 +579,9 @@ fn spawn_from_keeper(cmd: Command) -> std::io::Result<Child> {
 
 /// How often `join` looks at the child process itself while it waits on
 /// the control channel: only on Windows, where the channel may not report
-/// a child that exited before adopting it.
+/// a child that exited before adopting it (the control channel is pulled by
+/// the child through the environment, unlike the endpoints of the
+/// arguments, which are pushed).
 const EXIT_CHECK: Option<Duration> = if cfg!(windows) {
     Some(Duration::from_millis(100))
 } else {

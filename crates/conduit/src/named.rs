@@ -162,10 +162,8 @@ where
 
     /// Sets how long each client may take, from its arrival, to complete
     /// the handshake before `accept` drops it; the default is
-    /// [`conduit_named::HANDSHAKE_TIMEOUT`] (10 s). On Unix, handshakes run
-    /// side by side and a silent client only ever costs itself this
-    /// timeout; on Windows one client's set-up still runs before the next
-    /// one's, so a silent client can delay the others by up to this much.
+    /// [`conduit_named::HANDSHAKE_TIMEOUT`] (10 s). Handshakes run side by
+    /// side, so a silent client only ever costs itself this timeout.
     ///
     /// # Examples
     ///
@@ -195,8 +193,8 @@ where
     ///
     /// Clients that disconnect or stall during the handshake are dropped
     /// and the wait goes on (each stalled client is dropped when its own
-    /// [handshake timeout](Self::with_handshake_timeout) passes; on Unix it
-    /// does not delay the others); a client with another [`FrameConfig`] is
+    /// [handshake timeout](Self::with_handshake_timeout) passes, and does
+    /// not delay the others); a client with another [`FrameConfig`] is
     /// an [`ErrorKind::Protocol`] error (the listener stays usable).
     pub fn accept(&self) -> Result<Duplex<S, R>> {
         self.inner.accept(None).map(typed)

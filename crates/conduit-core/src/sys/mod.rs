@@ -10,7 +10,11 @@
 //!   `receive_handles(token part, count) -> handles` (see [`crate::handoff`]);
 //!   after the child is spawned the parent must hold no copy of what it
 //!   handed (Unix: the carrier registry and its watcher thread in
-//!   `unix.rs`; Windows: the child's `DUPLICATE_CLOSE_SOURCE`).
+//!   `unix.rs`; Windows: the child's `DUPLICATE_CLOSE_SOURCE`);
+//! - Windows only: `send_handles_to(child process, handles) -> token part`
+//!   and `unsafe take_own_handles(token part, count) -> handles`, which push
+//!   the handles into a child whose process handle the caller has (see
+//!   `handoff::Outgoing`).
 //!
 //! `unsafe` in `conduit-core` is confined to these files.
 

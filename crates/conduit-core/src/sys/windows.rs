@@ -13,10 +13,23 @@
 //! Handles never become inheritable, so no other child spawned at the same
 //! time can inherit them (std's `CreateProcessW` inherits every inheritable
 //! handle). The parent's copies are closed by the child's duplication.
-//! Limitation: if the child never adopts the endpoint (it exits first), the
-//! parent keeps them until it exits, and its end does not see the peer
-//! disconnect: std's `Command` has no hook at or after `CreateProcessW` on
-//! stable Rust, and `send_handles` never learns the child's process handle.
+//! Limitation of that (pull) path, used by bare `handoff` to a `Command`: if
+//! the child never adopts the endpoint (it exits first), the parent keeps
+//! them until it exits, and its end does not see the peer disconnect: std's
+//! `Command` has no hook at or after `CreateProcessW` on stable Rust, and
+//! `send_handles` never learns the child's process handle.
+//!
+//! Code that has the child's process handle (`conduit::Process`) pushes
+//! instead, like Python's multiprocessing: after the spawn,
+//! `send_handles_to` duplicates each handle into the child with
+//! `DUPLICATE_CLOSE_SOURCE` (the parent's copy is closed even when that
+//! fails) and returns the child's values (`own=<handle>:...`), which the
+//! parent sends over a channel to the child, where `take_own_handles` takes
+//! them without any duplication. A child that exits without adopting closes
+//! them with its handle table, so the parent's end sees `Disconnected`. An
+//! `own=` part is never accepted from the environment (`receive_handles`
+//! refuses it): `take_own_handles` is `unsafe`, for a part that came from
+//! the parent over a channel only it can write.
 //!
 //! A token names handle *values* in another process, which mean nothing by
 //! themselves: `receive_handles` duplicates them only out of this process's
@@ -38,9 +51,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use windows_sys::Win32::Foundation::{
-    DuplicateHandle, GetLastError, DUPLICATE_CLOSE_SOURCE, DUPLICATE_SAME_ACCESS,
-    ERROR_BROKEN_PIPE, ERROR_NO_DATA, ERROR_PIPE_NOT_CONNECTED, FILETIME, HANDLE,
-    INVALID_HANDLE_VALUE,
+    DuplicateHandle, GetHandleInformation, GetLastError, DUPLICATE_CLOSE_SOURCE,
+    DUPLICATE_SAME_ACCESS, ERROR_BROKEN_PIPE, ERROR_NO_DATA, ERROR_PIPE_NOT_CONNECTED, FILETIME,
+    HANDLE, INVALID_HANDLE_VALUE,
 };
 use windows_sys::Win32::Storage::FileSystem::{ReadFile, WriteFile};
 use windows_sys::Win32::System::Diagnostics::ToolHelp::{
@@ -220,6 +233,100 @@ pub fn send_handles(_cmd: &mut Command, handles: Vec<OwnedHandle>) -> Result<Str
         part.push_str(&format!(":{}", h.into_raw_handle() as usize));
     }
     Ok(part)
+}
+
+/// Moves `handles` into the process `child` (Python's multiprocessing does
+/// the same on Windows): each is duplicated into the child's handle table
+/// with `DUPLICATE_CLOSE_SOURCE`, which closes this process's copy whether
+/// the duplication succeeds or not (for example when the child has already
+/// exited). Returns the handle part naming the child's values
+/// (`own=<handle>:<handle>...`), which only [`take_own_handles`] accepts.
+///
+/// Once this returns, nothing of the endpoint is left in this process: a
+/// child that exits without taking the handles closes them with its handle
+/// table, so the parent's end sees the peer disconnect. Every handle is
+/// moved or closed even when one fails; the first failure is returned.
+pub fn send_handles_to(child: BorrowedHandle<'_>, handles: Vec<OwnedHandle>) -> Result<String> {
+    let mut part = String::from("own=");
+    let mut failed = None;
+    for (i, h) in handles.into_iter().enumerate() {
+        let mut dup: HANDLE = std::ptr::null_mut();
+        // SAFETY: `child` is a process handle borrowed for the call, `h` is
+        // a handle this process owns and gives up here (into_raw_handle:
+        // DUPLICATE_CLOSE_SOURCE closes it even when the call fails, so it
+        // is never used or closed again here), and `dup` outlives the call.
+        // The value written to `dup` names a handle in the child's table,
+        // not ours: it is only formatted, never used in this process.
+        let ok = unsafe {
+            DuplicateHandle(
+                GetCurrentProcess(),
+                h.into_raw_handle() as HANDLE,
+                child.as_raw_handle() as HANDLE,
+                &mut dup,
+                0,
+                0,
+                DUPLICATE_SAME_ACCESS | DUPLICATE_CLOSE_SOURCE,
+            )
+        };
+        if ok == 0 {
+            failed.get_or_insert_with(last_error);
+            continue;
+        }
+        if i > 0 {
+            part.push(':');
+        }
+        part.push_str(&(dup as usize).to_string());
+    }
+    match failed {
+        None => Ok(part),
+        Some(e) => Err(Error::from_io(
+            "cannot move a handle into the child process (has it exited already?)",
+            e,
+        )),
+    }
+}
+
+/// Takes ownership of the handles that the parent moved into this process
+/// with [`send_handles_to`], named by `part` (`own=<handle>:<handle>...`).
+///
+/// Values that are not distinct open handles of this process are refused
+/// before any is taken.
+///
+/// # Safety
+///
+/// `part` must be the handle part returned by the parent's
+/// [`send_handles_to`] for this very process, received over a channel only
+/// the parent can write to, and used once: the handles it names must be
+/// owned by nothing else in this process.
+pub unsafe fn take_own_handles(part: &str, count: usize) -> Result<Vec<OwnedHandle>> {
+    let bad = || Error::invalid_input("bad handle part of a pushed handoff token");
+    let rest = part.strip_prefix("own=").ok_or_else(bad)?;
+    let values: Vec<usize> = if rest.is_empty() {
+        Vec::new()
+    } else {
+        rest.split(':')
+            .map(|h| h.parse().map_err(|_| bad()))
+            .collect::<Result<_>>()?
+    };
+    if values.len() != count {
+        return Err(bad());
+    }
+    for (i, &v) in values.iter().enumerate() {
+        let mut flags = 0u32;
+        // SAFETY: GetHandleInformation only reads this process's handle
+        // table; an invalid value fails the call, and `flags` outlives it.
+        let open = unsafe { GetHandleInformation(v as HANDLE, &mut flags) } != 0;
+        if v == 0 || v as HANDLE == INVALID_HANDLE_VALUE || !open || values[..i].contains(&v) {
+            return Err(bad());
+        }
+    }
+    Ok(values
+        .into_iter()
+        // SAFETY: each value is a distinct open handle of this process that
+        // the parent moved here for this token and that nothing else owns
+        // (the caller's contract).
+        .map(|v| unsafe { OwnedHandle::from_raw_handle(v as _) })
+        .collect())
 }
 
 /// Duplicates the handles named by a token's handle part out of the parent,

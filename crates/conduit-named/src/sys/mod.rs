@@ -37,8 +37,10 @@ pub enum Accepted {
     Ready(Box<crate::DuplexEnd>),
     /// A client whose handshake does not match ours (`Protocol`).
     Mismatch(conduit_core::Error),
-    /// A client that was dropped during set-up; keep waiting. (The Unix
-    /// backend drops such clients itself and keeps waiting.)
+    /// A client that was gone before it could be set up; keep waiting.
+    /// (The backends drop clients whose set-up fails themselves and keep
+    /// waiting; Windows returns this for a client that connected and left
+    /// before `ConnectNamedPipe` saw it.)
     #[cfg_attr(unix, allow(dead_code))]
     Skip,
     /// The deadline passed.

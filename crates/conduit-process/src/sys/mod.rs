@@ -9,7 +9,12 @@
 //! - `prepare(cmd, die_with_parent)`: what must happen in the child between
 //!   fork and exec (Linux: `PR_SET_PDEATHSIG`);
 //! - `terminate(child)`: SIGTERM (Unix) or `TerminateProcess` (Windows);
-//! - `describe(status) -> Ended`: how the child ended, for error messages.
+//! - `describe(status) -> Ended`: how the child ended, for error messages;
+//! - `hand(cmd, endpoints) -> Handing` before the spawn and
+//!   `Handing::finish(child) -> tokens for the request` after it: how the
+//!   endpoints of the arguments reach the child (Unix: `handoff` with the
+//!   `Command`; Windows: pushed into the child after the spawn), and
+//!   `adopt(i, role, tokens, resolver)` in the child.
 
 #![allow(unsafe_code)]
 
@@ -17,7 +22,7 @@
 #[cfg_attr(windows, path = "windows.rs")]
 mod os;
 
-pub(crate) use os::{describe, exe_identity, prepare, terminate};
+pub(crate) use os::{adopt, describe, exe_identity, hand, prepare, terminate};
 
 use crate::Trampoline;
 

@@ -7,7 +7,41 @@ use std::process::{Child, Command, ExitStatus};
 
 use rustix::process::{Pid, Signal};
 
-use crate::Ended;
+use conduit_core::handoff::{adopt_halves, handoff_halves, Halves, Resolver, Role};
+use conduit_core::Result;
+
+use crate::{endpoint_key, Ended};
+
+/// The endpoints of the arguments, on their way to the child. On Unix
+/// they went with the `Command` (see `conduit_core::handoff`): nothing is
+/// left to do after the spawn.
+pub(crate) struct Handing;
+
+/// Hands the endpoints of the arguments to the child `cmd` will spawn.
+pub(crate) fn hand(cmd: &mut Command, endpoints: Vec<(Role, Halves)>) -> Result<Handing> {
+    for (i, (role, halves)) in endpoints.into_iter().enumerate() {
+        handoff_halves(cmd, &endpoint_key(i), role, halves)?;
+    }
+    Ok(Handing)
+}
+
+impl Handing {
+    /// The tokens to put in the request: none on Unix.
+    pub(crate) fn finish(self, _child: &Child) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+}
+
+/// Child: adopts the `i`-th endpoint of the arguments (from the
+/// environment; `pushed` is empty on Unix).
+pub(crate) fn adopt(
+    i: usize,
+    role: Role,
+    _pushed: &[String],
+    resolver: &dyn Resolver,
+) -> Result<Halves> {
+    adopt_halves(&endpoint_key(i), role, resolver)
+}
 
 /// Device, inode, size and modification time of the running executable.
 ///

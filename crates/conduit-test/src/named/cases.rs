@@ -139,9 +139,102 @@ pub(super) fn silent_clients() -> Result<(), Failed> {
     Ok(())
 }
 
-#[cfg(not(unix))]
+/// Windows: the silent clients open the rendezvous pipe and never answer
+/// the server's hello. Only one instance waits for a client at a time, so
+/// they are opened one after the other while `accept` runs (each as soon as
+/// the server offers the next instance), then the well-behaved client.
+#[cfg(windows)]
+pub(super) fn silent_clients() -> Result<(), Failed> {
+    use std::fs::{File, OpenOptions};
+    /// `ERROR_PIPE_BUSY`: every instance is taken; the next comes soon.
+    const PIPE_BUSY: i32 = 231;
+    let name = unique("silent");
+    let listener = Listener::<Reply, Request>::bind(&name).map_err(fail("bind"))?;
+    let endpoint = listener.endpoint().to_string();
+    let good_name = name.clone();
+    let clients = thread::spawn(move || -> Result<(Vec<File>, _, Instant), String> {
+        let until = Instant::now() + HANG;
+        let mut silent = Vec::new();
+        while silent.len() < 3 {
+            match OpenOptions::new().read(true).write(true).open(&endpoint) {
+                Ok(f) => silent.push(f),
+                Err(e) if e.raw_os_error() == Some(PIPE_BUSY) && Instant::now() < until => {
+                    thread::yield_now()
+                }
+                Err(e) => return Err(format!("silent client {}: {e}", silent.len())),
+            }
+        }
+        let start = Instant::now();
+        let good = spawn("named_client", |cmd: &mut Command| {
+            cmd.env(NAME_ENV, &good_name).env("CONDUIT_TEST_ID", "3");
+            Ok(())
+        })
+        .map_err(|e| format!("spawn the well-behaved client: {e:?}"))?;
+        Ok((silent, good, start))
+    });
+    let conn = listener
+        .accept_timeout(HANG)
+        .map_err(fail("accept the well-behaved client"));
+    let served = Instant::now();
+    let (silent, mut good, start) = clients
+        .join()
+        .map_err(|_| Failed::from("the clients' thread panicked"))?
+        .map_err(Failed::from)?;
+    let conn = conn?;
+    let served_after = served.saturating_duration_since(start);
+    for _ in 0..REQUESTS {
+        let (id, seq, text) = conn.recv_timeout(HANG).map_err(fail("request"))?;
+        conn.send(&(id, seq, text.len())).map_err(fail("reply"))?;
+    }
+    good.wait_success()?;
+    // Generous: the old sequential set-ups took 10 s per silent client.
+    ensure(served_after < Duration::from_secs(3), || {
+        format!(
+            "the well-behaved client was accepted {served_after:?} after it started, behind {} silent ones",
+            silent.len()
+        )
+    })?;
+    drop(silent);
+    Ok(())
+}
+
+#[cfg(not(any(unix, windows)))]
 pub(super) fn silent_clients() -> Result<(), Failed> {
     Ok(())
+}
+
+/// A listener dropped while a silent client's set-up is in progress (taken
+/// in by an `accept` that then timed out) ends that set-up at once: the
+/// name can be bound again right away, and the drop does not wait for the
+/// client's handshake timeout (Windows sets clients up on threads of their
+/// own, which hold the rendezvous pipe instance until they end).
+pub(super) fn drop_during_set_up() -> Result<(), Failed> {
+    let name = unique("dropsetup");
+    let listener = Listener::<Msg, Msg>::bind(&name).map_err(fail("bind"))?;
+    #[cfg(unix)]
+    let silent = std::os::unix::net::UnixStream::connect(listener.endpoint())
+        .map_err(fail("silent connect"))?;
+    #[cfg(windows)]
+    let silent = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(listener.endpoint())
+        .map_err(fail("silent connect"))?;
+    expect_kind(
+        "accept with only a silent client",
+        listener.accept_timeout(Duration::from_millis(200)),
+        ErrorKind::Timeout,
+    )?;
+    let start = Instant::now();
+    drop(listener);
+    let dropped_in = start.elapsed();
+    drop(silent);
+    let again = Listener::<Msg, Msg>::bind(&name).map_err(fail("bind again after the drop"))?;
+    drop(again);
+    // The default handshake timeout is 10 s.
+    ensure(dropped_in < Duration::from_secs(2), || {
+        format!("dropping the listener took {dropped_in:?}")
+    })
 }
 
 /// A listener with a short handshake timeout drops a silent client after

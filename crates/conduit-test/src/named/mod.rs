@@ -23,9 +23,9 @@ mod dirs;
 pub use children::CHILDREN;
 
 use cases::{
-    client_killed_mid_message, handoff_accepted, handshake_before_late_accept, handshake_mismatch,
-    handshake_timeout_configurable, many_clients, prop_echo_by_name, server_killed, silent_clients,
-    timeouts_and_bad_names,
+    client_killed_mid_message, drop_during_set_up, handoff_accepted, handshake_before_late_accept,
+    handshake_mismatch, handshake_timeout_configurable, many_clients, prop_echo_by_name,
+    server_killed, silent_clients, timeouts_and_bad_names,
 };
 use dirs::{
     address_in_use, directory_must_be_private, parent_writable_by_others, stale_files_swept,
@@ -83,6 +83,10 @@ pub fn trials() -> Vec<Trial> {
         (
             "silent_clients_do_not_stall_accept_for_others",
             silent_clients,
+        ),
+        (
+            "dropping_a_listener_with_a_set_up_in_progress_frees_the_name",
+            drop_during_set_up,
         ),
         (
             "handshake_timeout_is_configurable",

@@ -104,7 +104,7 @@ pub fn connect(name: &str, deadline: Option<Instant>) -> Result<(OwnedHandle, Ow
     }
     };
     let mut hello = [0u8; HELLO_LEN];
-    read_exact(&rendezvous, &mut hello, set_up).map_err(fail)?;
+    read_exact(&rendezvous, &mut hello, set_up, None).map_err(fail)?;
     let (magic, rest) = hello.split_at(HELLO_MAGIC.len());
     let (version, id) = rest.split_at(1);
     let id_ok = id
@@ -117,7 +117,7 @@ pub fn connect(name: &str, deadline: Option<Instant>) -> Result<(OwnedHandle, Ow
     let base = format!("{pipe}@{id}");
     let up = open_pipe(&format!("{base}-up"), GENERIC_WRITE, 0).map_err(fail)?;
     let down = open_pipe(&format!("{base}-down"), GENERIC_READ, 0).map_err(fail)?;
-    write_all(&rendezvous, &[ACK], set_up).map_err(fail)?;
+    write_all(&rendezvous, &[ACK], set_up, None).map_err(fail)?;
     Ok((up, down))
 }
 

@@ -18,8 +18,10 @@
 //!    drops the rendezvous instance, and both sides exchange the conduit
 //!    handshake over the two pipes.
 //!
-//! The rendezvous traffic uses overlapped I/O with the connection's
-//! deadline. The data pipes are synchronous handles, as `conduit-core`'s
+//! Each connected client is set up (steps 1 to 3 and the handshake) on a
+//! thread of its own, while the listener offers the next instance to the
+//! next client (see `server`). The rendezvous traffic uses overlapped I/O
+//! with the connection's deadline. The data pipes are synchronous handles, as `conduit-core`'s
 //! `OsStream` expects, and they are separate kernel file objects for the two
 //! directions: the I/O manager serializes synchronous I/O per file object,
 //! so over one duplex pipe handle a receive blocked in `ReadFile` would
@@ -56,8 +58,9 @@
 //! This file holds the rendezvous protocol's constants, the checked-call
 //! helpers and the pipe names; `security` the user's SID, the user-only
 //! security descriptor and the owner check; `overlapped` the overlapped
-//! I/O with deadlines used on the rendezvous pipe; `server` the listener
-//! and the server's side of the rendezvous; `client` the `connect` side.
+//! I/O with deadlines used on the rendezvous pipe; `server` the listener,
+//! its set-up threads and the server's side of the rendezvous; `client` the
+//! `connect` side.
 
 use std::io;
 use std::os::windows::io::{AsRawHandle, OwnedHandle};

@@ -1,28 +1,39 @@
 //! Overlapped I/O with a deadline: the rendezvous pipe's traffic and the
 //! server's wait for a client (`ConnectNamedPipe`) are cancelled
-//! (`CancelIoEx`) when their deadline passes.
+//! (`CancelIoEx`) when their deadline passes, or when an optional *wake*
+//! event is set first (`Interrupted`): the server wakes its wait for a
+//! client when a set-up ends, and stops every set-up when the listener is
+//! dropped.
 
 use std::io;
 use std::os::windows::io::OwnedHandle;
 use std::time::Instant;
 
 use windows_sys::core::BOOL;
+use windows_sys::Win32::Foundation::HANDLE;
 use windows_sys::Win32::Foundation::{
     GetLastError, ERROR_BROKEN_PIPE, ERROR_IO_PENDING, ERROR_OPERATION_ABORTED,
     ERROR_PIPE_CONNECTED, WAIT_OBJECT_0, WAIT_TIMEOUT,
 };
 use windows_sys::Win32::Storage::FileSystem::{ReadFile, WriteFile};
-use windows_sys::Win32::System::Threading::{CreateEventW, WaitForSingleObject, INFINITE};
+use windows_sys::Win32::System::Threading::{CreateEventW, WaitForMultipleObjects, INFINITE};
 use windows_sys::Win32::System::IO::{CancelIoEx, GetOverlappedResult, OVERLAPPED};
 
 use super::{is, millis_until, owned, raw};
 
+/// An event that ends an overlapped wait early when it is set.
+#[derive(Clone, Copy)]
+pub(super) struct Wake<'a>(pub(super) &'a OwnedHandle);
+
 /// Runs one overlapped operation on `file` (started by `start` with the
 /// OVERLAPPED to use) and waits for it until `deadline`, cancelling it then
-/// (`TimedOut`). Returns the number of bytes transferred.
+/// (`TimedOut`) or when `wake` is set first (`Interrupted`; an operation
+/// that completed before the cancel counts as done). Returns the number of
+/// bytes transferred.
 pub(super) fn overlapped(
     file: &OwnedHandle,
     deadline: Option<Instant>,
+    wake: Option<Wake<'_>>,
     start: impl FnOnce(*mut OVERLAPPED) -> BOOL,
 ) -> io::Result<u32> {
     // SAFETY: no security attributes or name; a manual-reset event, not set.
@@ -49,16 +60,21 @@ pub(super) fn overlapped(
     // The operation may be in flight: from here on `ov` (and the caller's
     // buffer) must stay in place until it has completed, so every path
     // below ends in a waiting GetOverlappedResult.
+    let waits: [HANDLE; 2] = [raw(&event), wake.map_or(std::ptr::null_mut(), |w| raw(w.0))];
+    let count = if wake.is_some() { 2 } else { 1 };
+    let mut woken = false;
     loop {
         let ms = deadline.map_or(INFINITE, millis_until);
-        // SAFETY: `event` is a valid event handle.
-        let woke = unsafe { WaitForSingleObject(raw(&event), ms) };
+        // SAFETY: the first `count` entries of `waits` are valid event
+        // handles (ours, and the caller's wake event, borrowed for the call).
+        let woke = unsafe { WaitForMultipleObjects(count, waits.as_ptr(), 0, ms) };
         if woke == WAIT_OBJECT_0 {
             break;
         }
         if woke == WAIT_TIMEOUT && deadline.is_some_and(|d| Instant::now() < d) {
             continue;
         }
+        woken = woke == WAIT_OBJECT_0 + 1;
         // Deadline passed (or the wait failed): cancel; the operation then
         // completes, with ERROR_OPERATION_ABORTED unless it finished first.
         // SAFETY: `ov` identifies our operation on `file`; cancelling an
@@ -76,12 +92,18 @@ pub(super) fn overlapped(
     }
     // SAFETY: GetLastError has no preconditions.
     match unsafe { GetLastError() } {
+        ERROR_OPERATION_ABORTED if woken => Err(io::Error::from(io::ErrorKind::Interrupted)),
         ERROR_OPERATION_ABORTED => Err(io::Error::from(io::ErrorKind::TimedOut)),
         code => Err(io::Error::from_raw_os_error(code as i32)),
     }
 }
 
-pub(super) fn read_exact(file: &OwnedHandle, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
+pub(super) fn read_exact(
+    file: &OwnedHandle,
+    buf: &mut [u8],
+    deadline: Instant,
+    wake: Option<Wake<'_>>,
+) -> io::Result<()> {
     let mut got = 0;
     while got < buf.len() {
         let rest = &mut buf[got..];
@@ -90,7 +112,7 @@ pub(super) fn read_exact(file: &OwnedHandle, buf: &mut [u8], deadline: Instant) 
         // SAFETY: `ptr` is valid for `len` bytes until `overlapped` returns,
         // which is after the read has completed; the count comes from
         // GetOverlappedResult, so the out-pointer may be null.
-        let n = overlapped(file, Some(deadline), |ov| unsafe {
+        let n = overlapped(file, Some(deadline), wake, |ov| unsafe {
             ReadFile(raw(file), ptr, len, std::ptr::null_mut(), ov)
         });
         match n {
@@ -105,12 +127,17 @@ pub(super) fn read_exact(file: &OwnedHandle, buf: &mut [u8], deadline: Instant) 
     Ok(())
 }
 
-pub(super) fn write_all(file: &OwnedHandle, mut buf: &[u8], deadline: Instant) -> io::Result<()> {
+pub(super) fn write_all(
+    file: &OwnedHandle,
+    mut buf: &[u8],
+    deadline: Instant,
+    wake: Option<Wake<'_>>,
+) -> io::Result<()> {
     while !buf.is_empty() {
         let len = buf.len() as u32;
         let ptr = buf.as_ptr();
         // SAFETY: as in `read_exact`, for reading `len` bytes at `ptr`.
-        let n = overlapped(file, Some(deadline), |ov| unsafe {
+        let n = overlapped(file, Some(deadline), wake, |ov| unsafe {
             WriteFile(raw(file), ptr, len, std::ptr::null_mut(), ov)
         })?;
         if n == 0 {
