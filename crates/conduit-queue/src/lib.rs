@@ -82,6 +82,7 @@ use std::time::{Duration, Instant};
 
 use conduit_core::codec::{decode_message_owned, encode_message};
 use conduit_core::handoff::sealed::Sealed;
+use conduit_core::handoff::OsHandle;
 use conduit_core::transport::spawn_context::{export_endpoint, import_endpoint};
 use conduit_core::transport::{Halves, Package, Role};
 use conduit_core::{
@@ -216,30 +217,14 @@ impl TxInner {
     }
 
     fn package(&self) -> Result<Package> {
-        let mut handles = self
-            .end
-            .handles()
-            .map_err(|e| Error::from_io("cannot duplicate the queue's handles", e))?;
-        handles.push(
-            self.counters
-                .handle()
-                .map_err(|e| Error::from_io("cannot duplicate the queue's counters", e))?,
-        );
-        Ok(Package {
-            transport: TRANSPORT.to_string(),
-            handles,
-            meta: vec![PACKAGE_VERSION, self.max_message as u64],
-        })
+        pack(self.end.handles(), &self.counters, self.max_message)
     }
 
     fn from_package(p: Package) -> Result<TxInner> {
-        let (mut handles, max_message) = unpack(p)?;
-        let counters = handles
-            .pop()
-            .ok_or_else(|| Error::protocol("a queue package has no counters"))?;
+        let (handles, counters, max_message) = unpack(p)?;
         Ok(TxInner {
             end: TxEnd::from_handles(handles)?,
-            counters: Arc::new(Counters::open(counters)?),
+            counters,
             max_message,
         })
     }
@@ -261,36 +246,49 @@ impl RxInner {
     }
 
     fn package(&self) -> Result<Package> {
-        let mut handles = self
-            .end
-            .handles()
-            .map_err(|e| Error::from_io("cannot duplicate the queue's handles", e))?;
-        handles.push(
-            self.counters
-                .handle()
-                .map_err(|e| Error::from_io("cannot duplicate the queue's counters", e))?,
-        );
-        Ok(Package {
-            transport: TRANSPORT.to_string(),
-            handles,
-            meta: vec![PACKAGE_VERSION, self.max_message as u64],
-        })
+        pack(self.end.handles(), &self.counters, self.max_message)
     }
 
     fn from_package(p: Package) -> Result<RxInner> {
-        let (mut handles, max_message) = unpack(p)?;
-        let counters = handles
-            .pop()
-            .ok_or_else(|| Error::protocol("a queue package has no counters"))?;
+        let (handles, counters, max_message) = unpack(p)?;
         Ok(RxInner {
             end: RxEnd::from_handles(handles)?,
-            counters: Arc::new(Counters::open(counters)?),
+            counters,
             max_message,
         })
     }
 }
 
-fn unpack(p: Package) -> Result<(Vec<conduit_core::handoff::OsHandle>, usize)> {
+/// A package of an end's handles (`handles`, then the counters page's).
+fn pack(
+    handles: std::io::Result<Vec<OsHandle>>,
+    counters: &Counters,
+    max_message: usize,
+) -> Result<Package> {
+    let mut handles =
+        handles.map_err(|e| Error::from_io("cannot duplicate the queue's handles", e))?;
+    handles.push(
+        counters
+            .handle()
+            .map_err(|e| Error::from_io("cannot duplicate the queue's counters", e))?,
+    );
+    Ok(Package {
+        transport: TRANSPORT.to_string(),
+        handles,
+        meta: vec![PACKAGE_VERSION, max_message as u64],
+    })
+}
+
+/// The end's handles, its counters and the maximum message of a package.
+fn unpack(p: Package) -> Result<(Vec<OsHandle>, Arc<Counters>, usize)> {
+    let (mut handles, max_message) = unpack_meta(p)?;
+    let counters = handles
+        .pop()
+        .ok_or_else(|| Error::protocol("a queue package has no counters"))?;
+    Ok((handles, Arc::new(Counters::open(counters)?), max_message))
+}
+
+fn unpack_meta(p: Package) -> Result<(Vec<OsHandle>, usize)> {
     if p.transport != TRANSPORT {
         return Err(Error::protocol(format!(
             "expected a queue end, got a `{}` endpoint",

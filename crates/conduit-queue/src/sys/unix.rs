@@ -130,42 +130,37 @@ impl TxEnd {
         };
         let header = Header::new(payload.len(), spilled.is_some()).encode();
         let body: &[u8] = if spilled.is_some() { &[] } else { payload };
-        loop {
-            match send_datagram(self.data.as_fd(), &header, body, spilled.as_ref()) {
-                Ok(()) => return Ok(()),
-                Err(Errno::AGAIN) => {}
-                Err(Errno::PIPE | Errno::CONNREFUSED | Errno::NOTCONN | Errno::CONNRESET) => {
-                    return Err(receivers_gone());
-                }
-                Err(Errno::MSGSIZE | Errno::NOBUFS) if spilled.is_none() => {
-                    // The kernel kept a smaller buffer than it reported:
-                    // spill this one.
-                    let file = spill(payload)?;
-                    let header = Header::new(payload.len(), true).encode();
-                    return self.send_spilled(&header, &file, deadline);
-                }
-                Err(e) => return Err(io_err("cannot send to the queue", e)),
+        match self.send_until(&header, body, spilled.as_ref(), deadline)? {
+            Ok(()) => Ok(()),
+            // The kernel kept a smaller buffer than it reported: spill this one.
+            Err(Errno::MSGSIZE | Errno::NOBUFS) if spilled.is_none() => {
+                let file = spill(payload)?;
+                let header = Header::new(payload.len(), true).encode();
+                self.send_until(&header, &[], Some(&file), deadline)?
+                    .map_err(|e| io_err("cannot send to the queue", e))
             }
-            if !self.wait(PollFlags::OUT, deadline)? {
-                return Err(Error::timeout("the queue stayed full until the deadline"));
-            }
+            Err(e) => Err(io_err("cannot send to the queue", e)),
         }
     }
 
-    fn send_spilled(
+    /// Sends one datagram, waiting for room until `deadline`. The outer
+    /// error is a crate error (timeout, receivers gone, wait failure); the
+    /// inner one an errno of `sendmsg` for the caller to judge.
+    fn send_until(
         &self,
         header: &[u8; HEADER_LEN],
-        file: &OwnedFd,
+        body: &[u8],
+        file: Option<&OwnedFd>,
         deadline: Option<Instant>,
-    ) -> Result<()> {
+    ) -> Result<std::result::Result<(), Errno>> {
         loop {
-            match send_datagram(self.data.as_fd(), header, &[], Some(file)) {
-                Ok(()) => return Ok(()),
+            match send_datagram(self.data.as_fd(), header, body, file) {
+                Ok(()) => return Ok(Ok(())),
                 Err(Errno::AGAIN) => {}
                 Err(Errno::PIPE | Errno::CONNREFUSED | Errno::NOTCONN | Errno::CONNRESET) => {
                     return Err(receivers_gone());
                 }
-                Err(e) => return Err(io_err("cannot send to the queue", e)),
+                Err(e) => return Ok(Err(e)),
             }
             if !self.wait(PollFlags::OUT, deadline)? {
                 return Err(Error::timeout("the queue stayed full until the deadline"));
