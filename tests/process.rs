@@ -58,6 +58,10 @@ fn main() {
             "endpoints_to_64_concurrent_children",
             endpoints_to_64_concurrent_children,
         ),
+        Trial::test(
+            "concurrent_children_hold_only_their_handles",
+            concurrent_children_hold_only_their_handles,
+        ),
     ];
     // Process talks to its child over an anonymous channel: a build with
     // only the `named` transport has none, and spawn says so.
@@ -469,6 +473,120 @@ fn endpoints_to_64_concurrent_children() -> Result<(), Failed> {
         .collect();
     for t in threads {
         t.join().map_err(|_| "thread panicked")??;
+    }
+    Ok(())
+}
+
+/// The descriptors open in this process, each as "number -> what it is"
+/// where the OS says, without the one used to list them; `None` where this
+/// test cannot count them (see [`concurrent_children_hold_only_their_handles`]).
+#[cfg(unix)]
+fn open_descriptors() -> Option<Vec<String>> {
+    let linux = cfg!(any(target_os = "linux", target_os = "android"));
+    let dir = if linux { "/proc/self/fd" } else { "/dev/fd" };
+    // The listing's own descriptor is open while this runs ...
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if linux {
+        // ... and closed now: its link no longer reads.
+        Some(
+            names
+                .into_iter()
+                .filter_map(|n| {
+                    let target = std::fs::read_link(format!("{dir}/{n}")).ok()?;
+                    Some(format!("{n} -> {}", target.display()))
+                })
+                .collect(),
+        )
+    } else {
+        // /dev/fd lists it too; which number it had is not known here.
+        let mut names = names;
+        names.pop()?;
+        Some(names)
+    }
+}
+
+#[cfg(not(unix))]
+fn open_descriptors() -> Option<Vec<String>> {
+    None
+}
+
+/// Reads one number, then reports it with the descriptors open in this
+/// child at that point.
+fn number_and_descriptors(rx: Receiver<u64>) -> (u64, Option<Vec<String>>) {
+    let n = rx.recv().unwrap_or(u64::MAX);
+    (n, open_descriptors())
+}
+
+/// The issue's "each checking that it got its own handles and no others":
+/// a baseline child spawned alone with the same argument shape (one
+/// receiver) counts its open descriptors; then 64 children spawned
+/// concurrently from 8 threads count theirs, and every one must have
+/// exactly the baseline's count. One more would be a descriptor of a
+/// sibling's handoff (carrier or endpoint) inherited by accident; one fewer
+/// a missing endpoint.
+///
+/// Windows: skipped (the children still run, the counts are not compared).
+/// Handoff handles are never inheritable there (the child duplicates them
+/// out of the parent), so nothing of a sibling can arrive by inheritance,
+/// and a process's handle count (`GetProcessHandleCount`) includes handles
+/// the loader and runtime open on their own (events, thread pool, keys),
+/// which is no stable baseline.
+fn concurrent_children_hold_only_their_handles() -> Result<(), Failed> {
+    let spawn_one = |n: u64| -> Result<(u64, Option<Vec<String>>), String> {
+        let (tx, rx) = conduit::channel::<u64>().map_err(|e| e.to_string())?;
+        let mut p = Process::spawn(number_and_descriptors, rx).map_err(|e| e.to_string())?;
+        tx.send(&n).map_err(|e| e.to_string())?;
+        p.join().map_err(|e| e.to_string())
+    };
+    let (_, baseline) = spawn_one(0)?;
+    let Some(baseline) = baseline else {
+        return Ok(());
+    };
+    // Same count twice in a row when alone, or the comparison means nothing.
+    let (_, again) = spawn_one(0)?;
+    let again = again.unwrap_or_default();
+    check(
+        again.len() == baseline.len(),
+        format!("two lone children differ: {baseline:?} and {again:?}"),
+    )?;
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            std::thread::spawn(move || -> Result<Vec<(u64, u64, Vec<String>)>, String> {
+                let mut ps = Vec::new();
+                for i in 0..8u64 {
+                    let n = t * 8 + i;
+                    let (tx, rx) = conduit::channel::<u64>().map_err(|e| e.to_string())?;
+                    let p =
+                        Process::spawn(number_and_descriptors, rx).map_err(|e| e.to_string())?;
+                    ps.push((n, tx, p));
+                }
+                let mut seen = Vec::new();
+                for (n, tx, mut p) in ps {
+                    tx.send(&n).map_err(|e| e.to_string())?;
+                    let (got, fds) = p.join().map_err(|e| e.to_string())?;
+                    seen.push((n, got, fds.unwrap_or_default()));
+                }
+                Ok(seen)
+            })
+        })
+        .collect();
+    for t in threads {
+        for (n, got, fds) in t.join().map_err(|_| "thread panicked")?? {
+            check(got == n, format!("child {n} read {got}"))?;
+            check(
+                fds.len() == baseline.len(),
+                format!(
+                    "child {n} has {} descriptors open, a child spawned alone has {}: \
+                     {fds:?} vs {baseline:?}",
+                    fds.len(),
+                    baseline.len()
+                ),
+            )?;
+        }
     }
     Ok(())
 }
