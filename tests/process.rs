@@ -6,7 +6,7 @@
 //! tests through libtest-mimic (works under `cargo test` and
 //! `cargo nextest run`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use conduit::{Duplex, ErrorKind, Process, Receiver, Sender};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -14,10 +14,17 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Set in a child to play a program whose `main` lacks `conduit::init()`.
 const NO_INIT: &str = "CONDUIT_PROCESS_TEST_NO_INIT";
+/// Set in a child to play one that has not reached `conduit::init()` yet
+/// (so its parent-watch thread does not run): it sleeps a minute first.
+const STALL: &str = "CONDUIT_PROCESS_TEST_STALL";
 
 fn main() {
     if std::env::var_os(NO_INIT).is_some() {
         // A main without conduit::init(): does its own thing and exits.
+        return;
+    }
+    if std::env::var_os(STALL).is_some() {
+        std::thread::sleep(Duration::from_secs(60));
         return;
     }
     conduit::init();
@@ -47,6 +54,7 @@ fn main() {
             "die_with_parent_after_sigkill",
             die_with_parent_after_sigkill,
         ),
+        Trial::test("die_with_parent_before_init", die_with_parent_before_init),
         Trial::test("many_from_many_threads", many_from_many_threads),
         Trial::test("endpoints_of_every_transport", endpoints_of_every_transport),
         Trial::test("endpoints_in_vec_and_option", endpoints_in_vec_and_option),
@@ -241,6 +249,7 @@ fn builder_env_dir_and_name() -> Result<(), Failed> {
 
 /// True when `pid` no longer runs (gone, or a zombie nobody reaped yet).
 #[cfg(target_os = "linux")]
+#[allow(clippy::unnecessary_wraps)]
 fn is_gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
@@ -250,9 +259,31 @@ fn is_gone(pid: u32) -> bool {
     }
 }
 
-#[cfg(target_os = "linux")]
+/// True when `pid` no longer runs (no such process, or it has exited and
+/// only handles to it remain).
+#[cfg(windows)]
+#[allow(unsafe_code)]
+fn is_gone(pid: u32) -> bool {
+    use windows_sys::Win32::Foundation::{CloseHandle, WAIT_OBJECT_0};
+    use windows_sys::Win32::System::Threading::{
+        OpenProcess, WaitForSingleObject, PROCESS_SYNCHRONIZE,
+    };
+    // SAFETY: plain calls with a pid and constant flags; the handle is
+    // checked for null, used once and closed once.
+    unsafe {
+        let h = OpenProcess(PROCESS_SYNCHRONIZE, 0, pid);
+        if h.is_null() {
+            return true;
+        }
+        let exited = WaitForSingleObject(h, 0) == WAIT_OBJECT_0;
+        CloseHandle(h);
+        exited
+    }
+}
+
+#[cfg(any(target_os = "linux", windows))]
 fn gone_within(pid: u32, limit: Duration) -> bool {
-    let start = Instant::now();
+    let start = std::time::Instant::now();
     while start.elapsed() < limit {
         if is_gone(pid) {
             return true;
@@ -268,7 +299,7 @@ fn kill_on_drop_kills() -> Result<(), Failed> {
         .spawn(sleep_ms, 60_000)?;
     let pid = p.pid();
     drop(p);
-    #[cfg(target_os = "linux")]
+    #[cfg(any(target_os = "linux", windows))]
     check(
         gone_within(pid, Duration::from_secs(1)),
         "child still runs after drop",
@@ -277,12 +308,15 @@ fn kill_on_drop_kills() -> Result<(), Failed> {
     Ok(())
 }
 
-/// Spawns a `die_with_parent` grandchild, writes its pid to `path`, sleeps.
-fn middle(path: String) {
-    let Ok(g) = Process::builder()
-        .die_with_parent(true)
-        .spawn(sleep_ms, 60_000)
-    else {
+/// Spawns a `die_with_parent` grandchild (one that stalls before
+/// `conduit::init()` when `stall`), writes its pid to `path`, sleeps.
+#[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
+fn middle((path, stall): (String, bool)) {
+    let mut b = Process::builder().die_with_parent(true);
+    if stall {
+        b = b.env(STALL, "1");
+    }
+    let Ok(g) = b.spawn(sleep_ms, 60_000) else {
         return;
     };
     let _ = std::fs::write(&path, g.pid().to_string());
@@ -290,39 +324,54 @@ fn middle(path: String) {
     drop(g);
 }
 
+/// The grandchild has reached its target: both the OS mechanism (Linux's
+/// parent-death signal, Windows's kill-on-close job) and its parent-watch
+/// thread end it.
 fn die_with_parent_after_sigkill() -> Result<(), Failed> {
-    if !cfg!(target_os = "linux") {
-        return Ok(());
-    }
-    let path = std::env::temp_dir().join(format!(
-        "conduit-process-test-{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos()
-    ));
-    let _ = std::fs::remove_file(&path);
-    let mut p = Process::spawn(middle, path.display().to_string())?;
-    let start = Instant::now();
-    let gpid = loop {
-        if let Ok(s) = std::fs::read_to_string(&path) {
-            if let Ok(pid) = s.trim().parse::<u32>() {
-                break pid;
+    die_with_parent_case(false)
+}
+
+/// The grandchild has not reached `conduit::init()`: only the OS
+/// mechanism can end it.
+fn die_with_parent_before_init() -> Result<(), Failed> {
+    die_with_parent_case(true)
+}
+
+/// Kills (SIGKILL / TerminateProcess) a child that spawned a
+/// `die_with_parent` grandchild; the grandchild must be gone within 1 s.
+/// Linux and Windows only: macOS has no OS mechanism (a best effort).
+fn die_with_parent_case(stall: bool) -> Result<(), Failed> {
+    #[cfg(any(target_os = "linux", windows))]
+    {
+        let path = std::env::temp_dir().join(format!(
+            "conduit-process-test-{}-{stall}",
+            std::process::id(),
+        ));
+        let _ = std::fs::remove_file(&path);
+        let mut p = Process::spawn(middle, (path.display().to_string(), stall))?;
+        let start = std::time::Instant::now();
+        let gpid = loop {
+            if let Ok(s) = std::fs::read_to_string(&path) {
+                if let Ok(pid) = s.trim().parse::<u32>() {
+                    break pid;
+                }
             }
-        }
+            check(
+                start.elapsed() < Duration::from_secs(20),
+                "no grandchild pid",
+            )?;
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let _ = std::fs::remove_file(&path);
+        check(!is_gone(gpid), "the grandchild is not running")?;
+        p.kill()?;
+        let _ = p.join();
         check(
-            start.elapsed() < Duration::from_secs(20),
-            "no grandchild pid",
+            gone_within(gpid, Duration::from_secs(1)),
+            "grandchild still runs 1 s after its parent was killed",
         )?;
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let _ = std::fs::remove_file(&path);
-    p.kill()?;
-    let _ = p.join();
-    #[cfg(target_os = "linux")]
-    check(
-        gone_within(gpid, Duration::from_secs(1)),
-        "grandchild still runs 1 s after its parent was killed",
-    )?;
-    let _ = gpid;
+    }
+    let _ = stall;
     Ok(())
 }
 

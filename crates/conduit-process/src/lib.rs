@@ -382,12 +382,22 @@ impl ProcessBuilder {
     ///   and the child does not start if the parent is already gone. The
     ///   signal is tied to the *thread* that forks, so such children are
     ///   spawned from one long-lived internal thread.
+    /// - Windows: the child is put in a job object with
+    ///   `JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE`, one per parent process,
+    ///   whose only handle (not inheritable) the parent keeps open until it
+    ///   ends; when it ends, however it ends, Windows closes the handle and
+    ///   kills the job's processes. The job has
+    ///   `JOB_OBJECT_LIMIT_SILENT_BREAKAWAY_OK`, so processes the child
+    ///   starts are not in it (only the direct child is tied to the parent,
+    ///   as on Linux). The child is assigned right after it was created (a
+    ///   moment in which it runs outside the job, covered by the next
+    ///   point); if the assignment fails the child is killed and `spawn`
+    ///   fails with `Io`.
     /// - Every OS: once in `conduit::init()`, a thread of the child watches
     ///   the control channel and exits the child (code 87) when it breaks,
     ///   which happens when the parent process ends however it ends. On
-    ///   macOS and Windows this is the whole mechanism (a best effort: a
-    ///   child that dies with its parent before reaching `conduit::init()`
-    ///   is not covered; a Windows job object is not used yet).
+    ///   macOS this is the whole mechanism (a best effort: a child whose
+    ///   parent dies before it reaches `conduit::init()` is not covered).
     ///
     /// Dropping the [`Process`] does not end such a child (unless
     /// [`kill_on_drop`](Self::kill_on_drop)): its control channel is kept
@@ -477,12 +487,14 @@ impl ProcessBuilder {
         } else {
             cmd.spawn()
         };
-        let child = spawned.map_err(|e| {
+        let mut child = spawned.map_err(|e| {
             Error::from_io(
                 &format!("cannot start a child process of {}", exe.display()),
                 e,
             )
         })?;
+        sys::after_spawn(&mut child, self.die_with_parent)
+            .map_err(|e| Error::from_io("cannot tie the child process to this one", e))?;
         // A child that is already gone makes this fail; `join` then says
         // how it ended, which is the useful part.
         let _ = ctl.send(&request);
