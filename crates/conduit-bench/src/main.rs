@@ -14,6 +14,10 @@
 //! results go to stdout (a table), `results.json` and `bench.svg` in the output
 //! directory (`target/conduit-bench/` by default). Slowness never fails the
 //! run: this is a measurement, not a test.
+//!
+//! A last section ([`spawn`]) measures spawn + join of an empty function:
+//! `conduit::Process` against `std::process::Command` and Python
+//! `multiprocessing.Process`; for it `main` calls `conduit::init()` first.
 
 mod child;
 mod link;
@@ -21,6 +25,7 @@ mod plan;
 mod plot;
 mod proc;
 mod report;
+mod spawn;
 mod stats;
 mod sys_conduit;
 mod sys_interprocess;
@@ -56,7 +61,8 @@ mod flags {
         /// Measures 64 B round-trip latency (median, p99), 64 B one-way messages/s and
         /// 64 KiB / 1 MiB one-way GB/s between two processes, for every conduit
         /// transport, the raw OS limits, ipc-channel, interprocess and Python
-        /// multiprocessing. Prints a table, writes results.json and bench.svg.
+        /// multiprocessing, and the time to spawn + join an empty function in a
+        /// child process. Prints a table, writes results.json and bench.svg.
         ///
         /// `cargo xtask bench [options]` builds this binary in release mode and runs it.
         cmd conduit-bench {
@@ -68,6 +74,8 @@ mod flags {
             /// matches a system id (conduit-shm), a group (raw, conduit,
             /// ipc-channel, interprocess, python) or a word of an id (shm,
             /// pipe); the raw limits a system is compared with run too.
+            /// `spawn` selects the spawn + join section (conduit Process,
+            /// std Command, Python fork/spawn).
             repeated --only system: String
             /// Timed repetitions per case (default 5, --quick 3; at least 3).
             optional --reps n: usize
@@ -170,7 +178,14 @@ impl Budget {
 }
 
 fn main() -> ExitCode {
+    // First: a child started by conduit::Process (the spawn section) runs
+    // its target here and exits.
+    conduit::init();
     if let Some(spec) = std::env::var_os(proc::CHILD_ENV) {
+        if spec == spawn::FLOOR_SPEC {
+            // The spawn section's floor: an exec that does nothing.
+            return ExitCode::SUCCESS;
+        }
         return child::main(&spec.to_string_lossy());
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -211,9 +226,22 @@ fn run(opts: &Opts) -> Res<ExitCode> {
                 ws.join(" ")
             );
         }
+        println!(
+            "{:<20} {:<13} std Command, conduit Process, Python mp fork and spawn",
+            "spawn", "spawn"
+        );
         return Ok(ExitCode::SUCCESS);
     }
-    let cases = plan::select(&systems, &opts.only)?;
+    // `--only spawn` (or `process`) selects the spawn section; without
+    // filters everything runs.
+    let is_spawn = |f: &String| matches!(f.to_ascii_lowercase().as_str(), "spawn" | "process");
+    let with_spawn = opts.only.is_empty() || opts.only.iter().any(is_spawn);
+    let only: Vec<String> = opts.only.iter().filter(|f| !is_spawn(f)).cloned().collect();
+    let cases = if only.is_empty() && !opts.only.is_empty() {
+        Vec::new()
+    } else {
+        plan::select(&systems, &only)?
+    };
     let budget = Budget::new(opts);
     let pinning = proc::Pinning::detect(opts.no_pin);
     let out_dir = match &opts.out {
@@ -222,9 +250,10 @@ fn run(opts: &Opts) -> Res<ExitCode> {
     };
     std::fs::create_dir_all(&out_dir)
         .map_err(|e| err(format!("cannot create {}: {e}", out_dir.display())))?;
-    let needs_python = cases
-        .iter()
-        .any(|c| systems[c.system].group == Group::Python);
+    let needs_python = with_spawn
+        || cases
+            .iter()
+            .any(|c| systems[c.system].group == Group::Python);
     let python = if needs_python {
         sys_python::Python::find(&out_dir)
     } else {
@@ -245,7 +274,7 @@ fn run(opts: &Opts) -> Res<ExitCode> {
         budget.rep.as_millis(),
         ctx.pinning.describe()
     );
-    if let Some(extra) = plan::added_references(&systems, &cases, &opts.only) {
+    if let Some(extra) = plan::added_references(&systems, &cases, &only) {
         eprintln!("conduit-bench: also running the raw limits they are compared with: {extra}");
     }
     let load_before = report::load_average();
@@ -279,6 +308,23 @@ fn run(opts: &Opts) -> Res<ExitCode> {
             outcome,
         });
     }
+    let spawned = if with_spawn {
+        eprint!("spawn + join of an empty function ... ");
+        *current.lock().unwrap_or_else(PoisonError::into_inner) = Some((
+            Instant::now() + budget.case_timeout() * 4 + Duration::from_secs(60),
+            "spawn + join".to_owned(),
+        ));
+        ctx.pinning.enter_parent(false);
+        let res = spawn::run(&budget, &ctx.python);
+        *current.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        match &res {
+            Ok(_) => eprintln!("done"),
+            Err(e) => eprintln!("FAILED: {e}"),
+        }
+        Some(res)
+    } else {
+        None
+    };
     let elapsed = started.elapsed();
     let load_after = report::load_average();
     let meta = report::Meta {
@@ -291,10 +337,26 @@ fn run(opts: &Opts) -> Res<ExitCode> {
         python: ctx.python.as_ref().ok().map(|p| p.version.clone()),
         cpus: ctx.pinning.allowed.len(),
     };
-    let table = report::table(&systems, &results, &meta);
-    println!("{table}");
+    if !results.is_empty() {
+        let table = report::table(&systems, &results, &meta);
+        println!("{table}");
+    }
+    let mut json = report::json(&systems, &results, &meta);
+    match &spawned {
+        Some(Ok(s)) => {
+            println!("{}", s.table());
+            if let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(&json) {
+                doc["spawn"] = s.json();
+                if let Ok(text) = serde_json::to_string_pretty(&doc) {
+                    json = text + "\n";
+                }
+            }
+        }
+        Some(Err(e)) => println!("\nspawn + join of an empty function: FAILED: {e}"),
+        None => {}
+    }
     let json_path = out_dir.join("results.json");
-    std::fs::write(&json_path, report::json(&systems, &results, &meta))
+    std::fs::write(&json_path, json)
         .map_err(|e| err(format!("cannot write {}: {e}", json_path.display())))?;
     let svg_path = out_dir.join("bench.svg");
     match plot::svg(&systems, &results, &meta, &svg_path) {
@@ -308,7 +370,7 @@ fn run(opts: &Opts) -> Res<ExitCode> {
     // systems failing (Python missing, ipc-channel unavailable) is only noted.
     let conduit_failed = results.iter().any(|r| {
         systems[r.system].group == Group::Conduit && matches!(r.outcome, Outcome::Failed(_))
-    });
+    }) || matches!(spawned, Some(Err(_)));
     Ok(if conduit_failed {
         eprintln!("conduit-bench: a conduit case failed (see the notes under the table)");
         ExitCode::FAILURE

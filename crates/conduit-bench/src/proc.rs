@@ -1,7 +1,7 @@
 //! Child processes (spawned with a watchdog, killed on drop) and CPU pinning.
 
 use std::io::Read;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -129,6 +129,12 @@ impl Spawned {
             }
             all
         })
+    }
+
+    /// Takes the child's piped stdin and stdout, to talk to it line by line.
+    pub fn take_stdio(&mut self) -> (Option<ChildStdin>, Option<ChildStdout>) {
+        let mut child = self.child.lock().unwrap_or_else(PoisonError::into_inner);
+        (child.stdin.take(), child.stdout.take())
     }
 
     /// True once the child has exited (it is reaped; `finish` still sees

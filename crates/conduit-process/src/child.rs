@@ -29,22 +29,24 @@ pub(crate) fn run(rt: &Runtime) -> ! {
         Err(e) => setup_failed(&format!("cannot read the request from the parent: {e}")),
     };
     let (tx, rx) = ctl.split();
-    let die_with_parent = request.die_with_parent;
-    // The receiving half watches the parent: it only ever sees the end of
-    // the channel, when the parent has exited or dropped its `Process`
-    // (which keeps the channel open for `die_with_parent` children).
-    let watcher = thread::Builder::new()
-        .name("conduit-parent-watch".into())
-        .spawn(move || {
-            while rx.recv().is_ok() {}
-            if die_with_parent {
+    // For a `die_with_parent` child the receiving half watches the parent:
+    // it only ever sees the end of the channel, when the parent has exited
+    // or dropped its `Process` (which keeps the channel open for such
+    // children). Other children have nothing to watch for: the half is kept
+    // (open, unread) until the process exits, and no thread is started.
+    let mut _unwatched = None;
+    if request.die_with_parent {
+        let watcher = thread::Builder::new()
+            .name("conduit-parent-watch".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {}
                 std::process::exit(PARENT_GONE);
-            }
-        });
-    if let Err(e) = watcher {
-        if die_with_parent {
+            });
+        if let Err(e) = watcher {
             setup_failed(&format!("cannot start the parent-watch thread: {e}"));
         }
+    } else {
+        _unwatched = Some(rx);
     }
     let outcome = run_request(&request, rt.resolver, || {
         let _ = tx.send(&FromChild::Started);

@@ -8,6 +8,8 @@
 //!   running executable file is replaced (device, inode, size, mtime);
 //! - `prepare(cmd, die_with_parent)`: what must happen in the child between
 //!   fork and exec (Linux: `PR_SET_PDEATHSIG`);
+//! - `after_spawn(child, die_with_parent)`: what must happen once the child
+//!   runs (Windows: joining the kill-on-close job object);
 //! - `terminate(child)`: SIGTERM (Unix) or `TerminateProcess` (Windows);
 //! - `describe(status) -> Ended`: how the child ended, for error messages;
 //! - `hand(cmd, endpoints) -> Handing` before the spawn and
@@ -22,7 +24,7 @@
 #[cfg_attr(windows, path = "windows.rs")]
 mod os;
 
-pub(crate) use os::{adopt, describe, exe_identity, hand, prepare, terminate};
+pub(crate) use os::{adopt, after_spawn, describe, exe_identity, hand, prepare, terminate};
 
 use crate::Trampoline;
 

@@ -95,6 +95,12 @@ pub(crate) fn prepare(cmd: &mut Command, die_with_parent: bool) {
     let _ = cmd;
 }
 
+/// Nothing to do once the child runs on Unix (see [`prepare`]).
+#[allow(clippy::unnecessary_wraps)]
+pub(crate) fn after_spawn(_child: &mut Child, _die_with_parent: bool) -> io::Result<()> {
+    Ok(())
+}
+
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn libc_esrch() -> i32 {
     rustix::io::Errno::SRCH.raw_os_error()

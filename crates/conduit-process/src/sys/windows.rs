@@ -1,9 +1,5 @@
-//! Windows: executable identity, TerminateProcess, exit codes.
-//!
-//! `die_with_parent` has no pre-exec part here: the child's watcher thread
-//! (see `crate::child`) ends it when the control channel breaks. A job
-//! object with `JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE` would also cover a child
-//! that has not reached `conduit::init()` yet; it is not done yet.
+//! Windows: executable identity, the `die_with_parent` job object,
+//! TerminateProcess, exit codes.
 //!
 //! The endpoints inside the arguments are pushed into the child after the
 //! spawn (`conduit_core::handoff::Outgoing`), and their tokens travel in the
@@ -15,8 +11,16 @@
 
 use std::io;
 use std::os::windows::fs::MetadataExt;
-use std::os::windows::io::AsHandle;
+use std::os::windows::io::{AsHandle, AsRawHandle};
 use std::process::{Child, Command, ExitStatus};
+use std::sync::OnceLock;
+
+use windows_sys::Win32::Foundation::{CloseHandle, HANDLE};
+use windows_sys::Win32::System::JobObjects::{
+    AssignProcessToJobObject, CreateJobObjectW, JobObjectExtendedLimitInformation,
+    SetInformationJobObject, JOBOBJECT_EXTENDED_LIMIT_INFORMATION,
+    JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE, JOB_OBJECT_LIMIT_SILENT_BREAKAWAY_OK,
+};
 
 use conduit_core::handoff::{adopt_pushed, Halves, Outgoing, Resolver, Role};
 use conduit_core::{Error, Result};
@@ -97,8 +101,110 @@ pub(crate) fn exe_identity() -> io::Result<Vec<u64>> {
     ])
 }
 
-/// Nothing to do before the child starts on Windows.
+/// Nothing to do before the child starts on Windows: `std::process::Command`
+/// has no hook between `CreateProcessW` and the child's first instruction
+/// (see [`after_spawn`]).
 pub(crate) fn prepare(_cmd: &mut Command, _die_with_parent: bool) {}
+
+/// A `die_with_parent` child joins this process's kill-on-close job.
+///
+/// The job is created once per parent process, on the first such spawn, and
+/// its only handle (not inheritable) stays open until this process ends;
+/// then Windows closes it, however the process ended (`TerminateProcess`
+/// included), and `JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE` kills every process
+/// still in the job.
+///
+/// `JOB_OBJECT_LIMIT_SILENT_BREAKAWAY_OK`: processes that a child starts
+/// are not put in this job, so only the direct child is tied to this
+/// process, as with Linux's parent-death signal (a grandchild spawned with
+/// `die_with_parent` joins its own parent's job instead). A parent that is
+/// itself in a job (a CI runner's, a terminal's) gets a nested job, which
+/// Windows 8 and later support.
+///
+/// The child is assigned right after `CreateProcessW` returns, so it runs
+/// for a moment before it is in the job (`std` has no `CREATE_SUSPENDED`
+/// hook that would let us resume it afterwards: its main thread handle is
+/// not exposed). A parent that dies in that moment leaves a child that
+/// will fail to take its control channel (the handles are duplicated out
+/// of the parent, which is gone) and exit, or, if it got that far, whose
+/// watcher thread sees the channel break and exits it.
+///
+/// When the assignment fails the child is killed and the spawn fails: the
+/// caller asked for a guarantee this process cannot give.
+pub(crate) fn after_spawn(child: &mut Child, die_with_parent: bool) -> io::Result<()> {
+    if !die_with_parent {
+        return Ok(());
+    }
+    let assigned = job().and_then(|job| {
+        let process = child.as_raw_handle() as HANDLE;
+        // SAFETY: `job` is a valid job handle kept open for the life of
+        // this process (see `job`), `process` is the handle `std` holds for
+        // a child it has not reaped (alive until `child` is dropped), with
+        // the access `CreateProcessW` grants (PROCESS_ALL_ACCESS, which
+        // includes the PROCESS_SET_QUOTA and PROCESS_TERMINATE required).
+        if unsafe { AssignProcessToJobObject(job as HANDLE, process) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    });
+    if let Err(e) = assigned {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(io::Error::new(
+            e.kind(),
+            format!(
+                "cannot put the die_with_parent child in this process's kill-on-close job \
+                 object (AssignProcessToJobObject: {e})"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// This process's kill-on-close job, as a raw handle value (a `HANDLE` is a
+/// pointer, which a static cannot hold).
+fn job() -> io::Result<isize> {
+    static JOB: OnceLock<Result<isize, (io::ErrorKind, String)>> = OnceLock::new();
+    JOB.get_or_init(|| create_job().map_err(|e| (e.kind(), e.to_string())))
+        .clone()
+        .map_err(|(kind, msg)| io::Error::new(kind, msg))
+}
+
+fn create_job() -> io::Result<isize> {
+    // SAFETY: null security attributes (default security, not inheritable)
+    // and a null name (an anonymous job) are valid arguments.
+    let job = unsafe { CreateJobObjectW(std::ptr::null(), std::ptr::null()) };
+    if job.is_null() {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("CreateJobObjectW: {e}")));
+    }
+    let mut info = JOBOBJECT_EXTENDED_LIMIT_INFORMATION::default();
+    info.BasicLimitInformation.LimitFlags =
+        JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE | JOB_OBJECT_LIMIT_SILENT_BREAKAWAY_OK;
+    // SAFETY: `job` is the job handle just created; `info` is a valid
+    // JOBOBJECT_EXTENDED_LIMIT_INFORMATION that lives across the call and
+    // whose size is passed as the length, as the information class expects.
+    let set = unsafe {
+        SetInformationJobObject(
+            job,
+            JobObjectExtendedLimitInformation,
+            std::ptr::from_ref(&info).cast(),
+            std::mem::size_of::<JOBOBJECT_EXTENDED_LIMIT_INFORMATION>() as u32,
+        )
+    };
+    if set == 0 {
+        let e = io::Error::last_os_error();
+        // SAFETY: `job` is our handle, closed once, not used afterwards.
+        unsafe { CloseHandle(job) };
+        return Err(io::Error::new(
+            e.kind(),
+            format!("SetInformationJobObject(KILL_ON_JOB_CLOSE): {e}"),
+        ));
+    }
+    // Never closed: closing it is what kills the children, and that must
+    // happen only when this process ends.
+    Ok(job as isize)
+}
 
 /// `TerminateProcess` (the same as `kill` on Windows).
 pub(crate) fn terminate(child: &mut Child) -> io::Result<()> {
