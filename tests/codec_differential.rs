@@ -7,7 +7,8 @@
 //!   and double floats, non-shortest integers, indefinite-length arrays,
 //!   maps and strings, big integers, tags, non-string map keys) decode to
 //!   the same `ciborium::Value` through both, or fail through both;
-//! * `Cbor::encode` writes exactly ciborium's bytes (what a cbor2 peer reads).
+//! * `Cbor::encode` writes exactly ciborium's bytes (what a cbor2 peer
+//!   reads), for typed values and for every `ciborium::Value`.
 //!
 //! Garbage input is fuzzed by `cargo xtask fuzz cbor_differential`.
 
@@ -346,6 +347,12 @@ proptest! {
             bytes.push(0);
         }
         let (fast, reference) = both::<Value>(&bytes);
+        if let Ok(v) = &reference {
+            // Every value (tags included) encodes to ciborium's bytes.
+            let mut ours = Vec::new();
+            Cbor::encode(v, &mut ours).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(ours, ciborium_bytes(v));
+        }
         match (&fast, &reference) {
             (Ok(a), Ok(b)) => prop_assert!(same_value(a, b), "{:?} vs {:?}", a, b),
             (Err(_), Err(_)) => {}

@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::error::{Error, ErrorKind, Result};
 
 mod cbor_de;
+mod cbor_ser;
 
 /// A message encoding. The id travels in the connection handshake so that
 /// peers using different codecs fail with [`ErrorKind::Protocol`].
@@ -42,7 +43,9 @@ pub trait Codec: Send + Sync + 'static {
 
 /// CBOR (RFC 8949) through serde: the default codec, id 1.
 ///
-/// Encoding is ciborium's (the bytes a Python `cbor2` peer reads). Decoding
+/// Encoding writes exactly the bytes ciborium writes (what a Python `cbor2`
+/// peer reads), straight into the send buffer (values with ciborium's tag
+/// types are handed to ciborium itself). Decoding
 /// reads straight from the received frame: strings and byte strings are
 /// borrowed from it where the message type allows, and nothing is allocated
 /// beyond what the message owns. It accepts what ciborium accepts (half,
@@ -71,11 +74,21 @@ impl Codec for Cbor {
     const NAME: &'static str = "cbor";
 
     fn encode<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()> {
-        ciborium::ser::into_writer(value, out).map_err(|e| {
+        let start = out.len();
+        let res = match cbor_ser::to_vec(value, out) {
+            Err(cbor_ser::SerError::Fallback) => {
+                // ciborium's own tag types: let ciborium write them.
+                out.truncate(start);
+                ciborium::ser::into_writer(value, &mut *out).map_err(|e| e.to_string())
+            }
+            r => r.map_err(|e| e.to_string()),
+        };
+        res.map_err(|e| {
+            out.truncate(start);
             Error::with_source(
                 ErrorKind::Encode,
                 "cannot encode the message as cbor (does its Serialize impl fail?)",
-                e.to_string(),
+                e,
             )
         })
     }
