@@ -107,6 +107,83 @@ impl Codec for Cbor {
     }
 }
 
+/// [postcard](https://docs.rs/postcard): a compact, non-self-describing
+/// serde format, id 2 (cargo feature `postcard`). For Rust-to-Rust links
+/// where both ends are built with the same message types: about a third of
+/// CBOR's decode cost and a smaller frame, but no field names, so a peer
+/// in another language (Python's `cbor2`) cannot read it, and messages
+/// cannot evolve (adding a field breaks old peers). Both ends must pick
+/// it: a CBOR peer fails the handshake with a `Protocol` error naming both
+/// codecs. See `docs/codec.md`.
+///
+/// # Examples
+///
+/// ```
+/// use conduit_core::codec::{Codec, Postcard};
+/// let mut buf = Vec::new();
+/// Postcard::encode(&("job", 7u32), &mut buf).unwrap();
+/// let back: (String, u32) = Postcard::decode(&buf).unwrap();
+/// assert_eq!(back, ("job".to_string(), 7));
+/// assert!(Postcard::decode::<(String, u32)>(&buf[..3]).is_err());
+/// ```
+#[cfg(feature = "postcard")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postcard")))]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Postcard;
+
+#[cfg(feature = "postcard")]
+impl Codec for Postcard {
+    const ID: u8 = 2;
+    const NAME: &'static str = "postcard";
+
+    fn encode<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()> {
+        let buf = std::mem::take(out);
+        match postcard::to_extend(value, buf) {
+            Ok(buf) => {
+                *out = buf;
+                Ok(())
+            }
+            Err(e) => Err(Error::with_source(
+                ErrorKind::Encode,
+                "cannot encode the message with postcard (does its Serialize impl fail, or use a map of unknown length?)",
+                e.to_string(),
+            )),
+        }
+    }
+
+    fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+        let decode_err = |e: String| {
+            Error::with_source(
+                ErrorKind::Decode,
+                format!(
+                    "cannot decode a {} message from a postcard frame (do both peers use the same message type?)",
+                    std::any::type_name::<T>()
+                ),
+                e,
+            )
+        };
+        let (value, rest) =
+            postcard::take_from_bytes(bytes).map_err(|e| decode_err(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(decode_err(format!(
+                "{} trailing bytes after a postcard message",
+                rest.len()
+            )));
+        }
+        Ok(value)
+    }
+}
+
+/// The name of the codec with handshake id `id`, for error messages.
+pub fn codec_name(id: u8) -> &'static str {
+    match id {
+        0 => "raw bytes",
+        1 => "cbor",
+        2 => "postcard",
+        _ => "an unknown codec",
+    }
+}
+
 /// True when messages of type `T` take the raw path (no codec, bytes as they are).
 pub fn is_raw<T: 'static + ?Sized>() -> bool {
     TypeId::of::<T>() == TypeId::of::<Vec<u8>>()
@@ -167,6 +244,21 @@ mod tests {
         let mut cbor = Vec::new();
         encode_message::<_, Cbor>(&vec![1u16, 2], &mut cbor).unwrap();
         assert_eq!(cbor, [0x82, 0x01, 0x02]);
+    }
+
+    #[cfg(feature = "postcard")]
+    #[test]
+    fn postcard_round_trips_and_rejects_garbage() {
+        let mut buf = Vec::new();
+        Postcard::encode(&(1u8, "two".to_string(), vec![3u16]), &mut buf).unwrap();
+        let back: (u8, String, Vec<u16>) = Postcard::decode(&buf).unwrap();
+        assert_eq!(back, (1, "two".into(), vec![3]));
+        let mut longer = buf.clone();
+        longer.push(0);
+        let err = Postcard::decode::<(u8, String, Vec<u16>)>(&longer).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Decode);
+        let err = Postcard::decode::<String>(&[0xff, 0xff, 0xff]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Decode);
     }
 
     #[test]
