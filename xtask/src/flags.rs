@@ -136,7 +136,7 @@ xflags::xflags! {
         /// usage: cargo xtask fuzz [--target <t>] [--time <s>]
         ///
         /// Coverage-guided fuzzing with cargo-fuzz (libFuzzer) of the targets
-        /// in fuzz/fuzz_targets: stream_reader, cbor_decode, shm_consumer,
+        /// in fuzz/fuzz_targets: stream_reader, cbor_decode, cbor_differential, shm_consumer,
         /// handoff_token. Installs cargo-fuzz when it is missing and builds
         /// with RUSTC_BOOTSTRAP=1 (cargo-fuzz needs nightly-only flags).
         /// Starts from fuzz/seeds/<target>; crashes land in

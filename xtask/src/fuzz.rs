@@ -20,6 +20,7 @@ use crate::{flags, util};
 pub const TARGETS: &[&str] = &[
     "stream_reader",
     "cbor_decode",
+    "cbor_differential",
     "shm_consumer",
     "handoff_token",
 ];

@@ -21,15 +21,13 @@ pub struct Bytes(pub Duplex<Vec<u8>, Vec<u8>>);
 
 impl BytesLink for Bytes {
     fn send(&mut self, msg: &Vec<u8>) -> Res<()> {
-        Ok(self.0.send(msg)?)
+        Ok(self.0.send_bytes(msg)?)
     }
 
     fn recv(&mut self, buf: &mut Vec<u8>, _len: usize) -> Res<bool> {
-        match self.0.recv() {
-            Ok(v) => {
-                *buf = v;
-                Ok(true)
-            }
+        // Python's recv_bytes_into: the buffer's memory is reused.
+        match self.0.recv_bytes_into(buf) {
+            Ok(_) => Ok(true),
             Err(e) if e.is_disconnected() => Ok(false),
             Err(e) => Err(e.into()),
         }

@@ -28,6 +28,8 @@ mod typed;
 #[doc(hidden)]
 pub use channel::TestHooks;
 pub use channel::{FrameConfig, FrameReceiver, FrameSender, DEFAULT_MAX_FRAME};
+#[cfg(feature = "postcard")]
+pub use codec::Postcard;
 pub use codec::{Cbor, Codec};
 pub use error::{Error, ErrorKind, Result};
 pub use handoff::Endpoint;

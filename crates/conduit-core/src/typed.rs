@@ -160,6 +160,31 @@ impl<T: Serialize + 'static, C: Codec> Sender<T, C> {
         res
     }
 
+    /// Sends `bytes` as one message as they are, without encoding them
+    /// (Python's `Connection.send_bytes`): the raw path of a
+    /// `Sender<Vec<u8>>` for a caller that does not own a `Vec<u8>`. Blocks
+    /// like [`send`](Self::send).
+    ///
+    /// The receiver gets the bytes back with
+    /// [`Receiver::recv_bytes_into`] (or `recv` on a `Receiver<Vec<u8>>`);
+    /// a typed receiver decodes them with its codec, so on a typed channel
+    /// they must be one value encoded with `C` (a frame encoded elsewhere,
+    /// say).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (tx, rx) = conduit::channel::<Vec<u8>>()?;
+    /// let data = [1u8, 2, 3, 4];
+    /// tx.send_bytes(&data[1..])?;
+    /// assert_eq!(rx.recv()?, [2, 3, 4]);
+    /// # Ok(()) }
+    /// ```
+    pub fn send_bytes(&self, bytes: &[u8]) -> Result<()> {
+        lock(&self.state).raw.send_frame_until(bytes, None)
+    }
+
     /// The name of the transport under this endpoint.
     pub fn transport(&self) -> &'static str {
         self.transport
@@ -250,6 +275,32 @@ impl<T: DeserializeOwned + 'static, C: Codec> Receiver<T, C> {
                 e
             }
         })
+    }
+
+    /// Receives the next message's bytes as they arrived, without decoding
+    /// them, into `buf` (its contents are replaced, its memory reused), and
+    /// returns their length (Python's `Connection.recv_bytes_into`). Blocks
+    /// like [`recv`](Self::recv) and fails like it.
+    ///
+    /// On a typed channel the bytes are the message encoded with `C`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (tx, rx) = conduit::channel::<Vec<u8>>()?;
+    /// tx.send_bytes(b"one")?;
+    /// tx.send_bytes(b"three")?;
+    /// let mut buf = Vec::new();
+    /// assert_eq!(rx.recv_bytes_into(&mut buf)?, 3);
+    /// assert_eq!(buf, b"one");
+    /// assert_eq!(rx.recv_bytes_into(&mut buf)?, 5);
+    /// assert_eq!(buf, b"three");
+    /// # Ok(()) }
+    /// ```
+    pub fn recv_bytes_into(&self, buf: &mut Vec<u8>) -> Result<usize> {
+        lock(&self.raw).recv_frame(buf, None)?;
+        Ok(buf.len())
     }
 
     /// True when a [`recv`](Self::recv) would not block, waiting up to
@@ -389,6 +440,16 @@ impl<S: Serialize + 'static, R: DeserializeOwned + 'static, C: Codec> Duplex<S, 
     /// See [`Sender::send_deadline`].
     pub fn send_deadline(&self, msg: &S, deadline: Instant) -> Result<()> {
         self.tx.send_deadline(msg, deadline)
+    }
+
+    /// See [`Sender::send_bytes`].
+    pub fn send_bytes(&self, bytes: &[u8]) -> Result<()> {
+        self.tx.send_bytes(bytes)
+    }
+
+    /// See [`Receiver::recv_bytes_into`].
+    pub fn recv_bytes_into(&self, buf: &mut Vec<u8>) -> Result<usize> {
+        self.rx.recv_bytes_into(buf)
     }
 
     /// Receives a message (see [`Receiver::recv`]).

@@ -85,6 +85,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use conduit_core::transport::{BoxReceiver, BoxSender, Descriptor, Package, Resolver};
+#[cfg(feature = "postcard")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postcard")))]
+pub use conduit_core::Postcard;
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub use conduit_core::TestHooks;

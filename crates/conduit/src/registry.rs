@@ -210,6 +210,52 @@ impl Transport {
         Ok((typed_duplex(a_tx, a_rx), typed_duplex(b_tx, b_rx)))
     }
 
+    /// Creates a one-way channel on this transport whose messages are
+    /// encoded with codec `C` (e.g. [`Postcard`](crate::Postcard), feature
+    /// `postcard`) instead of CBOR; `cfg`'s codec is replaced by `C`'s.
+    /// Handing an end to a process that adopts it with another codec fails
+    /// that end's first receive with a `Protocol` error naming both codecs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use conduit::{Cbor, FrameConfig, Transport};
+    /// let (tx, rx) = Transport::Pipe.channel_codec::<u32, Cbor>(FrameConfig::default())?;
+    /// tx.send(&7)?;
+    /// assert_eq!(rx.recv()?, 7);
+    /// # Ok(()) }
+    /// ```
+    pub fn channel_codec<T, C>(self, cfg: FrameConfig) -> Result<(Sender<T, C>, Receiver<T, C>)>
+    where
+        T: Serialize + DeserializeOwned + 'static,
+        C: conduit_core::Codec,
+    {
+        let cfg = FrameConfig::for_codec::<C>().with_max_frame(cfg.max_frame);
+        let (tx, rx) = (self.pairs()?.channel)(cfg)?;
+        Ok((Sender::from_raw(tx), Receiver::from_raw(rx)))
+    }
+
+    /// Like [`duplex_with`](Self::duplex_with) with codec `C` (see
+    /// [`channel_codec`](Self::channel_codec)).
+    #[allow(clippy::type_complexity, reason = "the two typed ends")]
+    pub fn duplex_codec<S, R, C>(
+        self,
+        cfg: FrameConfig,
+    ) -> Result<(Duplex<S, R, C>, Duplex<R, S, C>)>
+    where
+        S: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+        C: conduit_core::Codec,
+    {
+        let cfg = FrameConfig::for_codec::<C>().with_max_frame(cfg.max_frame);
+        let ((a_tx, a_rx), (b_tx, b_rx)) = (self.pairs()?.duplex)(cfg)?;
+        Ok((
+            Duplex::from_parts(Sender::from_raw(a_tx), Receiver::from_raw(a_rx)),
+            Duplex::from_parts(Sender::from_raw(b_tx), Receiver::from_raw(b_rx)),
+        ))
+    }
+
     fn best(rank: fn(&Row) -> u8) -> Result<Transport> {
         ROWS.iter()
             .filter(|r| r.descriptor.is_some_and(|d| d.pairs.is_some()))
@@ -234,6 +280,29 @@ impl Transport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(all(feature = "postcard", feature = "pipe"))]
+    #[test]
+    fn postcard_channel_and_duplex_round_trip_with_postcard_frames() {
+        use crate::Postcard;
+        let (tx, rx) = Transport::Pipe
+            .channel_codec::<(u8, String), Postcard>(FrameConfig::default())
+            .unwrap();
+        tx.send(&(7, "seven".into())).unwrap();
+        // Read as bytes: postcard's encoding, not CBOR's.
+        let mut raw = Vec::new();
+        rx.recv_bytes_into(&mut raw).unwrap();
+        assert_eq!(raw, [7, 5, b's', b'e', b'v', b'e', b'n']);
+        tx.send(&(8, "eight".into())).unwrap();
+        assert_eq!(rx.recv().unwrap(), (8, "eight".into()));
+        let (a, b) = Transport::Pipe
+            .duplex_codec::<u32, String, Postcard>(FrameConfig::default())
+            .unwrap();
+        a.send(&5).unwrap();
+        b.send(&"five".to_string()).unwrap();
+        assert_eq!(b.recv().unwrap(), 5);
+        assert_eq!(a.recv().unwrap(), "five");
+    }
 
     #[test]
     fn every_enabled_row_names_its_crate_s_transport() {

@@ -68,8 +68,11 @@ pub fn check_handshake(h: &[u8; HANDSHAKE_LEN], cfg: FrameConfig) -> Result<()> 
     }
     if h[6] != cfg.codec {
         return Err(Error::protocol(format!(
-            "the peer encodes messages with codec id {}, this side expects codec id {}: use the same codec on both sides",
-            h[6], cfg.codec
+            "the peer encodes messages with codec id {} ({}), this side expects codec id {} ({}): use the same codec on both sides",
+            h[6],
+            crate::codec::codec_name(h[6]),
+            cfg.codec,
+            crate::codec::codec_name(cfg.codec)
         )));
     }
     if h[7] != 0 {

@@ -135,8 +135,10 @@ pub fn check_header(region: &Region, p: &Params) -> Result<()> {
     let codec = load(Word::Codec);
     if codec != u32::from(p.codec) {
         return Err(Error::protocol(format!(
-            "the peer encodes messages with codec id {codec}, this side expects codec id {}: use the same codec on both sides",
-            p.codec
+            "the peer encodes messages with codec id {codec} ({}), this side expects codec id {} ({}): use the same codec on both sides",
+            u8::try_from(codec).map_or("an unknown codec", conduit_core::codec::codec_name),
+            p.codec,
+            conduit_core::codec::codec_name(p.codec)
         )));
     }
     let max = load(Word::MaxFrame);

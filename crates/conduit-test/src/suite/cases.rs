@@ -258,3 +258,63 @@ pub(super) fn adopt_errors() -> Result<(), Failed> {
     })?;
     child.wait_success()
 }
+
+/// `send_bytes` and `recv_bytes_into` across processes: raw frames of many
+/// sizes (empty, tiny, around the stream buffer, larger than it) through a
+/// child that echoes them, read back into one reused buffer; and on the
+/// typed channel, a message encoded by the caller goes out with
+/// `send_bytes`, is decoded and re-encoded by the child, and comes back as
+/// the same CBOR bytes through `recv_bytes_into`.
+pub(super) fn bytes_api(t: Transport) -> Result<(), Failed> {
+    use conduit::{Cbor, Codec};
+    let (mut child, typed, raw) = spawn_echo(t)?;
+    let sizes = [0usize, 1, 7, 64, 4095, 4096, 4097, 65_537, 300_000, 3];
+    let payload = |n: usize| -> Vec<u8> { (0..n).map(|i| (i * 7 + n) as u8).collect() };
+    let mut buf = vec![0xEE; 17];
+    crate::watchdog("send_bytes / recv_bytes_into echo", HANG, || {
+        thread::scope(|s| {
+            let sent = s.spawn(|| {
+                for &n in &sizes {
+                    raw.send_bytes(&payload(n)[..])
+                        .map_err(fail("send_bytes"))?;
+                }
+                Ok::<_, Failed>(())
+            });
+            for &n in &sizes {
+                let got = raw
+                    .recv_bytes_into(&mut buf)
+                    .map_err(fail("recv_bytes_into"))?;
+                ensure(got == n && buf == payload(n), || {
+                    format!(
+                        "echo of {n} bytes came back as {got} bytes, equal: {}",
+                        buf == payload(n)
+                    )
+                })?;
+            }
+            sent.join().map_err(|_| Failed::from("sender panicked"))?
+        })
+    })?;
+    let msg = job(7, "bytes", vec![1, 2, 3]);
+    let mut encoded = Vec::new();
+    Cbor::encode(&msg, &mut encoded).map_err(fail("encode"))?;
+    typed
+        .send_bytes(&encoded)
+        .map_err(fail("send_bytes on the typed channel"))?;
+    let n = typed
+        .recv_bytes_into(&mut buf)
+        .map_err(fail("recv_bytes_into on the typed channel"))?;
+    ensure(n == encoded.len() && buf == encoded, || {
+        format!("the typed echo came back as {n} other bytes")
+    })?;
+    // And a typed message read as bytes is its CBOR encoding.
+    typed.send(&Msg::Int(-3)).map_err(fail("send"))?;
+    typed
+        .recv_bytes_into(&mut buf)
+        .map_err(fail("recv_bytes_into"))?;
+    ensure(buf == [0xa1, 0x63, b'I', b'n', b't', 0x22], || {
+        format!("Msg::Int(-3) read as bytes: {buf:02x?}")
+    })?;
+    drop(typed);
+    drop(raw);
+    child.wait_success()
+}

@@ -53,7 +53,7 @@ pub enum Scenario {
     Magic,
     /// A handshake with a protocol version from the future.
     Version,
-    /// A handshake with an unknown codec id.
+    /// A handshake with another codec's id (postcard's, on a CBOR channel).
     Codec,
     /// A handshake with another maximum frame size.
     MaxFrame,

@@ -110,7 +110,8 @@ pub(super) fn wrong_handshake(t: Transport) -> Result<(), Failed> {
         let hint = match scenario {
             Scenario::Magic => "not a conduit endpoint",
             Scenario::Version => "protocol v9",
-            Scenario::Codec => "codec id 9",
+            // Both codecs, by id and by name.
+            Scenario::Codec => "codec id 2 (postcard), this side expects codec id 1 (cbor)",
             _ => "max_frame",
         };
         ensure(why.contains(hint), || {

@@ -80,7 +80,8 @@ fn liar_stream(scenario: Scenario, raw: &mut dyn FrameSender, ctl: &Duplex<Msg, 
             write(&frame(b"x"));
         }
         Scenario::Codec => {
-            write(&handshake(1, 9, MAX));
+            // postcard's id, on a channel the parent reads as CBOR
+            write(&handshake(1, 2, MAX));
             write(&frame(b"x"));
         }
         Scenario::MaxFrame => {
@@ -176,7 +177,7 @@ fn liar_shm(scenario: Scenario, raw: &mut dyn FrameSender, ctl: &Duplex<Msg, Msg
             let _ = raw.send_frame(b"x");
         }
         Scenario::Codec => {
-            shm_header_word(raw, 8, 9);
+            shm_header_word(raw, 8, 2);
             // The receiver may notice the header (and give up) before
             // this send: a Disconnected here is fine.
             let _ = raw.send_frame(b"x");

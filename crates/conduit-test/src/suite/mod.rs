@@ -40,7 +40,7 @@ pub use children::{child_adopt_checks, CHILDREN};
 pub(crate) use echo::echo_property;
 
 use cases::{
-    adopt_errors, handed_roles, kill_while_blocked_in_recv, kill_while_blocked_in_send,
+    adopt_errors, bytes_api, handed_roles, kill_while_blocked_in_recv, kill_while_blocked_in_send,
     many_tiny_messages, timeout_and_empty, unrelated_children,
 };
 use echo::prop_echo_sequences;
@@ -108,6 +108,7 @@ pub fn trials(t: Transport) -> Vec<Trial> {
             handed_roles,
         ),
         ("many_tiny_messages_echoed_in_order", many_tiny_messages),
+        ("send_bytes_and_recv_bytes_into_echo_every_size", bytes_api),
     ];
     tests.extend([
         (
