@@ -9,6 +9,9 @@
 use std::time::{Duration, Instant};
 
 use conduit::{Duplex, ErrorKind, Process, Receiver, Sender};
+use conduit_tests::{check, fails};
+#[cfg(any(target_os = "linux", windows))]
+use conduit_tests::{gone_within, is_gone};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -83,22 +86,6 @@ fn main() {
         .map(|t| t.with_ignored_flag(!anonymous))
         .collect();
     libtest_mimic::run(&args, tests).exit();
-}
-
-fn check(ok: bool, what: impl Into<String>) -> Result<(), Failed> {
-    if ok {
-        Ok(())
-    } else {
-        Err(what.into().into())
-    }
-}
-
-/// The error of `r`, or a test failure when it succeeded.
-fn fails<T: std::fmt::Debug>(r: conduit::Result<T>) -> Result<conduit::Error, Failed> {
-    match r {
-        Ok(v) => Err(format!("expected an error, got {v:?}").into()),
-        Err(e) => Ok(e),
-    }
 }
 
 fn square(n: u64) -> u64 {
@@ -303,52 +290,6 @@ fn builder_env_dir_and_name() -> Result<(), Failed> {
     // without the `\\?\` prefix.
     let cwd_path = std::path::Path::new(&cwd).canonicalize()?;
     check(cwd_path == dir, format!("dir: {cwd}"))
-}
-
-/// True when `pid` no longer runs (gone, or a zombie nobody reaped yet).
-#[cfg(target_os = "linux")]
-#[allow(clippy::unnecessary_wraps)]
-fn is_gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
-    }
-}
-
-/// True when `pid` no longer runs (no such process, or it has exited and
-/// only handles to it remain).
-#[cfg(windows)]
-#[allow(unsafe_code)]
-fn is_gone(pid: u32) -> bool {
-    use windows_sys::Win32::Foundation::{CloseHandle, WAIT_OBJECT_0};
-    use windows_sys::Win32::System::Threading::{
-        OpenProcess, WaitForSingleObject, PROCESS_SYNCHRONIZE,
-    };
-    // SAFETY: plain calls with a pid and constant flags; the handle is
-    // checked for null, used once and closed once.
-    unsafe {
-        let h = OpenProcess(PROCESS_SYNCHRONIZE, 0, pid);
-        if h.is_null() {
-            return true;
-        }
-        let exited = WaitForSingleObject(h, 0) == WAIT_OBJECT_0;
-        CloseHandle(h);
-        exited
-    }
-}
-
-#[cfg(any(target_os = "linux", windows))]
-fn gone_within(pid: u32, limit: Duration) -> bool {
-    let start = std::time::Instant::now();
-    while start.elapsed() < limit {
-        if is_gone(pid) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    is_gone(pid)
 }
 
 fn kill_on_drop_kills() -> Result<(), Failed> {

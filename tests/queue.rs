@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use conduit::{ErrorKind, Process, QueueConfig, QueueReceiver, QueueSender, Sender};
+use conduit_tests::{check, fails};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde::{Deserialize, Serialize};
 
@@ -45,22 +46,6 @@ fn main() {
         .map(|t| t.with_ignored_flag(!anonymous))
         .collect();
     libtest_mimic::run(&args, tests).exit();
-}
-
-/// The error of `r`, or a test failure when it succeeded.
-fn fails<T: std::fmt::Debug>(r: conduit::Result<T>) -> Result<conduit::Error, Failed> {
-    match r {
-        Ok(v) => Err(format!("expected an error, got {v:?}").into()),
-        Err(e) => Ok(e),
-    }
-}
-
-fn check(ok: bool, what: impl Into<String>) -> Result<(), Failed> {
-    if ok {
-        Ok(())
-    } else {
-        Err(what.into().into())
-    }
 }
 
 /// One test message: who sent it, its number, and a body derived from both

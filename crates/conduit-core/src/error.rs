@@ -50,6 +50,11 @@ pub enum ErrorKind {
     /// location), it exited early, it was killed by a signal, or it never ran
     /// the target (its `main` does not call `conduit::init()` first).
     ChildFailed,
+    /// A worker process of a `conduit::Pool` died (was killed, crashed or
+    /// exited) while it ran this task, and the pool's `on_worker_death`
+    /// policy did not run it again (or it died again). The message names
+    /// the worker's pid and how it ended (signal or exit code).
+    WorkerDied,
 }
 
 impl fmt::Display for ErrorKind {
@@ -67,6 +72,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::InvalidInput => "invalid input",
             ErrorKind::Io => "i/o error",
             ErrorKind::ChildFailed => "child process failed",
+            ErrorKind::WorkerDied => "pool worker died",
         })
     }
 }
@@ -249,7 +255,7 @@ impl From<Error> for io::Error {
             }
             ErrorKind::Unsupported => io::ErrorKind::Unsupported,
             ErrorKind::InvalidInput | ErrorKind::Encode => io::ErrorKind::InvalidInput,
-            ErrorKind::Io | ErrorKind::ChildFailed => io::ErrorKind::Other,
+            ErrorKind::Io | ErrorKind::ChildFailed | ErrorKind::WorkerDied => io::ErrorKind::Other,
         };
         io::Error::new(kind, err)
     }

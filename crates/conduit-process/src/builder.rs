@@ -252,7 +252,7 @@ impl ProcessBuilder {
     }
 }
 
-fn exe_identity() -> Result<Vec<u64>> {
+pub(crate) fn exe_identity() -> Result<Vec<u64>> {
     static ID: OnceLock<Vec<u64>> = OnceLock::new();
     if let Some(id) = ID.get() {
         return Ok(id.clone());

@@ -108,11 +108,13 @@ use conduit_core::{Error, Result};
 
 mod builder;
 mod child;
+mod pool;
 mod process;
 mod request;
 mod sys;
 
 pub use builder::ProcessBuilder;
+pub use pool::{OnWorkerDeath, Pool, PoolBuilder, PoolIter, PoolTask};
 pub use process::Process;
 pub(crate) use request::{
     encode, trampoline, Ended, FailKind, FromChild, Names, Request, Trampoline,
@@ -138,6 +140,9 @@ pub struct Runtime {
     pub resolver: &'static (dyn Resolver + Sync),
     /// Makes a duplex connection for the control channel.
     pub duplex: fn() -> Result<(BoxDuplexEnd, BoxDuplexEnd)>,
+    /// Makes the link between a pool and one of its workers (the fastest
+    /// duplex transport compiled in).
+    pub link_duplex: fn() -> Result<(BoxDuplexEnd, BoxDuplexEnd)>,
 }
 
 static RUNTIME: OnceLock<&'static Runtime> = OnceLock::new();

@@ -100,7 +100,9 @@ mod registry;
 pub use registry::Transport;
 
 mod process;
-pub use conduit_process::{Process, ProcessBuilder};
+pub use conduit_process::{
+    OnWorkerDeath, Pool, PoolBuilder, PoolIter, PoolTask, Process, ProcessBuilder,
+};
 pub use process::init;
 
 /// A many-producer, many-consumer queue across processes, safe against

@@ -10,7 +10,14 @@ use crate::{Registry, Result, Transport};
 static RUNTIME: Runtime = Runtime {
     resolver: &Registry,
     duplex: control_duplex,
+    link_duplex,
 };
+
+/// The link between a pool and a worker: the best duplex transport (shared
+/// memory when it is compiled in).
+fn link_duplex() -> Result<(BoxDuplexEnd, BoxDuplexEnd)> {
+    Transport::best_duplex()?.raw_duplex(FrameConfig::default())
+}
 
 /// The control channel between a parent and a child: a kernel transport
 /// when one is compiled in (a blocked `join` then costs nothing), else the

@@ -26,6 +26,7 @@ mod os;
 
 pub(crate) use os::{adopt, after_spawn, describe, exe_identity, hand, prepare, terminate};
 
+use crate::pool::worker::{InitFn, TaskFn};
 use crate::Trampoline;
 
 /// The anchor every code offset is measured from. Never inlined, so that it
@@ -49,6 +50,17 @@ fn addr_of_anchor() -> usize {
 
 /// The offset of `t` from the anchor, to send to a child.
 pub(crate) fn trampoline_offset(t: Trampoline) -> i64 {
+    (t as usize).wrapping_sub(addr_of_anchor()) as isize as i64
+}
+
+/// The offset of a pool task trampoline from the anchor, to send to a
+/// worker.
+pub(crate) fn task_offset(t: TaskFn) -> i64 {
+    (t as usize).wrapping_sub(addr_of_anchor()) as isize as i64
+}
+
+/// The offset of a pool initializer trampoline from the anchor.
+pub(crate) fn init_offset(t: InitFn) -> i64 {
     (t as usize).wrapping_sub(addr_of_anchor()) as isize as i64
 }
 
@@ -109,4 +121,25 @@ pub(crate) fn conjure<F: Copy + 'static>() -> Option<F> {
     // zero-sized `Fn` types are fn items and closures that capture nothing
     // (or only other zero-sized captures, copied the same way).
     Some(unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() })
+}
+
+/// The pool task trampoline at `offset` from the anchor, in this process.
+pub(crate) fn task_at(_proof: &SameImage, offset: i64) -> TaskFn {
+    let addr = addr_of_anchor().wrapping_add(offset as isize as usize);
+    // SAFETY: as in `trampoline_at`: `offset` is what the pool (this
+    // worker's parent, which runs the same executable file, as `_proof`
+    // shows) computed with `task_offset` from a value of type `TaskFn` (a
+    // monomorphized `crate::pool::worker::task_trampoline`), and code
+    // offsets within one image survive ASLR, so `addr` is that function
+    // here. The parent is not a trust boundary for its worker (it chose
+    // the executable and its environment).
+    unsafe { std::mem::transmute::<usize, TaskFn>(addr) }
+}
+
+/// The pool initializer trampoline at `offset` from the anchor.
+pub(crate) fn init_at(_proof: &SameImage, offset: i64) -> InitFn {
+    let addr = addr_of_anchor().wrapping_add(offset as isize as usize);
+    // SAFETY: as for `task_at`, with `init_offset` and `InitFn` (a
+    // monomorphized `crate::pool::worker::init_trampoline`).
+    unsafe { std::mem::transmute::<usize, InitFn>(addr) }
 }

@@ -1,0 +1,471 @@
+//! `conduit::Pool` across real worker processes.
+//!
+//! Like `process.rs`, this target has `harness = false`: workers re-execute
+//! this binary, whose `main` calls `conduit::init()` first.
+
+use std::collections::HashSet;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use conduit::{ErrorKind, OnWorkerDeath, Pool};
+use conduit_tests::{check, fails};
+#[cfg(any(target_os = "linux", windows))]
+use conduit_tests::{gone_within, is_gone};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+fn main() {
+    conduit::init();
+    let args = Arguments::from_args();
+    let tests = vec![
+        Trial::test(
+            "map_and_imap_keep_input_order",
+            map_and_imap_keep_input_order,
+        ),
+        Trial::test(
+            "imap_unordered_yields_each_once",
+            imap_unordered_yields_each_once,
+        ),
+        Trial::test("submit_and_join", submit_and_join),
+        Trial::test("panic_is_that_tasks_error", panic_is_that_tasks_error),
+        Trial::test(
+            "worker_killed_mid_task_is_retried_50_times",
+            worker_killed_mid_task_is_retried_50_times,
+        ),
+        Trial::test(
+            "worker_killed_from_outside_during_map",
+            worker_killed_from_outside_during_map,
+        ),
+        Trial::test(
+            "worker_death_with_fail_policy_names_pid_and_signal",
+            worker_death_with_fail_policy_names_pid_and_signal,
+        ),
+        Trial::test(
+            "max_tasks_per_worker_replaces_workers",
+            max_tasks_per_worker_replaces_workers,
+        ),
+        Trial::test("init_runs_in_every_worker", init_runs_in_every_worker),
+        Trial::test("failing_init_breaks_the_pool", failing_init_breaks_the_pool),
+        Trial::test(
+            "dropped_pool_leaves_no_process",
+            dropped_pool_leaves_no_process,
+        ),
+        Trial::test("close_then_join", close_then_join),
+        Trial::test("large_inputs_and_results", large_inputs_and_results),
+    ];
+    // Pool needs an anonymous transport for its links.
+    let anonymous = !conduit::Transport::enabled().is_empty();
+    let tests = tests
+        .into_iter()
+        .map(|t| t.with_ignored_flag(!anonymous))
+        .collect();
+    libtest_mimic::run(&args, tests).exit();
+}
+
+fn triple(n: u64) -> u64 {
+    3 * n
+}
+
+fn map_and_imap_keep_input_order() -> Result<(), Failed> {
+    let pool = Pool::new(3)?;
+    let out = pool.map(triple, 0..5000u64)?;
+    check(
+        out == (0..5000u64).map(|n| 3 * n).collect::<Vec<_>>(),
+        "map: wrong or reordered results",
+    )?;
+    // An iterator that does not know its length, and explicit small chunks.
+    let odd = (0..3000u64).filter(|n| n % 2 == 1);
+    let got: Vec<u64> = pool.imap(triple, odd)?.collect::<conduit::Result<_>>()?;
+    let want: Vec<u64> = (0..3000u64).filter(|n| n % 2 == 1).map(|n| 3 * n).collect();
+    check(got == want, "imap: wrong or reordered results")?;
+    let none: Vec<u64> = pool.map(triple, Vec::<u64>::new())?;
+    check(none.is_empty(), "map of nothing")?;
+    let small = Pool::builder().workers(2).chunk_size(1).build()?;
+    check(
+        small.map(triple, 0..100u64)? == (0..100u64).map(|n| 3 * n).collect::<Vec<_>>(),
+        "chunk_size(1)",
+    )
+}
+
+fn imap_unordered_yields_each_once() -> Result<(), Failed> {
+    let pool = Pool::new(4)?;
+    let mut seen = HashSet::new();
+    for r in pool.imap_unordered(triple, 0..4000u64)? {
+        let v = r?;
+        check(v % 3 == 0 && v < 12_000, format!("stray result {v}"))?;
+        check(seen.insert(v), format!("{v} twice"))?;
+    }
+    check(
+        seen.len() == 4000,
+        format!("{} results of 4000", seen.len()),
+    )
+}
+
+fn submit_and_join() -> Result<(), Failed> {
+    let pool = Pool::new(2)?;
+    let handles: Vec<_> = (0..50u64)
+        .map(|n| pool.submit(triple, n))
+        .collect::<conduit::Result<_>>()?;
+    for (n, h) in handles.into_iter().enumerate() {
+        check(h.join()? == 3 * n as u64, format!("task {n}"))?;
+    }
+    // From several threads at once.
+    let pool = std::sync::Arc::new(pool);
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let pool = pool.clone();
+            std::thread::spawn(move || -> conduit::Result<u64> {
+                pool.map(triple, (0..500).map(move |i| t * 1000 + i))
+                    .map(|v| v.iter().sum())
+            })
+        })
+        .collect();
+    for (t, th) in threads.into_iter().enumerate() {
+        let sum = th.join().map_err(|_| "thread panicked")??;
+        let want: u64 = (0..500).map(|i| 3 * (t as u64 * 1000 + i)).sum();
+        check(sum == want, format!("thread {t}: {sum} != {want}"))?;
+    }
+    Ok(())
+}
+
+fn panic_at_37(n: u64) -> u64 {
+    if n == 37 {
+        panic!("no thirty-seven here");
+    }
+    n + 1
+}
+
+fn panic_is_that_tasks_error() -> Result<(), Failed> {
+    let pool = Pool::new(2)?;
+    let before: HashSet<u32> = pool.pids().into_iter().collect();
+    let e = fails(pool.map(panic_at_37, 0..200u64))?;
+    check(
+        e.kind() == ErrorKind::ChildFailed && e.to_string().contains("no thirty-seven here"),
+        format!("map's error: {e}"),
+    )?;
+    for (i, r) in pool.imap(panic_at_37, 0..200u64)?.enumerate() {
+        match (i, r) {
+            (37, Err(e)) => check(
+                e.kind() == ErrorKind::ChildFailed
+                    && e.to_string().contains("task 37 panicked")
+                    && e.to_string().contains("pool.rs"),
+                format!("task 37's error: {e}"),
+            )?,
+            (37, Ok(v)) => return Err(format!("task 37 returned {v}").into()),
+            (i, r) => check(r? == i as u64 + 1, format!("task {i}"))?,
+        }
+    }
+    let after: HashSet<u32> = pool.pids().into_iter().collect();
+    check(before == after, "a panic replaced a worker")
+}
+
+/// Set by `arm` in each worker: the task index that kills its worker, and
+/// the marker file that makes it do so only once.
+static VICTIM: OnceLock<(u64, String)> = OnceLock::new();
+
+fn arm(victim: (u64, String)) {
+    let _ = VICTIM.set(victim);
+}
+
+/// `3 * n`; the victim task kills its own worker (SIGKILL /
+/// TerminateProcess) the first time it runs.
+fn crashy(n: u64) -> u64 {
+    if let Some((victim, marker)) = VICTIM.get() {
+        if n == *victim
+            && std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(marker)
+                .is_ok()
+        {
+            kill_pid(std::process::id());
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+    3 * n
+}
+
+/// Kills `pid` like `kill -9`.
+fn kill_pid(pid: u32) {
+    #[cfg(unix)]
+    {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+    #[cfg(windows)]
+    #[allow(unsafe_code)]
+    {
+        use windows_sys::Win32::Foundation::CloseHandle;
+        use windows_sys::Win32::System::Threading::{
+            OpenProcess, TerminateProcess, PROCESS_TERMINATE,
+        };
+        // SAFETY: plain calls with a pid and constants; the handle is
+        // checked for null, used once and closed once.
+        unsafe {
+            let h = OpenProcess(PROCESS_TERMINATE, 0, pid);
+            if !h.is_null() {
+                TerminateProcess(h, 9);
+                CloseHandle(h);
+            }
+        }
+    }
+}
+
+fn marker(tag: &str) -> String {
+    std::env::temp_dir()
+        .join(format!(
+            "conduit-pool-test-{}-{tag}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ))
+        .display()
+        .to_string()
+}
+
+fn worker_killed_mid_task_is_retried_50_times() -> Result<(), Failed> {
+    let iterations: u32 = std::env::var("CONDUIT_POOL_KILL_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
+    let want: Vec<u64> = (0..10_000u64).map(|n| 3 * n).collect();
+    for round in 0..iterations {
+        let victim = fastrand::u64(0..10_000);
+        let path = marker("victim");
+        let workers = fastrand::usize(2..=4);
+        let pool = Pool::builder()
+            .workers(workers)
+            .init(arm, (victim, path.clone()))
+            .build()?;
+        let out = pool.map(crashy, 0..10_000u64);
+        let killed = std::path::Path::new(&path).exists();
+        let _ = std::fs::remove_file(&path);
+        let out = out.map_err(|e| format!("round {round} (victim {victim}): {e}"))?;
+        check(killed, format!("round {round}: the victim task never ran"))?;
+        check(
+            out == want,
+            format!("round {round} (victim {victim}): wrong results"),
+        )?;
+        check(
+            pool.pids().len() == workers,
+            format!("round {round}: the dead worker was not replaced"),
+        )?;
+    }
+    Ok(())
+}
+
+/// Some work per task, so that a map lasts long enough to be interrupted.
+fn churn(n: u64) -> u64 {
+    let mut x = n;
+    for _ in 0..20_000 {
+        x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+    }
+    x
+}
+
+fn worker_killed_from_outside_during_map() -> Result<(), Failed> {
+    let want: Vec<u64> = (0..4000u64).map(churn).collect();
+    for round in 0..10 {
+        let pool = Pool::new(2)?;
+        let kill_after = fastrand::usize(0..3000);
+        let mut got = Vec::with_capacity(4000);
+        let mut killed = None;
+        for (i, r) in pool.imap(churn, 0..4000u64)?.enumerate() {
+            got.push(r.map_err(|e| format!("round {round}, task {i}: {e}"))?);
+            if i == kill_after {
+                let pids = pool.pids();
+                let pid = pids[fastrand::usize(0..pids.len())];
+                kill_pid(pid);
+                killed = Some(pid);
+            }
+        }
+        check(got == want, format!("round {round}: wrong results"))?;
+        let Some(pid) = killed else {
+            return Err(format!("round {round}: no kill").into());
+        };
+        #[cfg(any(target_os = "linux", windows))]
+        check(
+            gone_within(pid, Duration::from_secs(5)),
+            format!("round {round}: killed worker {pid} not reaped"),
+        )?;
+        let _ = pid;
+    }
+    Ok(())
+}
+
+fn worker_death_with_fail_policy_names_pid_and_signal() -> Result<(), Failed> {
+    let path = marker("fail");
+    let pool = Pool::builder()
+        .workers(2)
+        .chunk_size(1)
+        .on_worker_death(OnWorkerDeath::Fail)
+        .init(arm, (5u64, path.clone()))
+        .build()?;
+    let results: Vec<_> = pool.imap(crashy, 0..20u64)?.collect();
+    let _ = std::fs::remove_file(&path);
+    for (i, r) in results.into_iter().enumerate() {
+        match (i, r) {
+            (5, Err(e)) => {
+                let s = e.to_string();
+                check(
+                    e.kind() == ErrorKind::WorkerDied && s.contains("pid ") && s.contains("task 5"),
+                    format!("task 5's error: {s}"),
+                )?;
+                #[cfg(unix)]
+                check(s.contains("signal 9"), format!("no signal in: {s}"))?;
+            }
+            (5, Ok(v)) => return Err(format!("task 5 returned {v}").into()),
+            (i, r) => check(r? == 3 * i as u64, format!("task {i}"))?,
+        }
+    }
+    // The pool lives on with a replacement worker.
+    check(pool.map(triple, 0..10u64)?[9] == 27, "after the death")
+}
+
+fn own_pid(_: u32) -> u32 {
+    std::process::id()
+}
+
+fn max_tasks_per_worker_replaces_workers() -> Result<(), Failed> {
+    let pool = Pool::builder().workers(2).max_tasks_per_worker(5).build()?;
+    let pids: HashSet<u32> = pool.map(own_pid, 0..40u32)?.into_iter().collect();
+    check(
+        pids.len() >= 8,
+        format!(
+            "40 tasks, 5 per worker, ran in only {} processes",
+            pids.len()
+        ),
+    )?;
+    let unlimited = Pool::new(2)?;
+    let pids: HashSet<u32> = unlimited.map(own_pid, 0..40u32)?.into_iter().collect();
+    check(
+        pids.len() <= 2,
+        format!("{} processes for 2 workers", pids.len()),
+    )
+}
+
+static GREETING: OnceLock<String> = OnceLock::new();
+
+fn greet(g: String) {
+    let _ = GREETING.set(g);
+}
+
+fn greeting(n: u32) -> String {
+    format!("{}{n}", GREETING.get().map_or("unset", |s| s.as_str()))
+}
+
+fn init_runs_in_every_worker() -> Result<(), Failed> {
+    let pool = Pool::builder()
+        .workers(3)
+        .chunk_size(1)
+        .init(greet, "hi ".to_string())
+        .build()?;
+    let out = pool.map(greeting, 0..30u32)?;
+    check(
+        out.iter().enumerate().all(|(i, s)| *s == format!("hi {i}")),
+        format!("{out:?}"),
+    )
+}
+
+fn bad_init(_: ()) {
+    panic!("cannot set up");
+}
+
+fn failing_init_breaks_the_pool() -> Result<(), Failed> {
+    let pool = Pool::builder().workers(2).init(bad_init, ()).build()?;
+    let e = fails(pool.map(triple, 0..10u64))?;
+    check(
+        e.kind() == ErrorKind::ChildFailed
+            && e.to_string().contains("initializer")
+            && e.to_string().contains("cannot set up"),
+        format!("map's error: {e}"),
+    )?;
+    let e = fails(pool.submit(triple, 1).and_then(|h| h.join()))?;
+    check(
+        e.to_string().contains("cannot set up"),
+        format!("a later task: {e}"),
+    )
+}
+
+fn block(_: u32) {
+    loop {
+        std::thread::park();
+    }
+}
+
+fn dropped_pool_leaves_no_process() -> Result<(), Failed> {
+    let pool = Pool::new(2)?;
+    let pids = pool.pids();
+    check(pids.len() == 2, "two workers")?;
+    let stuck: Vec<_> = (0..6)
+        .map(|i| pool.submit(block, i))
+        .collect::<conduit::Result<_>>()?;
+    drop(pool);
+    for h in stuck {
+        let e = fails(h.join())?;
+        check(
+            e.kind() == ErrorKind::Disconnected,
+            format!("a task of a dropped pool: {e}"),
+        )?;
+    }
+    #[cfg(any(target_os = "linux", windows))]
+    for pid in pids {
+        check(
+            gone_within(pid, Duration::from_secs(1)),
+            format!("worker {pid} outlived its pool"),
+        )?;
+    }
+    Ok(())
+}
+
+fn close_then_join() -> Result<(), Failed> {
+    let pool = Pool::new(2)?;
+    let e = fails(pool.join())?;
+    check(
+        e.kind() == ErrorKind::InvalidInput,
+        format!("join before close: {e}"),
+    )?;
+    let it = pool.imap(triple, 0..1000u64)?;
+    pool.close();
+    let e = fails(pool.submit(triple, 1))?;
+    check(
+        e.kind() == ErrorKind::InvalidInput,
+        format!("submit after close: {e}"),
+    )?;
+    let pids = pool.pids();
+    pool.join()?;
+    // Queued work finished before the workers exited.
+    let sum: u64 = it.map(|r| r.unwrap_or(0)).sum();
+    check(sum == 3 * 999 * 1000 / 2, format!("sum {sum}"))?;
+    #[cfg(any(target_os = "linux", windows))]
+    for pid in pids {
+        check(is_gone(pid), format!("worker {pid} still runs after join"))?;
+    }
+    let _ = pids;
+    Ok(())
+}
+
+fn checksum(v: Vec<u8>) -> (usize, u64) {
+    (v.len(), v.iter().map(|&b| u64::from(b)).sum())
+}
+
+fn large_inputs_and_results() -> Result<(), Failed> {
+    let pool = Pool::new(2)?;
+    let inputs: Vec<Vec<u8>> = (0..20u8)
+        .map(|i| {
+            (0..(1 << 20) + usize::from(i))
+                .map(|j| (j as u8) ^ i)
+                .collect()
+        })
+        .collect();
+    let want: Vec<(usize, u64)> = inputs.iter().cloned().map(checksum).collect();
+    check(pool.map(checksum, inputs.clone())? == want, "checksums")?;
+    fn echo(v: Vec<u8>) -> Vec<u8> {
+        v
+    }
+    check(
+        pool.map(echo, inputs.clone())? == inputs,
+        "echoed 1 MiB inputs",
+    )
+}
