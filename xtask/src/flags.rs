@@ -121,7 +121,8 @@ xflags::xflags! {
             /// (conduit-shm), a group (raw, conduit, ipc-channel, interprocess,
             /// python) or a word of an id (shm, pipe); the raw limits they are
             /// compared with run too. `spawn` selects the spawn + join section
-            /// (conduit Process, std Command, Python fork/spawn).
+            /// (conduit Process, std Command, Python fork/spawn); `pool` the
+            /// Pool.map section (conduit Pool, Python Pool, rayon).
             repeated --only system: String
             /// Timed repetitions per case (default 5, --quick 3; at least 3).
             optional --reps n: usize

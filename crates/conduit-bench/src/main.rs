@@ -23,6 +23,7 @@ mod child;
 mod link;
 mod plan;
 mod plot;
+mod pool;
 mod proc;
 mod report;
 mod spawn;
@@ -75,7 +76,8 @@ mod flags {
             /// ipc-channel, interprocess, python) or a word of an id (shm,
             /// pipe); the raw limits a system is compared with run too.
             /// `spawn` selects the spawn + join section (conduit Process,
-            /// std Command, Python fork/spawn).
+            /// std Command, Python fork/spawn); `pool` the Pool.map section
+            /// (conduit Pool, Python Pool, rayon).
             repeated --only system: String
             /// Timed repetitions per case (default 5, --quick 3; at least 3).
             optional --reps n: usize
@@ -230,13 +232,24 @@ fn run(opts: &Opts) -> Res<ExitCode> {
             "{:<20} {:<13} std Command, conduit Process, Python mp fork and spawn",
             "spawn", "spawn"
         );
+        println!(
+            "{:<20} {:<13} conduit Pool, Python mp Pool, rayon",
+            "pool", "pool"
+        );
         return Ok(ExitCode::SUCCESS);
     }
     // `--only spawn` (or `process`) selects the spawn section; without
     // filters everything runs.
     let is_spawn = |f: &String| matches!(f.to_ascii_lowercase().as_str(), "spawn" | "process");
+    let is_pool = |f: &String| f.eq_ignore_ascii_case("pool");
     let with_spawn = opts.only.is_empty() || opts.only.iter().any(is_spawn);
-    let only: Vec<String> = opts.only.iter().filter(|f| !is_spawn(f)).cloned().collect();
+    let with_pool = opts.only.is_empty() || opts.only.iter().any(is_pool);
+    let only: Vec<String> = opts
+        .only
+        .iter()
+        .filter(|f| !is_spawn(f) && !is_pool(f))
+        .cloned()
+        .collect();
     let cases = if only.is_empty() && !opts.only.is_empty() {
         Vec::new()
     } else {
@@ -251,6 +264,7 @@ fn run(opts: &Opts) -> Res<ExitCode> {
     std::fs::create_dir_all(&out_dir)
         .map_err(|e| err(format!("cannot create {}: {e}", out_dir.display())))?;
     let needs_python = with_spawn
+        || with_pool
         || cases
             .iter()
             .any(|c| systems[c.system].group == Group::Python);
@@ -325,6 +339,23 @@ fn run(opts: &Opts) -> Res<ExitCode> {
     } else {
         None
     };
+    let pooled = if with_pool {
+        eprint!("Pool.map throughput ... ");
+        *current.lock().unwrap_or_else(PoisonError::into_inner) = Some((
+            Instant::now() + budget.case_timeout() * 8 + Duration::from_secs(120),
+            "Pool.map".to_owned(),
+        ));
+        ctx.pinning.enter_parent(false);
+        let res = pool::run(&budget, &ctx.python, opts.quick);
+        *current.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        match &res {
+            Ok(_) => eprintln!("done"),
+            Err(e) => eprintln!("FAILED: {e}"),
+        }
+        Some(res)
+    } else {
+        None
+    };
     let elapsed = started.elapsed();
     let load_after = report::load_average();
     let meta = report::Meta {
@@ -355,6 +386,19 @@ fn run(opts: &Opts) -> Res<ExitCode> {
         Some(Err(e)) => println!("\nspawn + join of an empty function: FAILED: {e}"),
         None => {}
     }
+    match &pooled {
+        Some(Ok(p)) => {
+            println!("{}", p.table());
+            if let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(&json) {
+                doc["pool"] = p.json();
+                if let Ok(text) = serde_json::to_string_pretty(&doc) {
+                    json = text + "\n";
+                }
+            }
+        }
+        Some(Err(e)) => println!("\nPool.map throughput: FAILED: {e}"),
+        None => {}
+    }
     let json_path = out_dir.join("results.json");
     std::fs::write(&json_path, json)
         .map_err(|e| err(format!("cannot write {}: {e}", json_path.display())))?;
@@ -370,7 +414,8 @@ fn run(opts: &Opts) -> Res<ExitCode> {
     // systems failing (Python missing, ipc-channel unavailable) is only noted.
     let conduit_failed = results.iter().any(|r| {
         systems[r.system].group == Group::Conduit && matches!(r.outcome, Outcome::Failed(_))
-    }) || matches!(spawned, Some(Err(_)));
+    }) || matches!(spawned, Some(Err(_)))
+        || matches!(pooled, Some(Err(_)));
     Ok(if conduit_failed {
         eprintln!("conduit-bench: a conduit case failed (see the notes under the table)");
         ExitCode::FAILURE

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::panic;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread::{self, ThreadId};
 
@@ -120,6 +121,9 @@ fn run_request(req: &Request, resolver: &dyn Resolver, started: impl FnOnce()) -
 /// The last panic of the thread that runs the target: (message, location).
 static LAST_PANIC: Mutex<Option<(String, String)>> = Mutex::new(None);
 static TARGET_THREAD: OnceLock<ThreadId> = OnceLock::new();
+/// Set while a pool task runs: its panic goes back to the pool as the
+/// task's error, so the hook does not also print it in the worker.
+pub(crate) static QUIET: AtomicBool = AtomicBool::new(false);
 
 fn install_panic_hook() {
     let _ = TARGET_THREAD.set(thread::current().id());
@@ -131,6 +135,9 @@ fn install_panic_hook() {
                 .map_or_else(|| "an unknown location".to_string(), |l| l.to_string());
             let message = payload_message(info.payload());
             *LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()) = Some((message, location));
+            if QUIET.load(Ordering::Relaxed) {
+                return;
+            }
         }
         previous(info);
     }));

@@ -12,6 +12,8 @@
 //! Result frame: per input, a tag byte (`0` returned, `1` failed), a `u32`
 //! length, then the encoded result or a CBOR [`ItemFailure`].
 
+use std::sync::atomic::Ordering;
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -179,7 +181,10 @@ where
                 continue;
             }
         };
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || f(a))) {
+        child::QUIET.store(true, Ordering::Relaxed);
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || f(a)));
+        child::QUIET.store(false, Ordering::Relaxed);
+        match ran {
             Ok(r) => push_result(out, 0, |buf| encode_message::<R, Cbor>(&r, buf)),
             Err(payload) => {
                 let failure = match child::panicked(payload.as_ref()) {
