@@ -13,7 +13,11 @@ use std::time::Duration;
 
 use conduit_core::{Duplex, Error, ErrorKind, Receiver, Result, Sender};
 
-use super::worker::{split_record, worker_main, Call, Down, Up, WorkerArgs};
+use serde::Serialize;
+
+use conduit_core::codec::{encode_message, Cbor};
+
+use super::worker::{seal_array, worker_main, Call, Down, Up, WorkerArgs, HEAD};
 use super::OnWorkerDeath;
 use crate::{runtime, sys, Process};
 
@@ -34,6 +38,8 @@ impl Sink {
 pub(crate) struct Outcome {
     pub(crate) first: usize,
     pub(crate) count: u32,
+    /// The body is one CBOR array of the results (else records).
+    pub(crate) packed: bool,
     /// One result record per task (see `worker`), or why none ran.
     pub(crate) body: Result<Vec<u8>>,
 }
@@ -41,7 +47,14 @@ pub(crate) struct Outcome {
 /// Tasks that go to one worker at once.
 pub(crate) struct Chunk {
     call: Arc<Call>,
-    pub(crate) inputs: Vec<u8>,
+    /// Packed: [`HEAD`] bytes of room, then the CBOR items; raw: the
+    /// inputs back to back.
+    inputs: Vec<u8>,
+    /// Where each input ends (after the room, when packed).
+    ends: Vec<usize>,
+    packed: bool,
+    /// Where the frame starts in `inputs`, once sealed.
+    head: usize,
     pub(crate) count: u32,
     first: usize,
     /// How many workers died running these tasks.
@@ -50,10 +63,15 @@ pub(crate) struct Chunk {
 }
 
 impl Chunk {
-    pub(crate) fn new(call: &Arc<Call>, first: usize, sink: &Sink) -> Chunk {
+    /// An empty chunk whose first task is input `first`; `packed` unless
+    /// the inputs travel as raw bytes.
+    pub(crate) fn new(call: &Arc<Call>, first: usize, sink: &Sink, packed: bool) -> Chunk {
         Chunk {
             call: Arc::clone(call),
-            inputs: Vec::new(),
+            inputs: if packed { vec![0; HEAD] } else { Vec::new() },
+            ends: Vec::new(),
+            packed,
+            head: 0,
             count: 0,
             first,
             deaths: 0,
@@ -61,13 +79,92 @@ impl Chunk {
         }
     }
 
-    fn deliver(self, body: Result<Vec<u8>>) {
+    /// Encodes one more input into the chunk. Raw bytes (`Vec<u8>`) that
+    /// start a chunk become its buffer, without a copy.
+    pub(crate) fn push<A: Serialize + 'static>(&mut self, a: A) -> Result<()> {
+        if !self.packed && self.inputs.is_empty() {
+            let any: Box<dyn std::any::Any> = Box::new(a);
+            match any.downcast::<Vec<u8>>() {
+                Ok(bytes) => {
+                    self.inputs = *bytes;
+                    self.ends.push(self.inputs.len());
+                    self.count += 1;
+                    return Ok(());
+                }
+                Err(any) => match any.downcast::<A>() {
+                    Ok(a) => return self.push_encoded(&*a),
+                    Err(_) => return Err(Error::new(ErrorKind::Encode, "raw input type mismatch")),
+                },
+            }
+        }
+        self.push_encoded(&a)
+    }
+
+    fn push_encoded<A: Serialize + 'static>(&mut self, a: &A) -> Result<()> {
+        let before = self.inputs.len();
+        if let Err(e) = encode_message::<A, Cbor>(a, &mut self.inputs) {
+            self.inputs.truncate(before);
+            return Err(e);
+        }
+        self.ends.push(self.inputs.len() - self.base());
+        self.count += 1;
+        Ok(())
+    }
+
+    fn base(&self) -> usize {
+        if self.packed {
+            HEAD
+        } else {
+            0
+        }
+    }
+
+    /// Bytes of encoded inputs so far.
+    pub(crate) fn bytes(&self) -> usize {
+        self.inputs.len() - self.base()
+    }
+
+    /// Completes the frame (the array header of a packed chunk).
+    pub(crate) fn seal(&mut self) {
+        if self.packed {
+            self.head = seal_array(&mut self.inputs, self.count as usize);
+        }
+    }
+
+    fn frame(&self) -> &[u8] {
+        &self.inputs[self.head..]
+    }
+
+    /// Raw inputs: their lengths, for the worker to split them.
+    fn lens(&self) -> Option<Vec<u64>> {
+        if self.packed {
+            return None;
+        }
+        let mut start = 0;
+        Some(
+            self.ends
+                .iter()
+                .map(|&end| {
+                    let len = (end - start) as u64;
+                    start = end;
+                    len
+                })
+                .collect(),
+        )
+    }
+
+    fn deliver(self, body: Result<Vec<u8>>, packed: bool) {
         // The iterator may be gone; nobody wants the results then.
         let _ = self.sink.tx.send(Outcome {
             first: self.first,
             count: self.count,
+            packed,
             body,
         });
+    }
+
+    fn fail(self, e: Error) {
+        self.deliver(Err(e), false);
     }
 
     fn tasks(&self) -> String {
@@ -82,20 +179,19 @@ impl Chunk {
         if self.count == 1 {
             return vec![self];
         }
+        let base = self.base();
+        let mut start = 0;
         let mut out = Vec::with_capacity(self.count as usize);
-        let mut rest = &self.inputs[..];
-        for i in 0..self.count as usize {
-            let Some((_, body, tail)) = split_record(rest, 0) else {
-                break;
-            };
-            rest = tail;
-            let mut one = Chunk::new(&self.call, self.first + i, &self.sink);
+        for (i, &end) in self.ends.iter().enumerate() {
+            let mut one = Chunk::new(&self.call, self.first + i, &self.sink, self.packed);
             one.inputs
-                .extend_from_slice(&(body.len() as u32).to_le_bytes());
-            one.inputs.extend_from_slice(body);
+                .extend_from_slice(&self.inputs[base + start..base + end]);
+            one.ends.push(end - start);
             one.count = 1;
             one.deaths = self.deaths;
+            one.seal();
             out.push(one);
+            start = end;
         }
         out
     }
@@ -136,7 +232,7 @@ pub(crate) struct Link {
 
 /// How running a chunk on a worker went.
 enum Ran {
-    Done(Vec<u8>),
+    Done(Vec<u8>, bool),
     Failed(Error),
     InitFailed(String),
     /// The chunk could not even be sent: the worker was gone before it.
@@ -190,7 +286,7 @@ impl Shared {
             .collect()
     }
 
-    pub(crate) fn submit(&self, chunks: Vec<Chunk>) -> Result<()> {
+    pub(crate) fn submit(&self, chunk: Chunk) -> Result<()> {
         let mut st = lock(&self.state);
         if st.closed || st.terminating {
             return Err(Error::invalid_input(
@@ -200,9 +296,9 @@ impl Shared {
         if let Some((kind, message)) = &st.broken {
             return Err(Error::new(*kind, message.clone()));
         }
-        st.queue.extend(chunks);
+        st.queue.push_back(chunk);
         drop(st);
-        self.work.notify_all();
+        self.work.notify_one();
         Ok(())
     }
 
@@ -226,7 +322,7 @@ impl Shared {
         self.work.notify_all();
         for c in queued {
             let e = terminated(&c);
-            c.deliver(Err(e));
+            c.fail(e);
         }
         for slot in &self.slots {
             if let Some(p) = lock(slot).as_mut() {
@@ -263,7 +359,7 @@ impl Shared {
             drop(st);
             for c in chunks {
                 let e = terminated(&c);
-                c.deliver(Err(e));
+                c.fail(e);
             }
             return;
         }
@@ -282,7 +378,7 @@ impl Shared {
             st.queue.drain(..).collect()
         };
         for c in queued {
-            c.deliver(Err(Error::new(kind, message)));
+            c.fail(Error::new(kind, message));
         }
     }
 
@@ -359,13 +455,14 @@ impl Link {
         let down = Down::Chunk {
             call: Call::clone(&chunk.call),
             count: chunk.count,
+            lens: chunk.lens(),
         };
-        if self.duplex.send(&down).is_err() || self.duplex.send_bytes(&chunk.inputs).is_err() {
+        if self.duplex.send(&down).is_err() || self.duplex.send_bytes(chunk.frame()).is_err() {
             return Ran::NotSent;
         }
         match self.duplex.recv() {
-            Ok(Up::Done) => match self.duplex.recv_bytes_into(results) {
-                Ok(_) => Ran::Done(std::mem::take(results)),
+            Ok(Up::Done { packed }) => match self.duplex.recv_bytes_into(results) {
+                Ok(_) => Ran::Done(std::mem::take(results), packed),
                 Err(e) if e.kind() == ErrorKind::Disconnected => Ran::Died,
                 Err(e) => Ran::Failed(e),
             },
@@ -398,17 +495,17 @@ pub(crate) fn serve(shared: &Shared, slot: usize, link: Link) {
                         e.kind(),
                         format!("cannot start a pool worker for {}: {e}", chunk.tasks()),
                     );
-                    chunk.deliver(Err(e));
+                    chunk.fail(e);
                     continue;
                 }
             },
         };
         let pid = l.pid;
         match l.run(&chunk, &mut results) {
-            Ran::Done(body) => {
+            Ran::Done(body, packed) => {
                 stillborn = 0;
                 l.tasks += chunk.count as usize;
-                chunk.deliver(Ok(body));
+                chunk.deliver(Ok(body), packed);
                 if shared.max_tasks.is_some_and(|m| l.tasks >= m) {
                     if let Some(l) = link.take() {
                         shared.retire(slot, l);
@@ -418,7 +515,7 @@ pub(crate) fn serve(shared: &Shared, slot: usize, link: Link) {
             Ran::Failed(e) => {
                 stillborn = 0;
                 let e = Error::new(e.kind(), format!("{}: {e}", chunk.tasks()));
-                chunk.deliver(Err(e));
+                chunk.fail(e);
             }
             Ran::InitFailed(message) => {
                 let message = format!(
@@ -429,14 +526,14 @@ pub(crate) fn serve(shared: &Shared, slot: usize, link: Link) {
                     shared.retire(slot, l);
                 }
                 shared.break_with(ErrorKind::ChildFailed, &message);
-                chunk.deliver(Err(Error::new(ErrorKind::ChildFailed, message)));
+                chunk.fail(Error::new(ErrorKind::ChildFailed, message));
             }
             Ran::NotSent => {
                 let how = link.take().map(|l| shared.reap(slot, l));
                 stillborn += 1;
                 if shared.terminating() {
                     let e = terminated(&chunk);
-                    chunk.deliver(Err(e));
+                    chunk.fail(e);
                 } else if stillborn >= 3 {
                     let e = Error::new(
                         ErrorKind::WorkerDied,
@@ -447,7 +544,7 @@ pub(crate) fn serve(shared: &Shared, slot: usize, link: Link) {
                             chunk.tasks()
                         ),
                     );
-                    chunk.deliver(Err(e));
+                    chunk.fail(e);
                 } else {
                     shared.requeue(vec![chunk]);
                 }
@@ -460,7 +557,7 @@ pub(crate) fn serve(shared: &Shared, slot: usize, link: Link) {
                     .unwrap_or_default();
                 if shared.terminating() {
                     let e = terminated(&chunk);
-                    chunk.deliver(Err(e));
+                    chunk.fail(e);
                     continue;
                 }
                 let mut chunk = chunk;
@@ -477,7 +574,7 @@ pub(crate) fn serve(shared: &Shared, slot: usize, link: Link) {
                                 chunk.tasks()
                             ),
                         );
-                        chunk.deliver(Err(e));
+                        chunk.fail(e);
                     }
                 }
             }

@@ -6,20 +6,20 @@ mod dispatch;
 mod results;
 pub(crate) mod worker;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use conduit_core::codec::{encode_message, Cbor};
+use conduit_core::codec::{encode_message, is_raw, Cbor};
 use conduit_core::{Error, ErrorKind, Result};
 
 use crate::{runtime, sys, Names};
 use dispatch::{Chunk, Shared, Sink};
 pub use results::{PoolIter, PoolTask};
-use worker::{init_trampoline, push_input, task_trampoline, Call};
+use worker::{init_trampoline, task_trampoline, Call};
 
 /// What a [`Pool`] does with the tasks of a worker process that dies while
 /// it runs them (killed by the OOM killer or `kill -9`, crashed in native
@@ -422,15 +422,26 @@ impl Pool {
         let (tx, rx) = mpsc::channel();
         let abandoned = Arc::new(AtomicBool::new(false));
         let sink = Sink::new(tx, Arc::clone(&abandoned));
-        let mut chunks = Vec::new();
-        let mut chunk = Chunk::new(&call, 0, &sink);
+        let packed = !is_raw::<A>();
+        // Each chunk is queued as soon as it is full, so that the workers
+        // start while the rest is encoded. If an input does not encode, the
+        // chunks already queued are skipped (nobody will read them).
+        let queued = |r: Result<()>| {
+            if r.is_err() {
+                abandoned.store(true, Ordering::Relaxed);
+            }
+            r
+        };
+        let mut chunk = Chunk::new(&call, 0, &sink, packed);
         let mut total = 0;
         for a in items {
-            if chunk.count as usize >= per_chunk || chunk.inputs.len() >= CHUNK_BYTES {
-                let next = Chunk::new(&call, total, &sink);
-                chunks.push(std::mem::replace(&mut chunk, next));
+            if chunk.count as usize >= per_chunk || chunk.bytes() >= CHUNK_BYTES {
+                let next = Chunk::new(&call, total, &sink, packed);
+                let mut full = std::mem::replace(&mut chunk, next);
+                full.seal();
+                queued(self.shared.submit(full))?;
             }
-            push_input(&mut chunk.inputs, &a).map_err(|e| {
+            let pushed = chunk.push(a).map_err(|e| {
                 Error::new(
                     e.kind(),
                     format!(
@@ -438,14 +449,14 @@ impl Pool {
                          input is not supported by Pool yet; use Process::spawn): {e}"
                     ),
                 )
-            })?;
-            chunk.count += 1;
+            });
+            queued(pushed)?;
             total += 1;
         }
         if chunk.count > 0 {
-            chunks.push(chunk);
+            chunk.seal();
+            queued(self.shared.submit(chunk))?;
         }
-        self.shared.submit(chunks)?;
         Ok(PoolIter::new(rx, total, ordered, abandoned))
     }
 }

@@ -28,10 +28,12 @@ pub struct PoolIter<R> {
     total: usize,
     yielded: usize,
     ordered: bool,
-    /// Ordered: decoded results by input index, waiting for their turn.
-    waiting: BTreeMap<usize, Result<R>>,
-    /// Unordered: decoded results in arrival order.
-    arrived: VecDeque<Result<R>>,
+    /// Ordered: decoded chunks by the input index of their first result,
+    /// waiting for their turn (one map entry per chunk, not per result).
+    waiting: BTreeMap<usize, Batch<R>>,
+    /// Results ready to yield: ordered, the chunk whose turn it is;
+    /// unordered, everything decoded, in arrival order.
+    arrived: VecDeque<Batch<R>>,
     /// Set when every sender is gone (the pool went away).
     orphaned: bool,
     abandoned: Arc<AtomicBool>,
@@ -69,46 +71,91 @@ impl<R: DeserializeOwned + 'static> PoolIter<R> {
     }
 
     fn take_ready(&mut self) -> Option<Result<R>> {
-        let r = if self.ordered {
-            self.waiting.remove(&self.yielded)
-        } else {
-            self.arrived.pop_front()
-        };
-        if r.is_some() {
-            self.yielded += 1;
+        loop {
+            if self.ordered && self.arrived.is_empty() {
+                // The chunk that starts where the last one ended, if it is
+                // here.
+                let next = self.waiting.remove(&self.yielded)?;
+                self.arrived.push_back(next);
+            }
+            let batch = self.arrived.front_mut()?;
+            if let Some(r) = batch.next() {
+                self.yielded += 1;
+                return Some(r);
+            }
+            self.arrived.pop_front();
         }
-        r
     }
 
-    fn put(&mut self, index: usize, r: Result<R>) {
+    fn pending(&self) -> usize {
+        self.arrived.iter().map(ExactSizeIterator::len).sum()
+    }
+
+    /// Files the results of the chunk that starts at input `first`.
+    fn put(&mut self, first: usize, results: Batch<R>) {
         if self.ordered {
-            self.waiting.insert(index, r);
+            self.waiting.insert(first, results);
         } else {
-            self.arrived.push_back(r);
+            self.arrived.push_back(results);
         }
     }
 
     fn absorb(&mut self, outcome: Outcome) {
-        let Outcome { first, count, body } = outcome;
-        let body = match body {
-            Ok(b) => b,
-            Err(e) => {
-                for i in 0..count as usize {
-                    self.put(first + i, Err(Error::new(e.kind(), e.to_string())));
-                }
-                return;
-            }
+        let Outcome {
+            first,
+            count,
+            packed,
+            body,
+        } = outcome;
+        let decoded = match body {
+            Ok(body) if packed => Self::decode_packed(first, count, &body),
+            Ok(body) => Self::decode(first, count, &body),
+            Err(e) => Batch::Results(
+                (0..count)
+                    .map(|_| Err(Error::new(e.kind(), e.to_string())))
+                    .collect::<VecDeque<_>>()
+                    .into_iter(),
+            ),
         };
-        let mut rest = &body[..];
+        self.put(first, decoded);
+    }
+
+    /// The packed results (one CBOR array) of the chunk that starts at
+    /// input `first`.
+    fn decode_packed(first: usize, count: u32, body: &[u8]) -> Batch<R> {
+        let end = first + count as usize;
+        let failed: VecDeque<Result<R>> = match Cbor::decode::<Vec<R>>(body) {
+            Ok(v) if v.len() == count as usize => return Batch::Values(v.into_iter()),
+            Ok(v) => (0..count)
+                .map(|_| {
+                    Err(Error::protocol(format!(
+                        "a pool worker sent {} results for the {count} tasks {first}..{end}",
+                        v.len()
+                    )))
+                })
+                .collect(),
+            Err(e) => (0..count)
+                .map(|_| {
+                    Err(Error::new(
+                        e.kind(),
+                        format!("the results of tasks {first}..{end}: {e}"),
+                    ))
+                })
+                .collect(),
+        };
+        Batch::Results(failed.into_iter())
+    }
+
+    /// The results (records) of the chunk that starts at input `first`.
+    fn decode(first: usize, count: u32, body: &[u8]) -> Batch<R> {
+        let mut out = VecDeque::with_capacity(count as usize);
+        let mut rest = body;
         for i in 0..count as usize {
             let index = first + i;
             let Some((tag, item, tail)) = split_record(rest, 1) else {
-                self.put(
-                    index,
-                    Err(Error::protocol(format!(
-                        "a pool worker sent fewer results than tasks (task {index} has none)"
-                    ))),
-                );
+                out.push_back(Err(Error::protocol(format!(
+                    "a pool worker sent fewer results than tasks (task {index} has none)"
+                ))));
                 continue;
             };
             rest = tail;
@@ -129,8 +176,9 @@ impl<R: DeserializeOwned + 'static> PoolIter<R> {
                     )),
                 })
             };
-            self.put(index, r);
+            out.push_back(r);
         }
+        Batch::Results(out.into_iter())
     }
 
     /// Every result not delivered yet fails: the pool went away.
@@ -141,16 +189,26 @@ impl<R: DeserializeOwned + 'static> PoolIter<R> {
                 "the pool was dropped or terminated before this task finished",
             ))
         };
-        if self.ordered {
-            for i in self.yielded..self.total {
-                self.waiting.entry(i).or_insert_with(gone);
+        // Every chunk not here yet fills its gap with errors, so that the
+        // iterator yields exactly `total` items, in order.
+        let mut next = self.yielded + self.pending();
+        let waiting = std::mem::take(&mut self.waiting);
+        let mut gap = VecDeque::new();
+        for (first, chunk) in waiting {
+            while next < first {
+                gap.push_back(gone());
+                next += 1;
             }
-        } else {
-            let missing = self.total - self.yielded - self.arrived.len();
-            for _ in 0..missing {
-                self.arrived.push_back(gone());
-            }
+            next += chunk.len();
+            self.arrived
+                .push_back(Batch::Results(std::mem::take(&mut gap).into_iter()));
+            self.arrived.push_back(chunk);
         }
+        while next < self.total {
+            gap.push_back(gone());
+            next += 1;
+        }
+        self.arrived.push_back(Batch::Results(gap.into_iter()));
     }
 
     fn next_until(&mut self, deadline: Option<Instant>) -> Option<Result<R>> {
@@ -204,6 +262,35 @@ impl<R> Drop for PoolIter<R> {
         self.abandoned.store(true, Ordering::Relaxed);
     }
 }
+
+/// The decoded results of one chunk, yielded one by one.
+enum Batch<R> {
+    /// Every task returned (a packed chunk): no per-result `Result` is
+    /// stored.
+    Values(std::vec::IntoIter<R>),
+    /// Some failed, or the results came as records.
+    Results(std::collections::vec_deque::IntoIter<Result<R>>),
+}
+
+impl<R> Iterator for Batch<R> {
+    type Item = Result<R>;
+
+    fn next(&mut self) -> Option<Result<R>> {
+        match self {
+            Batch::Values(v) => v.next().map(Ok),
+            Batch::Results(r) => r.next(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            Batch::Values(v) => v.size_hint(),
+            Batch::Results(r) => r.size_hint(),
+        }
+    }
+}
+
+impl<R> ExactSizeIterator for Batch<R> {}
 
 /// One task started with [`Pool::submit`](crate::Pool::submit).
 #[derive(Debug)]
