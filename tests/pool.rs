@@ -5,7 +5,6 @@
 
 use std::collections::HashSet;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use conduit::{ErrorKind, OnWorkerDeath, Pool};
 use conduit_tests::{check, fails};
@@ -286,7 +285,7 @@ fn worker_killed_from_outside_during_map() -> Result<(), Failed> {
         };
         #[cfg(any(target_os = "linux", windows))]
         check(
-            gone_within(pid, Duration::from_secs(5)),
+            gone_within(pid, std::time::Duration::from_secs(5)),
             format!("round {round}: killed worker {pid} not reaped"),
         )?;
         let _ = pid;
@@ -412,7 +411,7 @@ fn dropped_pool_leaves_no_process() -> Result<(), Failed> {
     #[cfg(any(target_os = "linux", windows))]
     for pid in pids {
         check(
-            gone_within(pid, Duration::from_secs(1)),
+            gone_within(pid, std::time::Duration::from_secs(1)),
             format!("worker {pid} outlived its pool"),
         )?;
     }
