@@ -50,6 +50,7 @@ fn main() {
         ),
         Trial::test("close_then_join", close_then_join),
         Trial::test("large_inputs_and_results", large_inputs_and_results),
+        Trial::test("endpoints_inside_inputs", endpoints_inside_inputs),
     ];
     // Pool needs an anonymous transport for its links.
     let anonymous = !conduit::Transport::enabled().is_empty();
@@ -467,4 +468,39 @@ fn large_inputs_and_results() -> Result<(), Failed> {
         pool.map(echo, inputs.clone())? == inputs,
         "echoed 1 MiB inputs",
     )
+}
+
+/// `n` plus everything on `rx` (if any) until its sender is gone.
+fn drain((n, rx): (u64, Option<conduit::Receiver<u64>>)) -> u64 {
+    n + rx.map_or(0, |rx| rx.iter().map(|v| v.unwrap_or(1_000_000)).sum())
+}
+
+fn endpoints_inside_inputs() -> Result<(), Failed> {
+    let pool = Pool::new(2)?;
+    let mut inputs = Vec::new();
+    let mut senders = Vec::new();
+    for i in 0..12u64 {
+        if i % 3 == 0 {
+            let (tx, rx) = conduit::channel::<u64>()?;
+            for v in 0..10 {
+                tx.send(&(i * 100 + v))?;
+            }
+            senders.push(tx);
+            inputs.push((i, Some(rx)));
+        } else {
+            inputs.push((i, None));
+        }
+    }
+    drop(senders); // each receiver's iter ends after its 10 values
+    let out = pool.map(drain, inputs)?;
+    for (i, got) in out.into_iter().enumerate() {
+        let i = i as u64;
+        let want = if i % 3 == 0 {
+            i + (0..10).map(|v| i * 100 + v).sum::<u64>()
+        } else {
+            i
+        };
+        check(got == want, format!("input {i}: {got} != {want}"))?;
+    }
+    Ok(())
 }

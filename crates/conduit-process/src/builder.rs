@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use conduit_core::handoff::handoff;
-use conduit_core::transport::spawn_context::export_scope;
+use conduit_core::transport::spawn_context::{export_scope, Exported};
 use conduit_core::{Duplex, Error, ErrorKind, Receiver, Result, Sender};
 
 use crate::{
@@ -153,7 +153,7 @@ impl ProcessBuilder {
             )
         };
         let _ = f;
-        let rt = runtime()?;
+        runtime()?;
         // Endpoints inside `args` move out of it into `endpoints` here.
         let (args, endpoints) = export_scope(move || encode(&args));
         let args = args.map_err(|e| {
@@ -162,12 +162,30 @@ impl ProcessBuilder {
                 format!("the arguments of the child process do not encode: {e}"),
             )
         })?;
+        self.spawn_encoded(
+            sys::trampoline_offset(trampoline::<F, A, R>),
+            Names::of::<F, A, R>(),
+            args,
+            endpoints,
+        )
+    }
+
+    /// Starts the trampoline at `trampoline_offset` (made for `names`) on
+    /// arguments already encoded, with the endpoints taken out of them.
+    pub(crate) fn spawn_encoded<R>(
+        self,
+        trampoline_offset: i64,
+        names: Names,
+        args: Vec<u8>,
+        endpoints: Exported,
+    ) -> Result<Process<R>> {
+        let rt = runtime()?;
         let mut request = Request {
             version: PROTOCOL_VERSION,
             exe: exe_identity()?,
             check_offset: sys::check_offset(),
-            trampoline_offset: sys::trampoline_offset(trampoline::<F, A, R>),
-            names: Names::of::<F, A, R>(),
+            trampoline_offset,
+            names,
             args,
             endpoints: endpoints
                 .iter()

@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+use conduit_core::transport::spawn_context::export_scope;
 use conduit_core::{Duplex, Error, ErrorKind, Receiver, Result, Sender};
 
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use conduit_core::codec::{encode_message, Cbor};
@@ -100,7 +102,8 @@ impl Chunk {
         self.push_encoded(&a)
     }
 
-    fn push_encoded<A: Serialize + 'static>(&mut self, a: &A) -> Result<()> {
+    /// Encodes one more input into the chunk.
+    pub(crate) fn push_encoded<A: Serialize + 'static>(&mut self, a: &A) -> Result<()> {
         let before = self.inputs.len();
         if let Err(e) = encode_message::<A, Cbor>(a, &mut self.inputs) {
             self.inputs.truncate(before);
@@ -441,6 +444,92 @@ impl Shared {
     fn retire(&self, slot: usize, link: Link) {
         let _ = self.reap(slot, link);
     }
+}
+
+/// Runs input `index`, which holds endpoints, in a process of its own (a
+/// process gets endpoints only as it starts, so no running worker can take
+/// them): `None` when it holds none (the caller reports its own encoding
+/// error), else whether the process started. A thread waits for the
+/// result and delivers it like a chunk of one; it kills the process if the
+/// pool is terminated first.
+pub(crate) fn run_alone<F, A, R>(
+    shared: &Arc<Shared>,
+    a: A,
+    index: usize,
+    sink: &Sink,
+) -> Option<Result<()>>
+where
+    F: Fn(A) -> R + Copy + 'static,
+    A: Serialize + DeserializeOwned + 'static,
+    R: Serialize + DeserializeOwned + 'static,
+{
+    let (args, endpoints) = export_scope(|| crate::encode(&a));
+    if endpoints.is_empty() {
+        return None;
+    }
+    let args = match args {
+        Ok(args) => args,
+        Err(e) => {
+            return Some(Err(Error::new(
+                ErrorKind::Encode,
+                format!("it does not encode: {e}"),
+            )))
+        }
+    };
+    let spawned = Process::builder()
+        .name(format!("conduit pool task {index}"))
+        .kill_on_drop(true)
+        .die_with_parent(true)
+        .spawn_encoded::<R>(
+            sys::trampoline_offset(crate::trampoline::<F, A, R>),
+            crate::Names::of::<F, A, R>(),
+            args,
+            endpoints,
+        );
+    let mut p = match spawned {
+        Ok(p) => p,
+        Err(e) => return Some(Err(e)),
+    };
+    let one = Chunk {
+        call: Arc::new(Call {
+            offset: 0,
+            names: crate::Names::of::<F, A, R>(),
+        }),
+        inputs: Vec::new(),
+        ends: Vec::new(),
+        packed: false,
+        head: 0,
+        count: 1,
+        first: index,
+        deaths: 0,
+        sink: sink.clone(),
+    };
+    let shared = Arc::clone(shared);
+    let waiter = std::thread::Builder::new()
+        .name(format!("conduit-pool-task-{index}"))
+        .spawn(move || loop {
+            // Bounded waits, so that a terminated pool kills the process.
+            match p.join_timeout(Duration::from_millis(100)) {
+                Ok(r) => {
+                    let mut body = Vec::new();
+                    super::worker::push_returned(&mut body, &r);
+                    return one.deliver(Ok(body), false);
+                }
+                Err(e) if e.kind() == ErrorKind::Timeout => {
+                    if shared.terminating() {
+                        let _ = p.kill();
+                        let e = terminated(&one);
+                        return one.fail(e);
+                    }
+                }
+                Err(e) => return one.fail(e),
+            }
+        });
+    Some(
+        waiter
+            .map(|_| ())
+            .map_err(|e| Error::from_io("cannot start a pool thread", e)),
+    )
 }
 
 fn terminated(c: &Chunk) -> Error {

@@ -216,7 +216,10 @@ impl PoolBuilder {
 /// ([`imap_unordered`](Pool::imap_unordered)).
 ///
 /// A panic in the function is that task's `ChildFailed` error (panic
-/// message and location); the worker lives on. A worker that dies is
+/// message and location); the worker lives on. An input that holds
+/// endpoints (`Sender`, `Receiver`, `Duplex`, queue ends) runs in a process
+/// of its own started for it, since endpoints can only be handed to a
+/// process as it starts. A worker that dies is
 /// replaced at once and its tasks are retried or failed with
 /// [`ErrorKind::WorkerDied`], as [`OnWorkerDeath`] says.
 ///
@@ -441,14 +444,29 @@ impl Pool {
                 full.seal();
                 queued(self.shared.submit(full))?;
             }
-            let pushed = chunk.push(a).map_err(|e| {
-                Error::new(
-                    e.kind(),
-                    format!(
-                        "input {total} of the pool's task does not encode (an endpoint in an \
-                         input is not supported by Pool yet; use Process::spawn): {e}"
-                    ),
-                )
+            let pushed = if packed {
+                match chunk.push_encoded(&a) {
+                    Ok(()) => Ok(()),
+                    // Perhaps it holds endpoints: they can only go to a
+                    // process as it starts, so this input runs alone.
+                    Err(e) => match dispatch::run_alone::<F, A, R>(&self.shared, a, total, &sink) {
+                        Some(Ok(())) => {
+                            if chunk.count > 0 {
+                                chunk.seal();
+                                queued(self.shared.submit(chunk))?;
+                            }
+                            chunk = Chunk::new(&call, total + 1, &sink, packed);
+                            Ok(())
+                        }
+                        Some(Err(e)) => Err(e),
+                        None => Err(e),
+                    },
+                }
+            } else {
+                chunk.push(a)
+            };
+            let pushed = pushed.map_err(|e| {
+                Error::new(e.kind(), format!("input {total} of the pool's task: {e}"))
             });
             queued(pushed)?;
             total += 1;

@@ -160,6 +160,11 @@ fn push_result(out: &mut Vec<u8>, tag: u8, body: impl FnOnce(&mut Vec<u8>) -> Re
     }
 }
 
+/// Appends the record of a returned result.
+pub(crate) fn push_returned<R: Serialize + 'static>(out: &mut Vec<u8>, r: &R) {
+    push_result(out, 0, |buf| encode_message::<R, Cbor>(r, buf));
+}
+
 fn push_failure(out: &mut Vec<u8>, failure: &ItemFailure) {
     push_result(out, 1, |buf| Cbor::encode(failure, buf));
 }
