@@ -52,13 +52,7 @@ fn main() {
         Trial::test("large_inputs_and_results", large_inputs_and_results),
         Trial::test("endpoints_inside_inputs", endpoints_inside_inputs),
     ];
-    // Pool needs an anonymous transport for its links.
-    let anonymous = !conduit::Transport::enabled().is_empty();
-    let tests = tests
-        .into_iter()
-        .map(|t| t.with_ignored_flag(!anonymous))
-        .collect();
-    libtest_mimic::run(&args, tests).exit();
+    conduit_tests::run_with_processes(&args, tests);
 }
 
 fn triple(n: u64) -> u64 {

@@ -78,14 +78,7 @@ fn main() {
             concurrent_children_hold_only_their_handles,
         ),
     ];
-    // Process talks to its child over an anonymous channel: a build with
-    // only the `named` transport has none, and spawn says so.
-    let anonymous = !conduit::Transport::enabled().is_empty();
-    let tests = tests
-        .into_iter()
-        .map(|t| t.with_ignored_flag(!anonymous))
-        .collect();
-    libtest_mimic::run(&args, tests).exit();
+    conduit_tests::run_with_processes(&args, tests);
 }
 
 fn square(n: u64) -> u64 {

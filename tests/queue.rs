@@ -39,13 +39,7 @@ fn main() {
             random_kills_lose_at_most_the_message_in_hand,
         ),
     ];
-    // Process needs an anonymous transport for its control channel.
-    let anonymous = !conduit::Transport::enabled().is_empty();
-    let tests = tests
-        .into_iter()
-        .map(|t| t.with_ignored_flag(!anonymous))
-        .collect();
-    libtest_mimic::run(&args, tests).exit();
+    conduit_tests::run_with_processes(&args, tests);
 }
 
 /// One test message: who sent it, its number, and a body derived from both

@@ -1,7 +1,7 @@
 //! Integration tests live in `conformance.rs`, `process.rs`, `queue.rs`
 //! and `pool.rs`; this library holds what the harness-less ones share.
 
-use libtest_mimic::Failed;
+use libtest_mimic::{Arguments, Failed, Trial};
 
 /// A test failure saying `what` unless `ok`.
 pub fn check(ok: bool, what: impl Into<String>) -> Result<(), Failed> {
@@ -65,4 +65,17 @@ pub fn gone_within(pid: u32, limit: std::time::Duration) -> bool {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     is_gone(pid)
+}
+
+/// Runs `tests` (which start child processes) and exits. They are marked
+/// ignored in a build without an anonymous transport (only `named`):
+/// `Process` talks to its child over an anonymous channel and says so when
+/// there is none.
+pub fn run_with_processes(args: &Arguments, tests: Vec<Trial>) -> ! {
+    let anonymous = !conduit::Transport::enabled().is_empty();
+    let tests = tests
+        .into_iter()
+        .map(|t| t.with_ignored_flag(!anonymous))
+        .collect();
+    libtest_mimic::run(args, tests).exit()
 }
