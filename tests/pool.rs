@@ -461,6 +461,20 @@ fn large_inputs_and_results() -> Result<(), Failed> {
     check(
         pool.map(echo, inputs.clone())? == inputs,
         "echoed 1 MiB inputs",
+    )?;
+    // Above the link's 64 MiB frame limit: that task fails, the pool goes on.
+    let huge = vec![vec![7u8; 65 << 20], vec![1u8; 10]];
+    let results: Vec<_> = pool.imap(checksum, huge)?.collect();
+    match &results[0] {
+        Err(e) => check(
+            e.kind() == ErrorKind::TooLarge,
+            format!("a 65 MiB input: {e}"),
+        )?,
+        Ok(v) => return Err(format!("a 65 MiB input returned {v:?}").into()),
+    }
+    check(
+        matches!(results[1], Ok((10, 10))),
+        format!("the small input after it: {:?}", results[1]),
     )
 }
 

@@ -242,6 +242,9 @@ enum Ran {
     NotSent,
     /// The link broke while the worker held the chunk.
     Died,
+    /// The chunk could not be sent whole (too large): the link is out of
+    /// step and the worker must be replaced; the chunk fails.
+    Unusable(Error),
 }
 
 impl Shared {
@@ -546,8 +549,16 @@ impl Link {
             count: chunk.count,
             lens: chunk.lens(),
         };
-        if self.duplex.send(&down).is_err() || self.duplex.send_bytes(chunk.frame()).is_err() {
-            return Ran::NotSent;
+        let sent = self
+            .duplex
+            .send(&down)
+            .and_then(|()| self.duplex.send_bytes(chunk.frame()));
+        match sent {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::Disconnected => return Ran::NotSent,
+            // Too large for the link, most likely: the worker has the
+            // message header but no frame; it cannot be used again.
+            Err(e) => return Ran::Unusable(e),
         }
         match self.duplex.recv() {
             Ok(Up::Done { packed }) => match self.duplex.recv_bytes_into(results) {
@@ -582,7 +593,11 @@ pub(crate) fn serve(shared: &Shared, slot: usize, link: Link) {
                 Err(e) => {
                     let e = Error::new(
                         e.kind(),
-                        format!("cannot start a pool worker for {}: {e}", chunk.tasks()),
+                        format!(
+                            "cannot start a pool worker for {}: {}",
+                            chunk.tasks(),
+                            e.message()
+                        ),
                     );
                     chunk.fail(e);
                     continue;
@@ -601,9 +616,16 @@ pub(crate) fn serve(shared: &Shared, slot: usize, link: Link) {
                     }
                 }
             }
+            Ran::Unusable(e) => {
+                if let Some(l) = link.take() {
+                    shared.retire(slot, l);
+                }
+                let e = Error::new(e.kind(), format!("{}: {}", chunk.tasks(), e.message()));
+                chunk.fail(e);
+            }
             Ran::Failed(e) => {
                 stillborn = 0;
-                let e = Error::new(e.kind(), format!("{}: {e}", chunk.tasks()));
+                let e = Error::new(e.kind(), format!("{}: {}", chunk.tasks(), e.message()));
                 chunk.fail(e);
             }
             Ran::InitFailed(message) => {

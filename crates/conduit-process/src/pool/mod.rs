@@ -466,7 +466,10 @@ impl Pool {
                 chunk.push(a)
             };
             let pushed = pushed.map_err(|e| {
-                Error::new(e.kind(), format!("input {total} of the pool's task: {e}"))
+                Error::new(
+                    e.kind(),
+                    format!("input {total} of the pool's task: {}", e.message()),
+                )
             });
             queued(pushed)?;
             total += 1;

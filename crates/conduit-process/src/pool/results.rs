@@ -112,7 +112,7 @@ impl<R: DeserializeOwned + 'static> PoolIter<R> {
             Ok(body) => Self::decode(first, count, &body),
             Err(e) => Batch::Results(
                 (0..count)
-                    .map(|_| Err(Error::new(e.kind(), e.to_string())))
+                    .map(|_| Err(Error::new(e.kind(), e.message())))
                     .collect::<VecDeque<_>>()
                     .into_iter(),
             ),
@@ -138,7 +138,7 @@ impl<R: DeserializeOwned + 'static> PoolIter<R> {
                 .map(|_| {
                     Err(Error::new(
                         e.kind(),
-                        format!("the results of tasks {first}..{end}: {e}"),
+                        format!("the results of tasks {first}..{end}: {}", e.message()),
                     ))
                 })
                 .collect(),
@@ -160,8 +160,12 @@ impl<R: DeserializeOwned + 'static> PoolIter<R> {
             };
             rest = tail;
             let r = if tag == [0] {
-                decode_message::<R, Cbor>(item)
-                    .map_err(|e| Error::new(e.kind(), format!("the result of task {index}: {e}")))
+                decode_message::<R, Cbor>(item).map_err(|e| {
+                    Error::new(
+                        e.kind(),
+                        format!("the result of task {index}: {}", e.message()),
+                    )
+                })
             } else {
                 Err(match Cbor::decode::<ItemFailure>(item) {
                     Ok(ItemFailure::Panicked { message, location }) => Error::new(
