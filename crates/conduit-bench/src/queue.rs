@@ -694,7 +694,7 @@ impl QueueResults {
                         "unit": "msg/s",
                         "median": median(&r.rates),
                         "rounds": r.rates,
-                        "messages_per_producer": r.n,
+                        "messages_per_producer": (r.sys != Sys::Shm).then_some(r.n),
                         "ratio_to_python": vs_py,
                         "ratio_to_shm_channel": vs_shm,
                     }),
