@@ -120,9 +120,12 @@ xflags::xflags! {
             /// Only these systems (repeatable or a comma list): an id
             /// (conduit-shm), a group (raw, conduit, ipc-channel, interprocess,
             /// python) or a word of an id (shm, pipe); the raw limits they are
-            /// compared with run too. `spawn` selects the spawn + join section
-            /// (conduit Process, std Command, Python fork/spawn); `pool` the
-            /// Pool.map section (conduit Pool, Python Pool, rayon).
+            /// compared with run too. `queue` selects the queue section
+            /// (conduit::queue 1P/1C, 4P/1C, 4P/4C against Python mp.Queue and
+            /// the shm channel; the table's Python queue is `python-queue`);
+            /// `spawn` selects the spawn + join section (conduit Process, std
+            /// Command, Python fork/spawn); `pool` the Pool.map section (conduit
+            /// Pool, Python Pool, rayon).
             repeated --only system: String
             /// Timed repetitions per case (default 5, --quick 3; at least 3).
             optional --reps n: usize

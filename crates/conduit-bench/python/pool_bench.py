@@ -2,7 +2,7 @@
 
 Driven by conduit-bench (src/pool.rs) over stdin/stdout so that its rounds
 interleave with the Rust systems' rounds. One `multiprocessing.Pool(W)` is
-started first (W from the command line) and kept, as the Rust pools are.
+started first (W from the command line, default 2) and kept, as the Rust pools are.
 Each input line is `tiny <n>` (Pool.map of `square` over range(n), default
 chunksize) or `big <n> <bytes>` (Pool.map of `blob` over n bytes objects of
 that size, made before the clock starts); it prints one JSON line
@@ -24,7 +24,7 @@ def blob(b):
 
 
 def main():
-    workers = int(sys.argv[1])
+    workers = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     with mp.get_context("fork").Pool(workers) as pool:
         pool.map(square, range(1000))  # the workers are up
         for line in sys.stdin:

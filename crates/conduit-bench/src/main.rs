@@ -15,9 +15,12 @@
 //! directory (`target/conduit-bench/` by default). Slowness never fails the
 //! run: this is a measurement, not a test.
 //!
-//! A last section ([`spawn`]) measures spawn + join of an empty function:
-//! `conduit::Process` against `std::process::Command` and Python
-//! `multiprocessing.Process`; for it `main` calls `conduit::init()` first.
+//! Two sections follow the table: [`queue`] measures `conduit::queue` with 1
+//! or 4 producers and 1 or 4 consumers against Python `multiprocessing.Queue`
+//! and conduit's shm channel, and [`spawn`] measures spawn + join of an
+//! empty function: `conduit::Process` against `std::process::Command` and
+//! Python `multiprocessing.Process`. Both start children with
+//! `conduit::Process`, so `main` calls `conduit::init()` first.
 
 mod child;
 mod link;
@@ -25,6 +28,7 @@ mod plan;
 mod plot;
 mod pool;
 mod proc;
+mod queue;
 mod report;
 mod spawn;
 mod stats;
@@ -62,7 +66,8 @@ mod flags {
         /// Measures 64 B round-trip latency (median, p99), 64 B one-way messages/s and
         /// 64 KiB / 1 MiB one-way GB/s between two processes, for every conduit
         /// transport, the raw OS limits, ipc-channel, interprocess and Python
-        /// multiprocessing, and the time to spawn + join an empty function in a
+        /// multiprocessing; the msg/s of conduit::queue with many producers and
+        /// consumers; and the time to spawn + join an empty function in a
         /// child process. Prints a table, writes results.json and bench.svg.
         ///
         /// `cargo xtask bench [options]` builds this binary in release mode and runs it.
@@ -75,6 +80,9 @@ mod flags {
             /// matches a system id (conduit-shm), a group (raw, conduit,
             /// ipc-channel, interprocess, python) or a word of an id (shm,
             /// pipe); the raw limits a system is compared with run too.
+            /// `queue` selects the queue section (conduit::queue 1P/1C,
+            /// 4P/1C, 4P/4C against Python mp.Queue and the shm channel;
+            /// the python-queue system of the table is `python-queue`);
             /// `spawn` selects the spawn + join section (conduit Process,
             /// std Command, Python fork/spawn); `pool` the Pool.map section
             /// (conduit Pool, Python Pool, rayon).
@@ -229,6 +237,10 @@ fn run(opts: &Opts) -> Res<ExitCode> {
             );
         }
         println!(
+            "{:<20} {:<13} conduit queue 1P/1C 4P/1C 4P/4C, Python mp.Queue, conduit shm channel",
+            "queue", "queue"
+        );
+        println!(
             "{:<20} {:<13} std Command, conduit Process, Python mp fork and spawn",
             "spawn", "spawn"
         );
@@ -238,16 +250,18 @@ fn run(opts: &Opts) -> Res<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    // `--only spawn` (or `process`) selects the spawn section; without
-    // filters everything runs.
+    // `--only spawn` (or `process`) selects the spawn section, `--only
+    // queue` the queue section; without filters everything runs.
     let is_spawn = |f: &String| matches!(f.to_ascii_lowercase().as_str(), "spawn" | "process");
+    let is_queue = |f: &String| f.eq_ignore_ascii_case("queue");
     let is_pool = |f: &String| f.eq_ignore_ascii_case("pool");
     let with_spawn = opts.only.is_empty() || opts.only.iter().any(is_spawn);
+    let with_queue = opts.only.is_empty() || opts.only.iter().any(is_queue);
     let with_pool = opts.only.is_empty() || opts.only.iter().any(is_pool);
     let only: Vec<String> = opts
         .only
         .iter()
-        .filter(|f| !is_spawn(f) && !is_pool(f))
+        .filter(|f| !is_spawn(f) && !is_queue(f) && !is_pool(f))
         .cloned()
         .collect();
     let cases = if only.is_empty() && !opts.only.is_empty() {
@@ -264,6 +278,7 @@ fn run(opts: &Opts) -> Res<ExitCode> {
     std::fs::create_dir_all(&out_dir)
         .map_err(|e| err(format!("cannot create {}: {e}", out_dir.display())))?;
     let needs_python = with_spawn
+        || with_queue
         || with_pool
         || cases
             .iter()
@@ -322,6 +337,22 @@ fn run(opts: &Opts) -> Res<ExitCode> {
             outcome,
         });
     }
+    let queued = if with_queue {
+        eprint!("queue: 1P/1C, 4P/1C, 4P/4C against Python mp.Queue and the shm channel ... ");
+        *current.lock().unwrap_or_else(PoisonError::into_inner) = Some((
+            Instant::now() + budget.case_timeout() * 8 + Duration::from_secs(120),
+            "queue".to_owned(),
+        ));
+        let res = queue::run(&ctx, opts.quick);
+        *current.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        match &res {
+            Ok(_) => eprintln!("done"),
+            Err(e) => eprintln!("FAILED: {e}"),
+        }
+        Some(res)
+    } else {
+        None
+    };
     let spawned = if with_spawn {
         eprint!("spawn + join of an empty function ... ");
         *current.lock().unwrap_or_else(PoisonError::into_inner) = Some((
@@ -373,6 +404,19 @@ fn run(opts: &Opts) -> Res<ExitCode> {
         println!("{table}");
     }
     let mut json = report::json(&systems, &results, &meta);
+    match &queued {
+        Some(Ok(q)) => {
+            println!("{}", q.table());
+            if let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(&json) {
+                doc["queue"] = q.json();
+                if let Ok(text) = serde_json::to_string_pretty(&doc) {
+                    json = text + "\n";
+                }
+            }
+        }
+        Some(Err(e)) => println!("\nqueue: FAILED: {e}"),
+        None => {}
+    }
     match &spawned {
         Some(Ok(s)) => {
             println!("{}", s.table());
@@ -415,6 +459,7 @@ fn run(opts: &Opts) -> Res<ExitCode> {
     let conduit_failed = results.iter().any(|r| {
         systems[r.system].group == Group::Conduit && matches!(r.outcome, Outcome::Failed(_))
     }) || matches!(spawned, Some(Err(_)))
+        || matches!(queued, Some(Err(_)))
         || matches!(pooled, Some(Err(_)));
     Ok(if conduit_failed {
         eprintln!("conduit-bench: a conduit case failed (see the notes under the table)");

@@ -12,15 +12,12 @@
 //! its rounds over stdin (`python/pool_bench.py`).
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rayon::prelude::*;
 
-use crate::proc::Spawned;
 use crate::stats::median;
-use crate::sys_python::Python;
+use crate::sys_python::{Driver, Python};
 use crate::{err, Budget, Res};
 
 /// The script, as committed in `crates/conduit-bench/python/pool_bench.py`.
@@ -101,57 +98,15 @@ impl System {
     }
 }
 
-/// The Python driver: a long-lived `pool_bench.py`.
-struct Driver {
-    stdin: std::process::ChildStdin,
-    stdout: BufReader<std::process::ChildStdout>,
-    _child: Spawned,
-}
-
-impl Driver {
-    fn start(py: &Python, timeout: Duration) -> Res<Driver> {
-        let dir = py
-            .script
-            .parent()
-            .ok_or_else(|| err("the Python script has no directory"))?;
-        let script = dir.join("pool_bench.py");
-        std::fs::write(&script, SCRIPT)
-            .map_err(|e| err(format!("cannot write {}: {e}", script.display())))?;
-        let mut cmd = Command::new(&py.exe);
-        cmd.arg("-u")
-            .arg(&script)
-            .arg(WORKERS.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = Spawned::spawn(&mut cmd, timeout, true)?;
-        let (stdin, stdout) = child.take_stdio();
-        Ok(Driver {
-            stdin: stdin.ok_or_else(|| err("no stdin for the Python driver"))?,
-            stdout: BufReader::new(stdout.ok_or_else(|| err("no stdout for the Python driver"))?),
-            _child: child,
-        })
-    }
-
-    fn round(&mut self, work: Work, big: usize) -> Res<f64> {
-        match work {
-            Work::Tiny => writeln!(self.stdin, "tiny {TINY}")?,
-            Work::Big => writeln!(self.stdin, "big {big} {BIG_SIZE}")?,
-        }
-        self.stdin.flush()?;
-        let mut line = String::new();
-        if self.stdout.read_line(&mut line)? == 0 {
-            return Err(err("pool_bench.py ended early"));
-        }
-        let v: serde_json::Value = serde_json::from_str(line.trim())
-            .map_err(|e| err(format!("pool_bench.py printed {line:?}: {e}")))?;
-        if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-            return Err(err(e.to_owned()));
-        }
-        v.get("seconds")
-            .and_then(serde_json::Value::as_f64)
-            .ok_or_else(|| err(format!("pool_bench.py printed {line:?}")))
-    }
+/// One round of Python's pool: the seconds of its `map`.
+fn python_round(d: &mut Driver, work: Work, big: usize) -> Res<f64> {
+    let v = match work {
+        Work::Tiny => d.ask(&format!("tiny {TINY}"))?,
+        Work::Big => d.ask(&format!("big {big} {BIG_SIZE}"))?,
+    };
+    v.get("seconds")
+        .and_then(serde_json::Value::as_f64)
+        .ok_or_else(|| err(format!("pool_bench.py answered {v}")))
 }
 
 fn big_inputs(n: usize) -> Vec<Vec<u8>> {
@@ -248,7 +203,8 @@ pub fn run(budget: &Budget, python: &Result<Python, String>, quick: bool) -> Res
         .build()
         .map_err(|e| err(format!("cannot start rayon's pool: {e}")))?;
     let mut driver = match python {
-        Ok(py) => Driver::start(py, budget.case_timeout() * 8).map_err(|e| e.to_string()),
+        Ok(py) => Driver::start(py, "pool_bench.py", SCRIPT, budget.case_timeout() * 8)
+            .map_err(|e| e.to_string()),
         Err(why) => Err(format!("{why}; install python3 to measure multiprocessing")),
     };
     let mut tables = Vec::new();
@@ -271,7 +227,7 @@ pub fn run(budget: &Budget, python: &Result<Python, String>, quick: bool) -> Res
                     System::Conduit => conduit_round(&pool, work, big),
                     System::Rayon => rayon_round(&threads, work, big),
                     System::Python => match &mut driver {
-                        Ok(d) => d.round(work, big),
+                        Ok(d) => python_round(d, work, big),
                         Err(why) => Err(err(why.clone())),
                     },
                 };
@@ -286,7 +242,7 @@ pub fn run(budget: &Budget, python: &Result<Python, String>, quick: bool) -> Res
         tables.push((work, rows));
     }
     if let Ok(d) = &mut driver {
-        let _ = writeln!(d.stdin, "quit");
+        d.quit();
     }
     Ok(PoolResults {
         tables,

@@ -14,13 +14,12 @@
 //! so that its start-up is not counted and its batches interleave too.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::proc::{Spawned, CHILD_ENV};
+use crate::proc::CHILD_ENV;
 use crate::stats::median;
-use crate::sys_python::Python;
+use crate::sys_python::{Driver, Python};
 use crate::{err, Budget, Res};
 
 /// The child spec of the `Command` floor: `main` returns at once.
@@ -98,57 +97,15 @@ impl Spawner {
     }
 }
 
-/// The Python driver: a long-lived `spawn_bench.py`.
-struct Driver {
-    stdin: std::process::ChildStdin,
-    stdout: BufReader<std::process::ChildStdout>,
-    _child: Spawned,
-}
-
-impl Driver {
-    fn start(py: &Python, timeout: Duration) -> Res<Driver> {
-        let dir = py
-            .script
-            .parent()
-            .ok_or_else(|| err("the Python script has no directory"))?;
-        let script = dir.join("spawn_bench.py");
-        std::fs::write(&script, SCRIPT)
-            .map_err(|e| err(format!("cannot write {}: {e}", script.display())))?;
-        let mut cmd = Command::new(&py.exe);
-        cmd.arg("-u")
-            .arg(&script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = Spawned::spawn(&mut cmd, timeout, true)?;
-        let (stdin, stdout) = child.take_stdio();
-        Ok(Driver {
-            stdin: stdin.ok_or_else(|| err("no stdin for the Python driver"))?,
-            stdout: BufReader::new(stdout.ok_or_else(|| err("no stdout for the Python driver"))?),
-            _child: child,
-        })
-    }
-
-    /// One batch: the time of each start+join.
-    fn batch(&mut self, method: &str, time: Duration) -> Res<Vec<f64>> {
-        writeln!(self.stdin, "{method} {} {LEAST}", time.as_secs_f64())?;
-        self.stdin.flush()?;
-        let mut line = String::new();
-        if self.stdout.read_line(&mut line)? == 0 {
-            return Err(err("spawn_bench.py ended early"));
-        }
-        let v: serde_json::Value = serde_json::from_str(line.trim())
-            .map_err(|e| err(format!("spawn_bench.py printed {line:?}: {e}")))?;
-        if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-            return Err(err(format!("{method}: {e}")));
-        }
-        Ok(v.get("times")
-            .and_then(|t| t.as_array())
-            .ok_or_else(|| err(format!("spawn_bench.py printed {line:?}")))?
-            .iter()
-            .filter_map(serde_json::Value::as_f64)
-            .collect())
-    }
+/// The driver's request for one batch: the time of each start+join.
+fn python_batch(d: &mut Driver, method: &str, time: Duration) -> Res<Vec<f64>> {
+    let v = d.ask(&format!("{method} {} {LEAST}", time.as_secs_f64()))?;
+    Ok(v.get("times")
+        .and_then(|t| t.as_array())
+        .ok_or_else(|| err(format!("spawn_bench.py printed {v}")))?
+        .iter()
+        .filter_map(serde_json::Value::as_f64)
+        .collect())
 }
 
 /// Runs `one` until `time` has passed and at least [`LEAST`] times.
@@ -195,7 +152,8 @@ pub struct SpawnResults {
 pub fn run(budget: &Budget, python: &Result<Python, String>) -> Res<SpawnResults> {
     let exe = std::env::current_exe()?;
     let mut driver = match python {
-        Ok(py) => Driver::start(py, budget.case_timeout() * 4).map_err(|e| e.to_string()),
+        Ok(py) => Driver::start(py, "spawn_bench.py", SCRIPT, budget.case_timeout() * 4)
+            .map_err(|e| e.to_string()),
         Err(why) => Err(format!("{why}; install python3 to measure multiprocessing")),
     };
     let mut rows: Vec<(Spawner, Row)> = Spawner::ALL
@@ -223,7 +181,7 @@ pub fn run(budget: &Budget, python: &Result<Python, String>) -> Res<SpawnResults
             let times = match (s.python_method(), &mut driver) {
                 (None, _) if *s == Spawner::Command => batch(time, || floor_once(&exe)),
                 (None, _) => batch(time, conduit_once),
-                (Some(method), Ok(d)) => d.batch(method, time),
+                (Some(method), Ok(d)) => python_batch(d, method, time),
                 (Some(_), Err(why)) => Err(err(why.clone())),
             };
             match times {
@@ -235,7 +193,7 @@ pub fn run(budget: &Budget, python: &Result<Python, String>) -> Res<SpawnResults
         }
     }
     if let Ok(d) = &mut driver {
-        let _ = writeln!(d.stdin, "quit");
+        d.quit();
     }
     Ok(SpawnResults {
         rows,

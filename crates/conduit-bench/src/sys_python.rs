@@ -2,6 +2,7 @@
 //! `python/mp_bench.py` (embedded in this binary and written next to the
 //! results), run with `python3` when there is one.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -47,6 +48,70 @@ impl Python {
             }
         }
         Err(format!("no Python 3 found ({})", tried.join(", ")))
+    }
+}
+
+/// A long-lived Python script that takes its requests over stdin, one line
+/// each, and answers each with one JSON line on stdout (`{"error": ...}` for
+/// a failure). The sections that interleave Python with Rust systems round
+/// by round (spawn, queue) use one, so that the interpreter's start-up is
+/// never timed.
+pub struct Driver {
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+    name: &'static str,
+    _child: Spawned,
+}
+
+impl Driver {
+    /// Writes `text` as `name` next to the main script and starts it; it is
+    /// killed (with its process group) after `timeout` or when dropped.
+    pub fn start(py: &Python, name: &'static str, text: &str, timeout: Duration) -> Res<Driver> {
+        let dir = py
+            .script
+            .parent()
+            .ok_or_else(|| err("the Python script has no directory"))?;
+        let script = dir.join(name);
+        std::fs::write(&script, text)
+            .map_err(|e| err(format!("cannot write {}: {e}", script.display())))?;
+        let mut cmd = Command::new(&py.exe);
+        cmd.arg("-u")
+            .arg(&script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = Spawned::spawn(&mut cmd, timeout, true)?;
+        let (stdin, stdout) = child.take_stdio();
+        Ok(Driver {
+            stdin: stdin.ok_or_else(|| err(format!("no stdin for {name}")))?,
+            stdout: BufReader::new(stdout.ok_or_else(|| err(format!("no stdout for {name}")))?),
+            name,
+            _child: child,
+        })
+    }
+
+    /// Sends one request line, returns the JSON answer (an `error` answer
+    /// becomes an `Err`).
+    pub fn ask(&mut self, request: &str) -> Res<serde_json::Value> {
+        let name = self.name;
+        writeln!(self.stdin, "{request}")?;
+        self.stdin.flush()?;
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            return Err(err(format!("{name} ended early")));
+        }
+        let v: serde_json::Value = serde_json::from_str(line.trim())
+            .map_err(|e| err(format!("{name} printed {line:?}: {e}")))?;
+        if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+            return Err(err(format!("{name}: {request}: {e}")));
+        }
+        Ok(v)
+    }
+
+    /// Asks the script to end (it is killed anyway when dropped).
+    pub fn quit(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.stdin.flush();
     }
 }
 
