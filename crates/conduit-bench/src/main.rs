@@ -28,6 +28,7 @@ mod report;
 mod spawn;
 mod stats;
 mod sys_conduit;
+mod sys_iceoryx2;
 mod sys_interprocess;
 mod sys_ipc;
 mod sys_python;
@@ -259,18 +260,22 @@ fn run(opts: &Opts) -> Res<ExitCode> {
     } else {
         Err("not needed".into())
     };
+    // Every case runs once per round (a warm-up and one repetition in a
+    // fresh child), the rounds one after the other: A B C A B C ..., so that
+    // a change of the host's speed in the middle of the run hits every
+    // system alike and the per-round ratios stay meaningful.
     let ctx = Ctx {
-        budget,
+        budget: Budget { reps: 1, ..budget },
         pinning,
         python,
     };
 
     let mode = if opts.quick { "quick" } else { "full" };
     eprintln!(
-        "conduit-bench: {mode} run, {} cases; warm-up {} ms, {} repetitions of {} ms each; {}",
+        "conduit-bench: {mode} run, {} cases in {} interleaved rounds; each round: warm-up {} ms, one repetition of {} ms; {}",
         cases.len(),
-        budget.warmup.as_millis(),
         budget.reps,
+        budget.warmup.as_millis(),
         budget.rep.as_millis(),
         ctx.pinning.describe()
     );
@@ -279,35 +284,8 @@ fn run(opts: &Opts) -> Res<ExitCode> {
     }
     let load_before = report::load_average();
     let started = Instant::now();
-    let mut results = Vec::new();
-    let total = cases.len();
     let current = hang_guard();
-    for (i, case) in cases.iter().enumerate() {
-        let sys = &systems[case.system];
-        let what = format!(
-            "[{}/{total}] {} {}",
-            i + 1,
-            sys.label,
-            case.workload.title()
-        );
-        eprint!("{what} ... ");
-        *current.lock().unwrap_or_else(PoisonError::into_inner) = Some((
-            Instant::now() + budget.case_timeout() + Duration::from_secs(30),
-            what,
-        ));
-        let outcome = run_case(sys, case, &ctx);
-        *current.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        match &outcome {
-            Outcome::Done(s) => eprintln!("{}", report::format_value(case.workload, s.median)),
-            Outcome::Skipped(why) => eprintln!("skipped: {why}"),
-            Outcome::Failed(why) => eprintln!("FAILED: {why}"),
-        }
-        results.push(CaseResult {
-            system: case.system,
-            workload: case.workload,
-            outcome,
-        });
-    }
+    let results = run_rounds(&systems, &cases, &ctx, &current, budget.reps);
     let spawned = if with_spawn {
         eprint!("spawn + join of an empty function ... ");
         *current.lock().unwrap_or_else(PoisonError::into_inner) = Some((
@@ -379,6 +357,86 @@ fn run(opts: &Opts) -> Res<ExitCode> {
     })
 }
 
+/// Runs `cases` in `rounds` rounds: every case once per round, in
+/// case order; a case that fails or is skipped is not run again. The
+/// repetitions of a case are in round order, so that repetition `r` of two
+/// cases ran in the same round.
+fn run_rounds(
+    systems: &[System],
+    cases: &[Case],
+    ctx: &Ctx,
+    current: &Current,
+    rounds: usize,
+) -> Vec<CaseResult> {
+    let total = cases.len();
+    let mut reps: Vec<Vec<stats::Rep>> = vec![Vec::new(); total];
+    let mut ended: Vec<Option<Outcome>> = vec![None; total];
+    for round in 0..rounds {
+        let round_start = Instant::now();
+        if round > 0 {
+            eprint!("round {}/{rounds} ... ", round + 1);
+        }
+        for (i, case) in cases.iter().enumerate() {
+            if ended[i].is_some() {
+                continue;
+            }
+            let sys = &systems[case.system];
+            let what = format!(
+                "[{}/{total}] {} {}",
+                i + 1,
+                sys.label,
+                case.workload.title()
+            );
+            if round == 0 {
+                eprint!("{what} ... ");
+            }
+            *current.lock().unwrap_or_else(PoisonError::into_inner) = Some((
+                Instant::now() + ctx.budget.case_timeout() + Duration::from_secs(30),
+                format!("{what} (round {})", round + 1),
+            ));
+            let outcome = run_case(sys, case, ctx);
+            *current.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            match outcome {
+                Ok(mut got) => {
+                    if round == 0 {
+                        let s = stats::Summary::new(&got);
+                        eprintln!("{}", report::format_value(case.workload, s.median));
+                    }
+                    reps[i].append(&mut got);
+                }
+                Err(o) => {
+                    match &o {
+                        Outcome::Skipped(why) if round == 0 => eprintln!("skipped: {why}"),
+                        Outcome::Skipped(why) => eprint!("\n{what}: skipped: {why} "),
+                        Outcome::Failed(why) if round == 0 => eprintln!("FAILED: {why}"),
+                        Outcome::Failed(why) => eprint!("\n{what}: FAILED: {why} "),
+                        Outcome::Done(_) => {}
+                    }
+                    ended[i] = Some(o);
+                }
+            }
+        }
+        if round == 0 {
+            eprintln!(
+                "round 1/{rounds} took {:.0} s",
+                round_start.elapsed().as_secs_f64()
+            );
+        } else {
+            eprintln!("{:.0} s", round_start.elapsed().as_secs_f64());
+        }
+    }
+    cases
+        .iter()
+        .zip(reps)
+        .zip(ended)
+        .map(|((case, reps), ended)| CaseResult {
+            system: case.system,
+            workload: case.workload,
+            outcome: ended.unwrap_or_else(|| Outcome::Done(stats::Summary::new(&reps))),
+        })
+        .collect()
+}
+
 /// `$CARGO_TARGET_DIR/conduit-bench`, else `<dir of this exe>/../conduit-bench`
 /// (the binary lives in `target/release/`).
 fn default_out_dir() -> Res<PathBuf> {
@@ -403,23 +461,20 @@ pub struct Ctx {
     pub python: Result<sys_python::Python, String>,
 }
 
-fn run_case(sys: &System, case: &Case, ctx: &Ctx) -> Outcome {
+/// Runs one case (one round of it); `Err` when it was skipped or failed.
+fn run_case(sys: &System, case: &Case, ctx: &Ctx) -> Result<Vec<stats::Rep>, Outcome> {
     if let Some(why) = &sys.unsupported {
-        return Outcome::Skipped(why.clone());
+        return Err(Outcome::Skipped(why.clone()));
     }
     let w = case.workload;
     ctx.pinning.enter_parent(w.pinned());
-    let res = plan::run(sys, w, ctx);
-    match res {
-        Ok(reps) => Outcome::Done(stats::Summary::new(&reps)),
-        Err(e) => match e.downcast::<plan::Skip>() {
-            Ok(skip) => Outcome::Skipped(skip.0),
-            // conduit failing is a finding; the others failing on this
-            // machine (a sandbox, a missing module) is only a note.
-            Err(e) if sys.group == Group::Conduit => Outcome::Failed(e.to_string()),
-            Err(e) => Outcome::Skipped(format!("failed here: {e}")),
-        },
-    }
+    plan::run(sys, w, ctx).map_err(|e| match e.downcast::<plan::Skip>() {
+        Ok(skip) => Outcome::Skipped(skip.0),
+        // conduit failing is a finding; the others failing on this
+        // machine (a sandbox, a missing module) is only a note.
+        Err(e) if sys.group == Group::Conduit => Outcome::Failed(e.to_string()),
+        Err(e) => Outcome::Skipped(format!("failed here: {e}")),
+    })
 }
 
 /// The case in progress and when it must be over.

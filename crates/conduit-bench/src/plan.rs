@@ -143,6 +143,8 @@ pub enum Group {
     IpcChannel,
     /// The `interprocess` crate.
     Interprocess,
+    /// The `iceoryx2` crate (shared memory).
+    Iceoryx2,
     /// Python `multiprocessing`.
     Python,
 }
@@ -155,6 +157,7 @@ impl Group {
             Group::Conduit => "conduit",
             Group::IpcChannel => "ipc-channel",
             Group::Interprocess => "interprocess",
+            Group::Iceoryx2 => "iceoryx2",
             Group::Python => "python",
         }
     }
@@ -181,6 +184,12 @@ pub enum Runner {
     IpcChannel,
     /// `interprocess` local socket stream.
     Interprocess,
+    /// `iceoryx2` publish-subscribe; `loan`: the receiver reads the sample
+    /// in place instead of copying it out.
+    Iceoryx2 {
+        /// Zero-copy receive.
+        loan: bool,
+    },
     /// Python `multiprocessing.Pipe`.
     PythonPipe,
     /// Python `multiprocessing.Queue`.
@@ -249,6 +258,7 @@ impl System {
                 Transport::Shm => Some("raw-shm"),
                 _ => None,
             },
+            Runner::Iceoryx2 { .. } => Some("raw-shm"),
             Runner::ConduitNamed
             | Runner::IpcChannel
             | Runner::Interprocess
@@ -345,6 +355,16 @@ pub fn systems() -> Vec<System> {
             .note("local socket stream, u32 length prefix written by the bench; typed = ciborium CBOR + the same framing"),
     );
     v.push(
+        System::new("iceoryx2", "iceoryx2", Group::Iceoryx2, Runner::Iceoryx2 { loan: false }, &[Rtt, Msgs, Bulk64K, Bulk1M])
+            .note("iceoryx2 0.9 publish-subscribe of [u8] slices, one service each way; send = loan_slice_uninit + write_from_slice + send; receive spins on receive() and copies the payload out (like conduit's recv); a full buffer makes the sender retry (no loss)")
+            .unsupported_unless(cfg!(target_os = "linux"), "measured on Linux only (elsewhere its build needs libclang for bindgen)"),
+    );
+    v.push(
+        System::new("iceoryx2-loan", "iceoryx2 loan", Group::Iceoryx2, Runner::Iceoryx2 { loan: true }, &[Bulk64K, Bulk1M])
+            .note("iceoryx2 zero-copy receive: the sample is checked where it lies in shared memory, not copied out (the sender still copies the payload in); conduit has no such row: its recv_with lending was removed as unsound with a hostile peer, compare with conduit shm's recv")
+            .unsupported_unless(cfg!(target_os = "linux"), "measured on Linux only (elsewhere its build needs libclang for bindgen)"),
+    );
+    v.push(
         System::new("python-pipe", "Python mp.Pipe", Group::Python, Runner::PythonPipe, &all)
             .note("multiprocessing.Pipe(): send_bytes/recv_bytes for bytes, send/recv (pickle) of a 4-field dict for typed"),
     );
@@ -377,7 +397,7 @@ pub fn select(systems: &[System], only: &[String]) -> Res<Vec<Case>> {
         if !systems.iter().any(|s| matches(s, f)) {
             let ids: Vec<&str> = systems.iter().map(|s| s.id.as_str()).collect();
             return Err(err(format!(
-                "--only {f}: no such system; systems: {}; groups: raw, conduit, ipc-channel, interprocess, python",
+                "--only {f}: no such system; systems: {}; groups: raw, conduit, ipc-channel, interprocess, iceoryx2, python",
                 ids.join(", ")
             )));
         }
@@ -447,6 +467,7 @@ pub fn run(sys: &System, w: Workload, ctx: &Ctx) -> Res<Vec<Rep>> {
         Runner::ConduitNamed => crate::sys_conduit::named_parent(&sys.id, w, ctx),
         Runner::IpcChannel => crate::sys_ipc::parent(&sys.id, w, ctx),
         Runner::Interprocess => crate::sys_interprocess::parent(&sys.id, w, ctx),
+        Runner::Iceoryx2 { .. } => crate::sys_iceoryx2::parent(&sys.id, w, ctx),
         Runner::PythonPipe => crate::sys_python::run("pipe", w, ctx),
         Runner::PythonQueue => crate::sys_python::run("queue", w, ctx),
     }
@@ -463,6 +484,7 @@ pub fn run_child(sys: &System, w: Workload) -> Res<()> {
         Runner::ConduitNamed => crate::sys_conduit::named_child(w),
         Runner::IpcChannel => crate::sys_ipc::child(w),
         Runner::Interprocess => crate::sys_interprocess::child(w),
+        Runner::Iceoryx2 { loan } => crate::sys_iceoryx2::child(w, loan),
         Runner::Memcpy | Runner::PythonPipe | Runner::PythonQueue => {
             Err(err(format!("{} has no Rust child", sys.id)))
         }
