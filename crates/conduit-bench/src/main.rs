@@ -1,5 +1,5 @@
 //! `conduit-bench`: conduit's transports side by side with the raw OS limits,
-//! `ipc-channel`, `interprocess` and Python `multiprocessing`.
+//! `ipc-channel`, `interprocess`, `iceoryx2` and Python `multiprocessing`.
 //!
 //! Run it through `cargo xtask bench [--quick] [--only <system>]...`, which
 //! builds this binary in release mode first. Every workload runs between two
@@ -7,9 +7,12 @@
 //! environment variable [`proc::CHILD_ENV`] says which side of which case it
 //! is), and conduit endpoints reach the child with `conduit::handoff`.
 //!
-//! Method: a warm-up, then at least three timed repetitions per case; the
-//! table shows the median of the repetition medians, the spread (min–max of
-//! the repetition medians) and the ratio to the raw OS limit of the same kind.
+//! Method: at least three rounds; in each round every case runs once (a
+//! fresh child, a warm-up, one timed repetition), so the systems' repetitions
+//! interleave. The table shows the median of the round values, the spread
+//! (min–max of them) and the median of the per-round ratios to the raw OS
+//! limit of the same kind, then head-to-head per-round ratios (typed against
+//! bytes, conduit shm against iceoryx2).
 //! The two processes are pinned to distinct CPUs where the OS allows it. The
 //! results go to stdout (a table), `results.json` and `bench.svg` in the output
 //! directory (`target/conduit-bench/` by default). Slowness never fails the
@@ -61,24 +64,25 @@ mod flags {
         ///
         /// Measures 64 B round-trip latency (median, p99), 64 B one-way messages/s and
         /// 64 KiB / 1 MiB one-way GB/s between two processes, for every conduit
-        /// transport, the raw OS limits, ipc-channel, interprocess and Python
-        /// multiprocessing, and the time to spawn + join an empty function in a
+        /// transport, the raw OS limits, ipc-channel, interprocess, iceoryx2
+        /// (Linux) and Python multiprocessing, in interleaved rounds, and the time to spawn + join an empty function in a
         /// child process. Prints a table, writes results.json and bench.svg.
         ///
         /// `cargo xtask bench [options]` builds this binary in release mode and runs it.
         cmd conduit-bench {
-            /// Short warm-up and repetitions (the whole run takes < 1 minute).
+            /// Short warm-up and 3 rounds (the measuring takes about a minute).
             optional --quick
             /// The full run (the default; not with --quick).
             optional --full
             /// Run only these systems (repeatable or comma list); a name
             /// matches a system id (conduit-shm), a group (raw, conduit,
-            /// ipc-channel, interprocess, python) or a word of an id (shm,
+            /// ipc-channel, interprocess, iceoryx2, python) or a word of an id (shm,
             /// pipe); the raw limits a system is compared with run too.
             /// `spawn` selects the spawn + join section (conduit Process,
             /// std Command, Python fork/spawn).
             repeated --only system: String
-            /// Timed repetitions per case (default 5, --quick 3; at least 3).
+            /// Rounds: timed repetitions per case, interleaved (default 5,
+            /// --quick 3; at least 3).
             optional --reps n: usize
             /// Where results.json and bench.svg go
             /// (default: <target dir>/conduit-bench).
