@@ -356,7 +356,7 @@ pub fn systems() -> Vec<System> {
     );
     v.push(
         System::new("iceoryx2", "iceoryx2", Group::Iceoryx2, Runner::Iceoryx2 { loan: false }, &[Rtt, Msgs, Bulk64K, Bulk1M])
-            .note("iceoryx2 0.9 publish-subscribe of [u8] slices, one service each way; send = loan_slice_uninit + write_from_slice + send; receive spins on receive() and copies the payload out (like conduit's recv); a full buffer makes the sender retry (no loss)")
+            .note("iceoryx2 0.9 publish-subscribe of [u8] slices, one service each way; send = loan_slice_uninit + write_from_slice + send; receive spins on receive() and copies the payload out (like conduit's recv); when the subscriber's buffer is full the sender spins and sends again (no loss)")
             .unsupported_unless(cfg!(target_os = "linux"), "measured on Linux only (elsewhere its build needs libclang for bindgen)"),
     );
     v.push(

@@ -16,10 +16,13 @@
 //!
 //! iceoryx2's publish-subscribe has no blocking receive (waiting needs an
 //! extra event service and a `WaitSet`); the receiver spins on `receive`, its
-//! lowest-latency mode. A full subscriber buffer makes the publisher retry
-//! (`BackpressureStrategy::RetryUntilDelivered`, no safe overflow), so no
-//! message is lost. The subscriber buffer holds about 4 MiB of payload, the
-//! size of conduit's default shm ring.
+//! lowest-latency mode. The sender spins too when the subscriber's buffer is
+//! full: the service does not overflow, the publisher discards a sample it
+//! cannot deliver (`BackpressureStrategy::DiscardData`, `send` then reports
+//! 0 recipients) and the bench sends it again until it is delivered, so no
+//! message is lost. (iceoryx2's own blocking strategy, `RetryUntilDelivered`,
+//! waits with yields and then `nanosleep`s.) The subscriber buffer holds
+//! about 4 MiB of payload, the size of conduit's default shm ring.
 //!
 //! iceoryx2 is a dependency on Linux only: there it binds libc and needs no
 //! libclang; elsewhere its build runs bindgen.
@@ -107,7 +110,7 @@ mod imp {
                 .publisher_builder()
                 .initial_max_slice_len(size.max(REPORT_LEN))
                 .max_loaned_samples(2)
-                .backpressure_strategy(BackpressureStrategy::RetryUntilDelivered)
+                .backpressure_strategy(BackpressureStrategy::DiscardData)
                 .create()?;
             Ok(Link {
                 tx,
@@ -170,9 +173,25 @@ mod imp {
 
     impl BytesLink for Link {
         fn send(&mut self, msg: &Vec<u8>) -> Res<()> {
-            let sample = self.tx.loan_slice_uninit(msg.len())?;
-            sample.write_from_slice(msg).send()?;
-            Ok(())
+            let mut tries = 0u32;
+            loop {
+                let sample = self.tx.loan_slice_uninit(msg.len())?;
+                if sample.write_from_slice(msg).send()? > 0 {
+                    return Ok(());
+                }
+                // The subscriber's buffer is full (or it is gone): try again.
+                tries += 1;
+                if tries == CHECK_EVERY {
+                    tries = 0;
+                    if self.tx_service.dynamic_config().number_of_subscribers() == 0 {
+                        return Err(err("iceoryx2: the subscriber is gone"));
+                    }
+                    if Instant::now() > self.deadline {
+                        return Err(err("iceoryx2: no room before the case's deadline"));
+                    }
+                }
+                std::hint::spin_loop();
+            }
         }
 
         fn recv(&mut self, buf: &mut Vec<u8>, _len: usize) -> Res<bool> {
