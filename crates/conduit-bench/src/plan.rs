@@ -178,6 +178,8 @@ pub enum Runner {
     RawFutex,
     /// A conduit transport from `Transport::enabled()`.
     Conduit(Transport),
+    /// A conduit transport with the `Postcard` codec (typed workloads).
+    ConduitPostcard(Transport),
     /// `conduit::named` (a listener and `connect`, not a `Transport`).
     ConduitNamed,
     /// `ipc-channel`.
@@ -258,7 +260,8 @@ impl System {
                 Transport::Shm => Some("raw-shm"),
                 _ => None,
             },
-            Runner::Iceoryx2 { .. } => Some("raw-shm"),
+            Runner::Iceoryx2 { .. } | Runner::ConduitPostcard(Transport::Shm) => Some("raw-shm"),
+            Runner::ConduitPostcard(_) => None,
             Runner::ConduitNamed
             | Runner::IpcChannel
             | Runner::Interprocess
@@ -336,6 +339,18 @@ pub fn systems() -> Vec<System> {
             Runner::Conduit(t),
             &ws,
         ));
+    }
+    if Transport::Shm.is_enabled() {
+        v.push(
+            System::new(
+                "conduit-shm-postcard",
+                "conduit shm postcard",
+                Group::Conduit,
+                Runner::ConduitPostcard(Transport::Shm),
+                &[RttTyped, MsgsTyped],
+            )
+            .note("the typed rows of conduit shm with the Postcard codec (feature `postcard`: compact, not self-describing, Rust to Rust) instead of CBOR"),
+        );
     }
     let all = [Rtt, RttTyped, Msgs, MsgsTyped, Bulk64K, Bulk1M];
     v.push(
@@ -464,6 +479,7 @@ pub fn run(sys: &System, w: Workload, ctx: &Ctx) -> Res<Vec<Rep>> {
         Runner::RawShmSpin => crate::sys_raw::shm_parent(&sys.id, w, ctx, false),
         Runner::RawFutex => crate::sys_raw::shm_parent(&sys.id, w, ctx, true),
         Runner::Conduit(t) => crate::sys_conduit::parent(t, &sys.id, w, ctx),
+        Runner::ConduitPostcard(t) => crate::sys_conduit::postcard_parent(t, &sys.id, w, ctx),
         Runner::ConduitNamed => crate::sys_conduit::named_parent(&sys.id, w, ctx),
         Runner::IpcChannel => crate::sys_ipc::parent(&sys.id, w, ctx),
         Runner::Interprocess => crate::sys_interprocess::parent(&sys.id, w, ctx),
@@ -481,6 +497,7 @@ pub fn run_child(sys: &System, w: Workload) -> Res<()> {
         Runner::RawShmSpin => crate::sys_raw::shm_child(w, false),
         Runner::RawFutex => crate::sys_raw::shm_child(w, true),
         Runner::Conduit(_) => crate::sys_conduit::child(w),
+        Runner::ConduitPostcard(_) => crate::sys_conduit::postcard_child(),
         Runner::ConduitNamed => crate::sys_conduit::named_child(w),
         Runner::IpcChannel => crate::sys_ipc::child(w),
         Runner::Interprocess => crate::sys_interprocess::child(w),

@@ -371,6 +371,9 @@ fn comparison_pairs(systems: &[System]) -> Vec<(String, Workload, String, Worklo
     }
     let shm = "conduit-shm".to_owned();
     let ice = "iceoryx2".to_owned();
+    let pc = "conduit-shm-postcard".to_owned();
+    v.push((pc.clone(), RttTyped, shm.clone(), Rtt));
+    v.push((pc.clone(), MsgsTyped, shm.clone(), Msgs));
     for (a, b) in [(Rtt, Rtt), (RttTyped, Rtt), (Msgs, Msgs), (MsgsTyped, Msgs)] {
         v.push((shm.clone(), a, ice.clone(), b));
     }
