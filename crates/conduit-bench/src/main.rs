@@ -373,6 +373,7 @@ fn run_rounds(
     rounds: usize,
 ) -> Vec<CaseResult> {
     let total = cases.len();
+    let order = run_order(systems, cases);
     let mut reps: Vec<Vec<stats::Rep>> = vec![Vec::new(); total];
     let mut ended: Vec<Option<Outcome>> = vec![None; total];
     for round in 0..rounds {
@@ -380,14 +381,15 @@ fn run_rounds(
         if round > 0 {
             eprint!("round {}/{rounds} ... ", round + 1);
         }
-        for (i, case) in cases.iter().enumerate() {
+        for (k, &i) in order.iter().enumerate() {
+            let case = &cases[i];
             if ended[i].is_some() {
                 continue;
             }
             let sys = &systems[case.system];
             let what = format!(
                 "[{}/{total}] {} {}",
-                i + 1,
+                k + 1,
                 sys.label,
                 case.workload.title()
             );
@@ -439,6 +441,27 @@ fn run_rounds(
             outcome: ended.unwrap_or_else(|| Outcome::Done(stats::Summary::new(&reps))),
         })
         .collect()
+}
+
+/// The order in which a round runs the cases: the cases compared with the
+/// same raw limit (and the limit itself) one after the other, so that the
+/// systems a ratio compares run seconds apart, not a whole round apart;
+/// groups in order of first appearance, table order within a group.
+fn run_order(systems: &[System], cases: &[Case]) -> Vec<usize> {
+    let group = |c: &Case| {
+        let s = &systems[c.system];
+        s.reference(c.workload).unwrap_or(s.id.as_str()).to_owned()
+    };
+    let mut first: Vec<String> = Vec::new();
+    for c in cases {
+        let g = group(c);
+        if !first.contains(&g) {
+            first.push(g);
+        }
+    }
+    let mut order: Vec<usize> = (0..cases.len()).collect();
+    order.sort_by_key(|&i| (first.iter().position(|g| *g == group(&cases[i])), i));
+    order
 }
 
 /// `$CARGO_TARGET_DIR/conduit-bench`, else `<dir of this exe>/../conduit-bench`
@@ -540,6 +563,38 @@ mod tests {
         let help = parse(&["--help"]).unwrap_err();
         assert!(help.is_help() && help.to_string().contains("--only <system>"));
         assert!(parse(&["-h"]).unwrap_err().is_help());
+    }
+
+    #[test]
+    fn a_round_runs_compared_cases_together() {
+        let systems = plan::systems();
+        let only = ["shm", "pipe", "futex"].map(String::from);
+        let cases = plan::select(&systems, &only).unwrap();
+        let order = run_order(&systems, &cases);
+        let ids: Vec<(&str, Workload)> = order
+            .iter()
+            .map(|&i| (systems[cases[i].system].id.as_str(), cases[i].workload))
+            .collect();
+        let at = |id: &str, w: Workload| ids.iter().position(|x| *x == (id, w)).unwrap();
+        // raw shm, conduit shm's round trips and msg/s are adjacent; the
+        // futex and pipe cases (in table order between raw shm and conduit
+        // shm) come before or after them, never in between.
+        let shm = [
+            at("raw-shm", Workload::Rtt),
+            at("conduit-shm", Workload::Rtt),
+            at("conduit-shm", Workload::RttTyped),
+            at("conduit-shm", Workload::Msgs),
+        ];
+        let (lo, hi) = (*shm.iter().min().unwrap(), *shm.iter().max().unwrap());
+        for other in [
+            at("conduit-pipe", Workload::Rtt),
+            at("raw-futex", Workload::Rtt),
+        ] {
+            assert!(other < lo || other > hi, "{ids:?}");
+        }
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..cases.len()).collect::<Vec<_>>());
     }
 
     #[test]
