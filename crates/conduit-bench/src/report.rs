@@ -491,6 +491,21 @@ pub fn json(systems: &[System], results: &[CaseResult], meta: &Meta) -> String {
         .iter()
         .filter_map(|s| s.note.as_ref().map(|n| (s.id.clone(), json!(n))))
         .collect();
+    let comparisons: Vec<Value> = comparison_pairs(systems)
+        .into_iter()
+        .filter_map(|(a, aw, b, bw)| {
+            let sa = find(systems, results, &a, aw)?;
+            let sb = find(systems, results, &b, bw)?;
+            Some(json!({
+                "a": a,
+                "a_workload": aw.id(),
+                "b": b,
+                "b_workload": bw.id(),
+                "ratio": median_ratio(sa, sb),
+                "round_ratios": round_ratios(sa, sb),
+            }))
+        })
+        .collect();
     let doc = json!({
         "tool": "conduit-bench",
         "date": utc_date(),
@@ -512,6 +527,7 @@ pub fn json(systems: &[System], results: &[CaseResult], meta: &Meta) -> String {
         "typed_cbor_bytes": Sample::cbor_len(),
         "notes": notes,
         "results": cases,
+        "comparisons": comparisons,
     });
     let mut s =
         serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
