@@ -108,18 +108,19 @@ xflags::xflags! {
         /// Builds crates/conduit-bench in release mode and runs it: conduit's
         /// transports side by side with the raw OS limits (pipe, socketpair,
         /// shared-memory spin and futex ping-pong, memcpy), ipc-channel,
-        /// interprocess and Python multiprocessing (skipped with a note without
-        /// python3). Prints a table and writes results.json and bench.svg to
+        /// interprocess, iceoryx2 (Linux) and Python multiprocessing (skipped
+        /// with a note without python3), in interleaved rounds. Prints a table and writes results.json and bench.svg to
         /// target/conduit-bench/. The options are passed to the bench binary.
         /// See docs/benchmarks.md for how to read the output.
         cmd bench {
-            /// Short warm-up and repetitions (the whole run takes < 1 minute).
+            /// Short warm-up and 3 rounds (the measuring takes about a minute).
             optional --quick
             /// The full run (the default; not with --quick).
             optional --full
             /// Only these systems (repeatable or a comma list): an id
             /// (conduit-shm), a group (raw, conduit, ipc-channel, interprocess,
-            /// python) or a word of an id (shm, pipe); the raw limits they are
+            /// iceoryx2, python) or a word of an id (shm, pipe); the raw limits
+            /// they are
             /// compared with run too. `queue` selects the queue section
             /// (conduit::queue 1P/1C, 4P/1C, 4P/4C against Python mp.Queue and
             /// the shm channel; the table's Python queue is `python-queue`);
@@ -127,7 +128,8 @@ xflags::xflags! {
             /// Command, Python fork/spawn); `pool` the Pool.map section (conduit
             /// Pool, Python Pool, rayon).
             repeated --only system: String
-            /// Timed repetitions per case (default 5, --quick 3; at least 3).
+            /// Rounds: timed repetitions per case, interleaved (default 5,
+            /// --quick 3; at least 3).
             optional --reps n: usize
             /// Output directory (default target/conduit-bench).
             optional --out dir: PathBuf

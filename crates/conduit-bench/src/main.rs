@@ -1,5 +1,5 @@
 //! `conduit-bench`: conduit's transports side by side with the raw OS limits,
-//! `ipc-channel`, `interprocess` and Python `multiprocessing`.
+//! `ipc-channel`, `interprocess`, `iceoryx2` and Python `multiprocessing`.
 //!
 //! Run it through `cargo xtask bench [--quick] [--only <system>]...`, which
 //! builds this binary in release mode first. Every workload runs between two
@@ -7,9 +7,12 @@
 //! environment variable [`proc::CHILD_ENV`] says which side of which case it
 //! is), and conduit endpoints reach the child with `conduit::handoff`.
 //!
-//! Method: a warm-up, then at least three timed repetitions per case; the
-//! table shows the median of the repetition medians, the spread (min–max of
-//! the repetition medians) and the ratio to the raw OS limit of the same kind.
+//! Method: at least three rounds; in each round every case runs once (a
+//! fresh child, a warm-up, one timed repetition), so the systems' repetitions
+//! interleave. The table shows the median of the round values, the spread
+//! (min–max of them) and the median of the per-round ratios to the raw OS
+//! limit of the same kind, then head-to-head per-round ratios (typed against
+//! bytes, conduit shm against iceoryx2).
 //! The two processes are pinned to distinct CPUs where the OS allows it. The
 //! results go to stdout (a table), `results.json` and `bench.svg` in the output
 //! directory (`target/conduit-bench/` by default). Slowness never fails the
@@ -33,6 +36,7 @@ mod report;
 mod spawn;
 mod stats;
 mod sys_conduit;
+mod sys_iceoryx2;
 mod sys_interprocess;
 mod sys_ipc;
 mod sys_python;
@@ -65,20 +69,21 @@ mod flags {
         ///
         /// Measures 64 B round-trip latency (median, p99), 64 B one-way messages/s and
         /// 64 KiB / 1 MiB one-way GB/s between two processes, for every conduit
-        /// transport, the raw OS limits, ipc-channel, interprocess and Python
-        /// multiprocessing; the msg/s of conduit::queue with many producers and
-        /// consumers; and the time to spawn + join an empty function in a
+        /// transport, the raw OS limits, ipc-channel, interprocess, iceoryx2
+        /// (Linux) and Python multiprocessing, in interleaved rounds; the msg/s
+        /// of conduit::queue with many producers and consumers; Pool.map
+        /// throughput; and the time to spawn + join an empty function in a
         /// child process. Prints a table, writes results.json and bench.svg.
         ///
         /// `cargo xtask bench [options]` builds this binary in release mode and runs it.
         cmd conduit-bench {
-            /// Short warm-up and repetitions (the whole run takes < 1 minute).
+            /// Short warm-up and 3 rounds (the measuring takes about a minute).
             optional --quick
             /// The full run (the default; not with --quick).
             optional --full
             /// Run only these systems (repeatable or comma list); a name
             /// matches a system id (conduit-shm), a group (raw, conduit,
-            /// ipc-channel, interprocess, python) or a word of an id (shm,
+            /// ipc-channel, interprocess, iceoryx2, python) or a word of an id (shm,
             /// pipe); the raw limits a system is compared with run too.
             /// `queue` selects the queue section (conduit::queue 1P/1C,
             /// 4P/1C, 4P/4C against Python mp.Queue and the shm channel;
@@ -87,7 +92,8 @@ mod flags {
             /// std Command, Python fork/spawn); `pool` the Pool.map section
             /// (conduit Pool, Python Pool, rayon).
             repeated --only system: String
-            /// Timed repetitions per case (default 5, --quick 3; at least 3).
+            /// Rounds: timed repetitions per case, interleaved (default 5,
+            /// --quick 3; at least 3).
             optional --reps n: usize
             /// Where results.json and bench.svg go
             /// (default: <target dir>/conduit-bench).
@@ -288,18 +294,22 @@ fn run(opts: &Opts) -> Res<ExitCode> {
     } else {
         Err("not needed".into())
     };
+    // Every case runs once per round (a warm-up and one repetition in a
+    // fresh child), the rounds one after the other: A B C A B C ..., so that
+    // a change of the host's speed in the middle of the run hits every
+    // system alike and the per-round ratios stay meaningful.
     let ctx = Ctx {
-        budget,
+        budget: Budget { reps: 1, ..budget },
         pinning,
         python,
     };
 
     let mode = if opts.quick { "quick" } else { "full" };
     eprintln!(
-        "conduit-bench: {mode} run, {} cases; warm-up {} ms, {} repetitions of {} ms each; {}",
+        "conduit-bench: {mode} run, {} cases in {} interleaved rounds; each round: warm-up {} ms, one repetition of {} ms; {}",
         cases.len(),
-        budget.warmup.as_millis(),
         budget.reps,
+        budget.warmup.as_millis(),
         budget.rep.as_millis(),
         ctx.pinning.describe()
     );
@@ -308,35 +318,8 @@ fn run(opts: &Opts) -> Res<ExitCode> {
     }
     let load_before = report::load_average();
     let started = Instant::now();
-    let mut results = Vec::new();
-    let total = cases.len();
     let current = hang_guard();
-    for (i, case) in cases.iter().enumerate() {
-        let sys = &systems[case.system];
-        let what = format!(
-            "[{}/{total}] {} {}",
-            i + 1,
-            sys.label,
-            case.workload.title()
-        );
-        eprint!("{what} ... ");
-        *current.lock().unwrap_or_else(PoisonError::into_inner) = Some((
-            Instant::now() + budget.case_timeout() + Duration::from_secs(30),
-            what,
-        ));
-        let outcome = run_case(sys, case, &ctx);
-        *current.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        match &outcome {
-            Outcome::Done(s) => eprintln!("{}", report::format_value(case.workload, s.median)),
-            Outcome::Skipped(why) => eprintln!("skipped: {why}"),
-            Outcome::Failed(why) => eprintln!("FAILED: {why}"),
-        }
-        results.push(CaseResult {
-            system: case.system,
-            workload: case.workload,
-            outcome,
-        });
-    }
+    let results = run_rounds(&systems, &cases, &ctx, &current, budget.reps);
     let queued = if with_queue {
         eprint!("queue: 1P/1C, 4P/1C, 4P/4C against Python mp.Queue and the shm channel ... ");
         *current.lock().unwrap_or_else(PoisonError::into_inner) = Some((
@@ -469,6 +452,109 @@ fn run(opts: &Opts) -> Res<ExitCode> {
     })
 }
 
+/// Runs `cases` in `rounds` rounds: every case once per round, in
+/// case order; a case that fails or is skipped is not run again. The
+/// repetitions of a case are in round order, so that repetition `r` of two
+/// cases ran in the same round.
+fn run_rounds(
+    systems: &[System],
+    cases: &[Case],
+    ctx: &Ctx,
+    current: &Current,
+    rounds: usize,
+) -> Vec<CaseResult> {
+    let total = cases.len();
+    let order = run_order(systems, cases);
+    let mut reps: Vec<Vec<stats::Rep>> = vec![Vec::new(); total];
+    let mut ended: Vec<Option<Outcome>> = vec![None; total];
+    for round in 0..rounds {
+        let round_start = Instant::now();
+        if round > 0 {
+            eprint!("round {}/{rounds} ... ", round + 1);
+        }
+        for (k, &i) in order.iter().enumerate() {
+            let case = &cases[i];
+            if ended[i].is_some() {
+                continue;
+            }
+            let sys = &systems[case.system];
+            let what = format!(
+                "[{}/{total}] {} {}",
+                k + 1,
+                sys.label,
+                case.workload.title()
+            );
+            if round == 0 {
+                eprint!("{what} ... ");
+            }
+            *current.lock().unwrap_or_else(PoisonError::into_inner) = Some((
+                Instant::now() + ctx.budget.case_timeout() + Duration::from_secs(30),
+                format!("{what} (round {})", round + 1),
+            ));
+            let outcome = run_case(sys, case, ctx);
+            *current.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            match outcome {
+                Ok(mut got) => {
+                    if round == 0 {
+                        let s = stats::Summary::new(&got);
+                        eprintln!("{}", report::format_value(case.workload, s.median));
+                    }
+                    reps[i].append(&mut got);
+                }
+                Err(o) => {
+                    match &o {
+                        Outcome::Skipped(why) if round == 0 => eprintln!("skipped: {why}"),
+                        Outcome::Skipped(why) => eprint!("\n{what}: skipped: {why} "),
+                        Outcome::Failed(why) if round == 0 => eprintln!("FAILED: {why}"),
+                        Outcome::Failed(why) => eprint!("\n{what}: FAILED: {why} "),
+                        Outcome::Done(_) => {}
+                    }
+                    ended[i] = Some(o);
+                }
+            }
+        }
+        if round == 0 {
+            eprintln!(
+                "round 1/{rounds} took {:.0} s",
+                round_start.elapsed().as_secs_f64()
+            );
+        } else {
+            eprintln!("{:.0} s", round_start.elapsed().as_secs_f64());
+        }
+    }
+    cases
+        .iter()
+        .zip(reps)
+        .zip(ended)
+        .map(|((case, reps), ended)| CaseResult {
+            system: case.system,
+            workload: case.workload,
+            outcome: ended.unwrap_or_else(|| Outcome::Done(stats::Summary::new(&reps))),
+        })
+        .collect()
+}
+
+/// The order in which a round runs the cases: the cases compared with the
+/// same raw limit (and the limit itself) one after the other, so that the
+/// systems a ratio compares run seconds apart, not a whole round apart;
+/// groups in order of first appearance, table order within a group.
+fn run_order(systems: &[System], cases: &[Case]) -> Vec<usize> {
+    let group = |c: &Case| {
+        let s = &systems[c.system];
+        s.reference(c.workload).unwrap_or(s.id.as_str()).to_owned()
+    };
+    let mut first: Vec<String> = Vec::new();
+    for c in cases {
+        let g = group(c);
+        if !first.contains(&g) {
+            first.push(g);
+        }
+    }
+    let mut order: Vec<usize> = (0..cases.len()).collect();
+    order.sort_by_key(|&i| (first.iter().position(|g| *g == group(&cases[i])), i));
+    order
+}
+
 /// `$CARGO_TARGET_DIR/conduit-bench`, else `<dir of this exe>/../conduit-bench`
 /// (the binary lives in `target/release/`).
 fn default_out_dir() -> Res<PathBuf> {
@@ -493,23 +579,20 @@ pub struct Ctx {
     pub python: Result<sys_python::Python, String>,
 }
 
-fn run_case(sys: &System, case: &Case, ctx: &Ctx) -> Outcome {
+/// Runs one case (one round of it); `Err` when it was skipped or failed.
+fn run_case(sys: &System, case: &Case, ctx: &Ctx) -> Result<Vec<stats::Rep>, Outcome> {
     if let Some(why) = &sys.unsupported {
-        return Outcome::Skipped(why.clone());
+        return Err(Outcome::Skipped(why.clone()));
     }
     let w = case.workload;
     ctx.pinning.enter_parent(w.pinned());
-    let res = plan::run(sys, w, ctx);
-    match res {
-        Ok(reps) => Outcome::Done(stats::Summary::new(&reps)),
-        Err(e) => match e.downcast::<plan::Skip>() {
-            Ok(skip) => Outcome::Skipped(skip.0),
-            // conduit failing is a finding; the others failing on this
-            // machine (a sandbox, a missing module) is only a note.
-            Err(e) if sys.group == Group::Conduit => Outcome::Failed(e.to_string()),
-            Err(e) => Outcome::Skipped(format!("failed here: {e}")),
-        },
-    }
+    plan::run(sys, w, ctx).map_err(|e| match e.downcast::<plan::Skip>() {
+        Ok(skip) => Outcome::Skipped(skip.0),
+        // conduit failing is a finding; the others failing on this
+        // machine (a sandbox, a missing module) is only a note.
+        Err(e) if sys.group == Group::Conduit => Outcome::Failed(e.to_string()),
+        Err(e) => Outcome::Skipped(format!("failed here: {e}")),
+    })
 }
 
 /// The case in progress and when it must be over.
@@ -571,6 +654,38 @@ mod tests {
         let help = parse(&["--help"]).unwrap_err();
         assert!(help.is_help() && help.to_string().contains("--only <system>"));
         assert!(parse(&["-h"]).unwrap_err().is_help());
+    }
+
+    #[test]
+    fn a_round_runs_compared_cases_together() {
+        let systems = plan::systems();
+        let only = ["shm", "pipe", "futex"].map(String::from);
+        let cases = plan::select(&systems, &only).unwrap();
+        let order = run_order(&systems, &cases);
+        let ids: Vec<(&str, Workload)> = order
+            .iter()
+            .map(|&i| (systems[cases[i].system].id.as_str(), cases[i].workload))
+            .collect();
+        let at = |id: &str, w: Workload| ids.iter().position(|x| *x == (id, w)).unwrap();
+        // raw shm, conduit shm's round trips and msg/s are adjacent; the
+        // futex and pipe cases (in table order between raw shm and conduit
+        // shm) come before or after them, never in between.
+        let shm = [
+            at("raw-shm", Workload::Rtt),
+            at("conduit-shm", Workload::Rtt),
+            at("conduit-shm", Workload::RttTyped),
+            at("conduit-shm", Workload::Msgs),
+        ];
+        let (lo, hi) = (*shm.iter().min().unwrap(), *shm.iter().max().unwrap());
+        for other in [
+            at("conduit-pipe", Workload::Rtt),
+            at("raw-futex", Workload::Rtt),
+        ] {
+            assert!(other < lo || other > hi, "{ids:?}");
+        }
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..cases.len()).collect::<Vec<_>>());
     }
 
     #[test]

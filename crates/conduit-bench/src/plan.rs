@@ -143,6 +143,8 @@ pub enum Group {
     IpcChannel,
     /// The `interprocess` crate.
     Interprocess,
+    /// The `iceoryx2` crate (shared memory).
+    Iceoryx2,
     /// Python `multiprocessing`.
     Python,
 }
@@ -155,6 +157,7 @@ impl Group {
             Group::Conduit => "conduit",
             Group::IpcChannel => "ipc-channel",
             Group::Interprocess => "interprocess",
+            Group::Iceoryx2 => "iceoryx2",
             Group::Python => "python",
         }
     }
@@ -175,12 +178,20 @@ pub enum Runner {
     RawFutex,
     /// A conduit transport from `Transport::enabled()`.
     Conduit(Transport),
+    /// A conduit transport with the `Postcard` codec (typed workloads).
+    ConduitPostcard(Transport),
     /// `conduit::named` (a listener and `connect`, not a `Transport`).
     ConduitNamed,
     /// `ipc-channel`.
     IpcChannel,
     /// `interprocess` local socket stream.
     Interprocess,
+    /// `iceoryx2` publish-subscribe; `loan`: the receiver reads the sample
+    /// in place instead of copying it out.
+    Iceoryx2 {
+        /// Zero-copy receive.
+        loan: bool,
+    },
     /// Python `multiprocessing.Pipe`.
     PythonPipe,
     /// Python `multiprocessing.Queue`.
@@ -249,6 +260,8 @@ impl System {
                 Transport::Shm => Some("raw-shm"),
                 _ => None,
             },
+            Runner::Iceoryx2 { .. } | Runner::ConduitPostcard(Transport::Shm) => Some("raw-shm"),
+            Runner::ConduitPostcard(_) => None,
             Runner::ConduitNamed
             | Runner::IpcChannel
             | Runner::Interprocess
@@ -327,6 +340,18 @@ pub fn systems() -> Vec<System> {
             &ws,
         ));
     }
+    if Transport::Shm.is_enabled() {
+        v.push(
+            System::new(
+                "conduit-shm-postcard",
+                "conduit shm postcard",
+                Group::Conduit,
+                Runner::ConduitPostcard(Transport::Shm),
+                &[RttTyped, MsgsTyped],
+            )
+            .note("the typed rows of conduit shm with the Postcard codec (feature `postcard`: compact, not self-describing, Rust to Rust) instead of CBOR"),
+        );
+    }
     let all = [Rtt, RttTyped, Msgs, MsgsTyped, Bulk64K, Bulk1M];
     v.push(
         System::new("conduit-named", "conduit named", Group::Conduit, Runner::ConduitNamed, &all)
@@ -343,6 +368,16 @@ pub fn systems() -> Vec<System> {
     v.push(
         System::new("interprocess", "interprocess", Group::Interprocess, Runner::Interprocess, &all)
             .note("local socket stream, u32 length prefix written by the bench; typed = ciborium CBOR + the same framing"),
+    );
+    v.push(
+        System::new("iceoryx2", "iceoryx2", Group::Iceoryx2, Runner::Iceoryx2 { loan: false }, &[Rtt, Msgs, Bulk64K, Bulk1M])
+            .note("iceoryx2 0.9 publish-subscribe of [u8] slices, one service each way; send = loan_slice_uninit + write_from_slice + send; receive spins on receive() and copies the payload out (like conduit's recv); when the subscriber's buffer is full the sender spins and sends again (no loss)")
+            .unsupported_unless(cfg!(target_os = "linux"), "measured on Linux only (elsewhere its build needs libclang for bindgen)"),
+    );
+    v.push(
+        System::new("iceoryx2-loan", "iceoryx2 loan", Group::Iceoryx2, Runner::Iceoryx2 { loan: true }, &[Bulk64K, Bulk1M])
+            .note("iceoryx2 zero-copy receive: the sample is checked where it lies in shared memory, not copied out (the sender still copies the payload in); conduit has no such row: its recv_with lending was removed as unsound with a hostile peer, compare with conduit shm's recv")
+            .unsupported_unless(cfg!(target_os = "linux"), "measured on Linux only (elsewhere its build needs libclang for bindgen)"),
     );
     v.push(
         System::new("python-pipe", "Python mp.Pipe", Group::Python, Runner::PythonPipe, &all)
@@ -377,7 +412,7 @@ pub fn select(systems: &[System], only: &[String]) -> Res<Vec<Case>> {
         if !systems.iter().any(|s| matches(s, f)) {
             let ids: Vec<&str> = systems.iter().map(|s| s.id.as_str()).collect();
             return Err(err(format!(
-                "--only {f}: no such system; systems: {}; groups: raw, conduit, ipc-channel, interprocess, python",
+                "--only {f}: no such system; systems: {}; groups: raw, conduit, ipc-channel, interprocess, iceoryx2, python",
                 ids.join(", ")
             )));
         }
@@ -444,9 +479,11 @@ pub fn run(sys: &System, w: Workload, ctx: &Ctx) -> Res<Vec<Rep>> {
         Runner::RawShmSpin => crate::sys_raw::shm_parent(&sys.id, w, ctx, false),
         Runner::RawFutex => crate::sys_raw::shm_parent(&sys.id, w, ctx, true),
         Runner::Conduit(t) => crate::sys_conduit::parent(t, &sys.id, w, ctx),
+        Runner::ConduitPostcard(t) => crate::sys_conduit::postcard_parent(t, &sys.id, w, ctx),
         Runner::ConduitNamed => crate::sys_conduit::named_parent(&sys.id, w, ctx),
         Runner::IpcChannel => crate::sys_ipc::parent(&sys.id, w, ctx),
         Runner::Interprocess => crate::sys_interprocess::parent(&sys.id, w, ctx),
+        Runner::Iceoryx2 { .. } => crate::sys_iceoryx2::parent(&sys.id, w, ctx),
         Runner::PythonPipe => crate::sys_python::run("pipe", w, ctx),
         Runner::PythonQueue => crate::sys_python::run("queue", w, ctx),
     }
@@ -460,9 +497,11 @@ pub fn run_child(sys: &System, w: Workload) -> Res<()> {
         Runner::RawShmSpin => crate::sys_raw::shm_child(w, false),
         Runner::RawFutex => crate::sys_raw::shm_child(w, true),
         Runner::Conduit(_) => crate::sys_conduit::child(w),
+        Runner::ConduitPostcard(_) => crate::sys_conduit::postcard_child(),
         Runner::ConduitNamed => crate::sys_conduit::named_child(w),
         Runner::IpcChannel => crate::sys_ipc::child(w),
         Runner::Interprocess => crate::sys_interprocess::child(w),
+        Runner::Iceoryx2 { loan } => crate::sys_iceoryx2::child(w, loan),
         Runner::Memcpy | Runner::PythonPipe | Runner::PythonQueue => {
             Err(err(format!("{} has no Rust child", sys.id)))
         }

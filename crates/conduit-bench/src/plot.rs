@@ -16,6 +16,7 @@ fn colour(g: Group) -> RGBColor {
         Group::Conduit => RGBColor(31, 119, 180),
         Group::IpcChannel => RGBColor(255, 127, 14),
         Group::Interprocess => RGBColor(44, 160, 44),
+        Group::Iceoryx2 => RGBColor(214, 39, 40),
         Group::Python => RGBColor(148, 103, 189),
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::link::Sample;
 use crate::plan::{Group, Kind, System, Workload};
-use crate::stats::Summary;
+use crate::stats::{median_ratio, round_ratios, Summary};
 use crate::Budget;
 
 /// How a case ended.
@@ -138,11 +138,10 @@ fn sig3(x: f64) -> String {
 }
 
 /// The ratio column: latency as a multiple of the limit (`2.4× raw pipe`),
-/// throughput as a share of it (`45% of memcpy`).
-fn ratio_text(w: Workload, value: f64, limit: f64, limit_label: &str) -> String {
+/// throughput as a share of it (`45% of memcpy`); `x` = value / limit.
+fn ratio_text(w: Workload, x: f64, limit_label: &str) -> String {
     match w.kind() {
         Kind::Latency => {
-            let x = value / limit;
             if x < 10.0 {
                 format!("{x:.2}× {limit_label}")
             } else if x < 100.0 {
@@ -152,7 +151,7 @@ fn ratio_text(w: Workload, value: f64, limit: f64, limit_label: &str) -> String 
             }
         }
         _ => {
-            let pct = 100.0 * value / limit;
+            let pct = 100.0 * x;
             if pct >= 10.0 {
                 format!("{pct:.0}% of {limit_label}")
             } else {
@@ -175,17 +174,17 @@ fn find<'a>(
     })
 }
 
-/// The reference (label, median) of a result, if it was measured.
-fn reference(
+/// The reference (label, summary) of a result, if it was measured.
+fn reference<'a>(
     systems: &[System],
-    results: &[CaseResult],
+    results: &'a [CaseResult],
     sys: &System,
     w: Workload,
-) -> Option<(String, f64)> {
+) -> Option<(String, &'a Summary)> {
     let rid = sys.reference(w)?;
     let rsys = systems.iter().find(|s| s.id == rid)?;
     let s = find(systems, results, rid, w.reference())?;
-    Some((rsys.label.clone(), s.median))
+    Some((rsys.label.clone(), s))
 }
 
 /// The table: one section per workload (system, median, spread, p99, ratio to
@@ -195,20 +194,22 @@ pub fn table(systems: &[System], results: &[CaseResult], meta: &Meta) -> String 
     let b = &meta.budget;
     let _ = writeln!(
         out,
-        "conduit-bench, {} ({} run): median of {} repetition medians ({} ms each, after {} ms warm-up); \
-         spread = min–max of the repetition medians",
+        "conduit-bench, {} ({} run): median of {} interleaved rounds (every case once per round, \
+         A B C A B C ...: a fresh child, {} ms warm-up, one {} ms repetition); \
+         spread = min–max of the round values",
         utc_date(),
         meta.mode,
         b.reps,
-        b.rep.as_millis(),
-        b.warmup.as_millis()
+        b.warmup.as_millis(),
+        b.rep.as_millis()
     );
     let _ = writeln!(out, "{}", meta.pinning);
     let _ = writeln!(out, "{}", machine_line(meta));
     let _ = writeln!(
         out,
         "typed = a 4-field struct, {} B as CBOR (conduit; ipc-channel uses postcard, Python pickles a dict); \
-         \"vs limit\": latency as a multiple of the raw limit, throughput as a share of it",
+         \"vs limit\": median of the per-round ratios to the raw limit run in the same round \
+         (latency as a multiple of it, throughput as a share of it)",
         Sample::cbor_len()
     );
     for w in Workload::ALL {
@@ -245,7 +246,7 @@ pub fn table(systems: &[System], results: &[CaseResult], meta: &Meta) -> String 
                         "(limit)".to_owned()
                     } else {
                         match reference(systems, results, sys, w) {
-                            Some((label, m)) => ratio_text(w, s.median, m, &label),
+                            Some((label, r)) => ratio_text(w, median_ratio(s, r), &label),
                             None => "-".to_owned(),
                         }
                     };
@@ -279,6 +280,7 @@ pub fn table(systems: &[System], results: &[CaseResult], meta: &Meta) -> String 
         }
     }
     out.push_str(&matrix(systems, results));
+    out.push_str(&comparisons(systems, results));
     let mut notes: Vec<String> = Vec::new();
     for (i, s) in systems.iter().enumerate() {
         if !results.iter().any(|r| r.system == i) {
@@ -358,6 +360,79 @@ fn matrix(systems: &[System], results: &[CaseResult]) -> String {
     out
 }
 
+/// The pairs the comparisons section shows: (a, workload of a, b, workload
+/// of b); `a / b` per round.
+fn comparison_pairs(systems: &[System]) -> Vec<(String, Workload, String, Workload)> {
+    use Workload::*;
+    let mut v = Vec::new();
+    for s in systems.iter().filter(|s| s.group == Group::Conduit) {
+        v.push((s.id.clone(), RttTyped, s.id.clone(), Rtt));
+        v.push((s.id.clone(), MsgsTyped, s.id.clone(), Msgs));
+    }
+    let shm = "conduit-shm".to_owned();
+    let ice = "iceoryx2".to_owned();
+    let pc = "conduit-shm-postcard".to_owned();
+    v.push((pc.clone(), RttTyped, shm.clone(), Rtt));
+    v.push((pc.clone(), MsgsTyped, shm.clone(), Msgs));
+    for (a, b) in [(Rtt, Rtt), (RttTyped, Rtt), (Msgs, Msgs), (MsgsTyped, Msgs)] {
+        v.push((shm.clone(), a, ice.clone(), b));
+    }
+    for w in [Bulk64K, Bulk1M] {
+        v.push((shm.clone(), w, ice.clone(), w));
+        v.push((shm.clone(), w, "iceoryx2-loan".to_owned(), w));
+    }
+    v
+}
+
+/// Head-to-head ratios of cases run in the same rounds: typed against bytes
+/// on each conduit transport, conduit shm against iceoryx2.
+fn comparisons(systems: &[System], results: &[CaseResult]) -> String {
+    let mut lines = Vec::new();
+    for (a, aw, b, bw) in comparison_pairs(systems) {
+        let (Some(sa), Some(sb)) = (
+            find(systems, results, &a, aw),
+            find(systems, results, &b, bw),
+        ) else {
+            continue;
+        };
+        let label = |id: &str| {
+            systems
+                .iter()
+                .find(|s| s.id == id)
+                .map_or(id.to_owned(), |s| s.label.clone())
+        };
+        let name = format!(
+            "{} {} / {} {}",
+            label(&a),
+            aw.short(),
+            label(&b),
+            bw.short()
+        );
+        let rounds: Vec<String> = round_ratios(sa, sb)
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect();
+        lines.push(format!(
+            "  {name:<52} {:>6.2}   rounds: {}",
+            median_ratio(sa, sb),
+            rounds.join(" ")
+        ));
+    }
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "comparisons: median of the per-round ratios a / b (latency: < 1 = a faster; msg/s, GB/s: > 1 = a faster)"
+    );
+    for l in lines {
+        let _ = writeln!(out, "{l}");
+    }
+    out
+}
+
 /// `results.json`.
 pub fn json(systems: &[System], results: &[CaseResult], meta: &Meta) -> String {
     use serde_json::{json, Value};
@@ -394,8 +469,9 @@ pub fn json(systems: &[System], results: &[CaseResult], meta: &Meta) -> String {
                     v["rep_counts"] = json!(s.reps.iter().map(|r| r.count).collect::<Vec<_>>());
                     if let Some(rid) = sys.reference(w) {
                         v["reference"] = json!(rid);
-                        if let Some((_, m)) = reference(systems, results, sys, w) {
-                            v["ratio_to_reference"] = json!(s.median / m);
+                        if let Some((_, r)) = reference(systems, results, sys, w) {
+                            v["ratio_to_reference"] = json!(median_ratio(s, r));
+                            v["round_ratios"] = json!(round_ratios(s, r));
                         }
                     }
                 }
@@ -414,6 +490,21 @@ pub fn json(systems: &[System], results: &[CaseResult], meta: &Meta) -> String {
     let notes: serde_json::Map<String, Value> = systems
         .iter()
         .filter_map(|s| s.note.as_ref().map(|n| (s.id.clone(), json!(n))))
+        .collect();
+    let comparisons: Vec<Value> = comparison_pairs(systems)
+        .into_iter()
+        .filter_map(|(a, aw, b, bw)| {
+            let sa = find(systems, results, &a, aw)?;
+            let sb = find(systems, results, &b, bw)?;
+            Some(json!({
+                "a": a,
+                "a_workload": aw.id(),
+                "b": b,
+                "b_workload": bw.id(),
+                "ratio": median_ratio(sa, sb),
+                "round_ratios": round_ratios(sa, sb),
+            }))
+        })
         .collect();
     let doc = json!({
         "tool": "conduit-bench",
@@ -436,6 +527,7 @@ pub fn json(systems: &[System], results: &[CaseResult], meta: &Meta) -> String {
         "typed_cbor_bytes": Sample::cbor_len(),
         "notes": notes,
         "results": cases,
+        "comparisons": comparisons,
     });
     let mut s =
         serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
@@ -475,12 +567,9 @@ mod tests {
         assert_eq!(format_value(Workload::Msgs, 45_600.0), "45.6 k/s");
         assert_eq!(format_value(Workload::Bulk1M, 12.34e9), "12.3 GB/s");
         assert_eq!(format_in_unit(Workload::Rtt, 4.9e-6, 5.1e-6), "4.90");
+        assert_eq!(ratio_text(Workload::Rtt, 1.2, "raw pipe"), "1.20× raw pipe");
         assert_eq!(
-            ratio_text(Workload::Rtt, 6e-6, 5e-6, "raw pipe"),
-            "1.20× raw pipe"
-        );
-        assert_eq!(
-            ratio_text(Workload::Bulk1M, 4.5e9, 10e9, "memcpy"),
+            ratio_text(Workload::Bulk1M, 0.45, "memcpy"),
             "45% of memcpy"
         );
     }

@@ -87,6 +87,30 @@ impl Summary {
     }
 }
 
+/// The per-round ratios `a / b`: repetition `r` of `a` over repetition `r`
+/// of `b` (the two ran in the same round). Empty when the counts differ.
+pub fn round_ratios(a: &Summary, b: &Summary) -> Vec<f64> {
+    if a.reps.len() != b.reps.len() {
+        return Vec::new();
+    }
+    a.reps
+        .iter()
+        .zip(&b.reps)
+        .map(|(x, y)| x.value / y.value)
+        .collect()
+}
+
+/// The median of the per-round ratios `a / b`; the ratio of the medians
+/// when the two did not run the same rounds.
+pub fn median_ratio(a: &Summary, b: &Summary) -> f64 {
+    let r = round_ratios(a, b);
+    if r.is_empty() {
+        a.median / b.median
+    } else {
+        median(&r)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +128,13 @@ mod tests {
             (sum.median, sum.min, sum.max, sum.p99),
             (2.0, 1.0, 3.0, None)
         );
+        // Round by round: the host was twice as fast in round 2; the
+        // per-round ratios do not see it, the ratio of medians does.
+        let a = Summary::new(&[Rep::rate(2.0, 1), Rep::rate(4.0, 1), Rep::rate(2.2, 1)]);
+        let b = Summary::new(&[Rep::rate(1.0, 1), Rep::rate(2.0, 1), Rep::rate(1.1, 1)]);
+        assert_eq!(round_ratios(&a, &b), [2.0, 2.0, 2.0]);
+        assert_eq!(median_ratio(&a, &b), 2.0);
+        let c = Summary::new(&[Rep::rate(1.0, 1)]);
+        assert_eq!(median_ratio(&a, &c), 2.2);
     }
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use conduit::{Duplex, Transport};
+use conduit::{Codec, Duplex, FrameConfig, Postcard, Transport};
 
 use crate::link::{self, BytesLink, Sample, TypedLink};
 use crate::plan::Workload;
@@ -34,10 +34,10 @@ impl BytesLink for Bytes {
     }
 }
 
-/// A typed duplex as a [`TypedLink`].
-pub struct Typed(pub Duplex<Sample, Sample>);
+/// A typed duplex as a [`TypedLink`] (CBOR unless `C` says otherwise).
+pub struct Typed<C: Codec = conduit::Cbor>(pub Duplex<Sample, Sample, C>);
 
-impl TypedLink for Typed {
+impl<C: Codec> TypedLink for Typed<C> {
     fn send(&mut self, msg: &Sample) -> Res<()> {
         Ok(self.0.send(msg)?)
     }
@@ -76,10 +76,29 @@ pub fn parent(t: Transport, sys_id: &str, w: Workload, ctx: &Ctx) -> Res<Vec<Rep
     }
 }
 
+/// The parent side of a typed workload with the postcard codec.
+pub fn postcard_parent(t: Transport, sys_id: &str, w: Workload, ctx: &Ctx) -> Res<Vec<Rep>> {
+    let mut cmd = proc::child_command(sys_id, w, ctx)?;
+    let timeout = ctx.budget.case_timeout();
+    let (mine, theirs) = t.duplex_codec::<Sample, Sample, Postcard>(FrameConfig::default())?;
+    conduit::handoff(&mut cmd, KEY, theirs)?;
+    let child = Spawned::spawn(&mut cmd, timeout, false)?;
+    drop(cmd);
+    let mut link = Typed(mine);
+    let res = link::parent_typed(&mut link, w, &ctx.budget);
+    drop(link);
+    child.finish(res)
+}
+
+/// The child side of a typed workload with the postcard codec.
+pub fn postcard_child() -> Res<()> {
+    link::child_typed(&mut Typed::<Postcard>(conduit::adopt(KEY)?))
+}
+
 /// The child side: adopts the endpoint (whatever its transport) and serves.
 pub fn child(w: Workload) -> Res<()> {
     if w.typed() {
-        link::child_typed(&mut Typed(conduit::adopt(KEY)?))
+        link::child_typed(&mut Typed::<conduit::Cbor>(conduit::adopt(KEY)?))
     } else {
         link::child_bytes(&mut Bytes(conduit::adopt(KEY)?), w)
     }

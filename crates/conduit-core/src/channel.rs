@@ -100,6 +100,13 @@ pub trait FrameSender: Send + 'static {
     /// The transport's name (`"pipe"`, `"socketpair"`, ...).
     fn transport(&self) -> &'static str;
 
+    /// The codec id this half was made for (its handshake's), when the
+    /// transport records one; the typed endpoints check it when they are
+    /// built from adopted halves.
+    fn codec(&self) -> Option<u8> {
+        None
+    }
+
     /// Turns the endpoint into handles and parameters for a child process.
     fn export(self: Box<Self>) -> Result<Package>;
 
@@ -137,6 +144,13 @@ pub trait FrameReceiver: Send + 'static {
 
     /// The transport's name.
     fn transport(&self) -> &'static str;
+
+    /// The codec id this half was made for (its handshake's), when the
+    /// transport records one; the typed endpoints check it when they are
+    /// built from adopted halves.
+    fn codec(&self) -> Option<u8> {
+        None
+    }
 
     /// Turns the endpoint into handles and parameters for a child process.
     fn export(self: Box<Self>) -> Result<Package>;

@@ -506,6 +506,22 @@ impl<T, C: Codec> crate::handoff::sealed::Sealed for Sender<T, C> {}
 impl<T, C: Codec> crate::handoff::sealed::Sealed for Receiver<T, C> {}
 impl<S, R, C: Codec> crate::handoff::sealed::Sealed for Duplex<S, R, C> {}
 
+/// Checks that a half adopted as an endpoint with codec `C` was made for
+/// `C` in the parent (a mismatch would otherwise surface only at the first
+/// message, or never for a side that only sends).
+fn check_codec<C: Codec>(half: Option<u8>) -> Result<()> {
+    match half {
+        Some(id) if id != C::ID => Err(Error::protocol(format!(
+            "the parent made this endpoint for codec id {id} ({}), this process adopts it with \
+             codec id {} ({}): adopt it with the codec the parent used",
+            crate::codec::codec_name(id),
+            C::ID,
+            C::NAME
+        ))),
+        _ => Ok(()),
+    }
+}
+
 impl<T: Serialize + 'static, C: Codec> Endpoint for Sender<T, C> {
     const ROLE: Role = Role::Sender;
     fn into_halves(self) -> Halves {
@@ -516,7 +532,10 @@ impl<T: Serialize + 'static, C: Codec> Endpoint for Sender<T, C> {
         rx: Option<Box<dyn FrameReceiver>>,
     ) -> Result<Self> {
         match (tx, rx) {
-            (Some(tx), None) => Ok(Sender::from_raw(tx)),
+            (Some(tx), None) => {
+                check_codec::<C>(tx.codec())?;
+                Ok(Sender::from_raw(tx))
+            }
             _ => Err(wrong_halves(Self::ROLE)),
         }
     }
@@ -532,7 +551,10 @@ impl<T: DeserializeOwned + 'static, C: Codec> Endpoint for Receiver<T, C> {
         rx: Option<Box<dyn FrameReceiver>>,
     ) -> Result<Self> {
         match (tx, rx) {
-            (None, Some(rx)) => Ok(Receiver::from_raw(rx)),
+            (None, Some(rx)) => {
+                check_codec::<C>(rx.codec())?;
+                Ok(Receiver::from_raw(rx))
+            }
             _ => Err(wrong_halves(Self::ROLE)),
         }
     }
@@ -548,10 +570,14 @@ impl<S: Serialize + 'static, R: DeserializeOwned + 'static, C: Codec> Endpoint f
         rx: Option<Box<dyn FrameReceiver>>,
     ) -> Result<Self> {
         match (tx, rx) {
-            (Some(tx), Some(rx)) => Ok(Duplex::from_parts(
-                Sender::from_raw(tx),
-                Receiver::from_raw(rx),
-            )),
+            (Some(tx), Some(rx)) => {
+                check_codec::<C>(tx.codec())?;
+                check_codec::<C>(rx.codec())?;
+                Ok(Duplex::from_parts(
+                    Sender::from_raw(tx),
+                    Receiver::from_raw(rx),
+                ))
+            }
             _ => Err(wrong_halves(Self::ROLE)),
         }
     }

@@ -25,7 +25,7 @@
 //! |-------:|------|------------|---------|
 //! | 0 | magic | creator | `"CNDS"` |
 //! | 4 | version | creator | 3 |
-//! | 8 | codec | creator | codec id (1 = CBOR) |
+//! | 8 | codec | creator | codec id ([`conduit_core::Codec::ID`]: 1 = CBOR, 2 = postcard) |
 //! | 12 | max frame | creator | largest message, bytes |
 //! | 16 | capacity | creator | ring bytes, a power of two |
 //! | 20 | data offset | creator | 1024 |
@@ -504,6 +504,10 @@ impl FrameSender for ShmSender {
         TRANSPORT
     }
 
+    fn codec(&self) -> Option<u8> {
+        self.inner.as_ref().map(|p| p.params().codec)
+    }
+
     fn export(mut self: Box<Self>) -> Result<Package> {
         let producer = self.inner.take().ok_or_else(gone)?;
         if let Some(e) = producer.broken() {
@@ -559,6 +563,10 @@ impl FrameReceiver for ShmReceiver {
 
     fn transport(&self) -> &'static str {
         TRANSPORT
+    }
+
+    fn codec(&self) -> Option<u8> {
+        self.inner.as_ref().map(|c| c.params().codec)
     }
 
     fn export(mut self: Box<Self>) -> Result<Package> {

@@ -41,6 +41,10 @@ pub const CHILDREN: &[ChildFn] = &[
         name: "stale_token_grandchild",
         run: grandchild_stale_token,
     },
+    ChildFn {
+        name: "adopt_with_another_codec",
+        run: child_adopt_with_another_codec,
+    },
 ];
 
 type TestFn = fn(Transport) -> Result<(), Failed>;
@@ -59,6 +63,11 @@ pub fn trials(t: Transport) -> Vec<Trial> {
         (
             "send_to_gone_reader_with_default_sigpipe_is_disconnected",
             sigpipe_default,
+            false,
+        ),
+        (
+            "adopting_with_another_codec_is_a_protocol_error_naming_both",
+            adopt_with_another_codec,
             false,
         ),
     ];
@@ -126,6 +135,37 @@ fn child_sigpipe_sender() {
         }
     });
     assert!(e.is_disconnected(), "send to a gone reader: {e}");
+}
+
+/// A codec no transport knows by name: CBOR under another id.
+struct OtherCodec;
+
+impl conduit::Codec for OtherCodec {
+    const ID: u8 = 200;
+    const NAME: &'static str = "test-codec";
+    fn encode<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> conduit::Result<()> {
+        <conduit::Cbor as conduit::Codec>::encode(value, out)
+    }
+    fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> conduit::Result<T> {
+        <conduit::Cbor as conduit::Codec>::decode(bytes)
+    }
+}
+
+/// Adopts a CBOR duplex as an `OtherCodec` one: `adopt` itself must refuse
+/// it with a `Protocol` error naming both codecs (before any message, so
+/// that a peer that never sends still gets a clear error).
+fn child_adopt_with_another_codec() {
+    let res = conduit::adopt::<Duplex<Msg, Msg, OtherCodec>>("conn");
+    let e = match res {
+        Ok(_) => panic!("adopt with another codec than the parent's took the endpoint"),
+        Err(e) => e,
+    };
+    assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("cbor") && text.contains("test-codec"),
+        "the error does not name both codecs: {text}"
+    );
 }
 
 const STALE_VAR: &str = "CONDUIT_HANDOFF_conn";
@@ -264,6 +304,23 @@ fn exit_before_adopt(t: Transport) -> Result<(), Failed> {
         ErrorKind::Disconnected,
     )?;
     drop(cmd);
+    Ok(())
+}
+
+/// A CBOR duplex handed to a child that adopts it with another codec: the
+/// child's `adopt` fails (checked in the child), and the parent's end sees
+/// the child go.
+fn adopt_with_another_codec(t: Transport) -> Result<(), Failed> {
+    let (conn, conn_child) = t.duplex::<Msg, Msg>().map_err(fail("duplex"))?;
+    let mut child = crate::spawn("adopt_with_another_codec", |cmd| {
+        conduit::handoff(cmd, "conn", conn_child)
+    })?;
+    child.wait_success()?;
+    expect_kind(
+        "recv after the child refused the endpoint",
+        conn.recv_timeout(HANG),
+        ErrorKind::Disconnected,
+    )?;
     Ok(())
 }
 

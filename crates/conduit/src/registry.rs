@@ -214,7 +214,9 @@ impl Transport {
     /// encoded with codec `C` (e.g. [`Postcard`](crate::Postcard), feature
     /// `postcard`) instead of CBOR; `cfg`'s codec is replaced by `C`'s.
     /// Handing an end to a process that adopts it with another codec fails
-    /// that end's first receive with a `Protocol` error naming both codecs.
+    /// that `adopt` with a `Protocol` error naming both codecs (and two
+    /// ends that meet otherwise, e.g. through `conduit::named`, fail their
+    /// handshake the same way).
     ///
     /// # Examples
     ///

@@ -7,7 +7,7 @@
 //! |-------|-------|
 //! | 0..4  | magic `b"CNDT"` |
 //! | 4..6  | protocol version, `u16` little-endian (currently 1) |
-//! | 6     | codec id (1 = CBOR) |
+//! | 6     | codec id (1 = CBOR, 2 = postcard) |
 //! | 7     | flags, must be 0 |
 //! | 8..12 | maximum frame size, `u32` little-endian |
 //!

@@ -351,6 +351,10 @@ impl FrameReceiver for StreamReceiver {
         self.transport
     }
 
+    fn codec(&self) -> Option<u8> {
+        Some(self.cfg.codec)
+    }
+
     fn export(self: Box<Self>) -> Result<Package> {
         let done = match self.state {
             State::Handshake => false,

@@ -239,6 +239,10 @@ impl FrameSender for StreamSender {
         self.transport
     }
 
+    fn codec(&self) -> Option<u8> {
+        Some(self.cfg.codec)
+    }
+
     fn export(mut self: Box<Self>) -> Result<Package> {
         if self.broken {
             return Err(Error::disconnected(

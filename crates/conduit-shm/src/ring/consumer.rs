@@ -459,6 +459,11 @@ impl Consumer {
         }
     }
 
+    /// The parameters both ends agreed on.
+    pub fn params(&self) -> &Params {
+        &self.p
+    }
+
     /// The region (for the test hook).
     #[cfg(any(test, feature = "testing"))]
     pub fn region(&self) -> &Region {

@@ -310,6 +310,11 @@ impl Producer {
         closed_error(&self.broken)
     }
 
+    /// The parameters both ends agreed on.
+    pub fn params(&self) -> &Params {
+        &self.p
+    }
+
     /// The region (for the test hook).
     #[cfg(any(test, feature = "testing"))]
     pub fn region(&self) -> &Region {
