@@ -19,6 +19,7 @@ use crate::error::Result;
 #[cfg(feature = "testing")]
 use crate::error::{Error, ErrorKind};
 use crate::handoff::Package;
+use crate::wait::WaitHandle;
 
 /// Hooks for conformance tests that play a misbehaving peer (feature
 /// `testing`, enabled only by the test harness): not part of the supported
@@ -134,6 +135,30 @@ pub trait FrameReceiver: Send + 'static {
     /// `deadline` (`None`: as long as it takes). Fails with `Disconnected` when
     /// the peer is gone and nothing is left to read.
     fn poll_frame(&mut self, deadline: Option<Instant>) -> Result<bool>;
+
+    /// Prepares a wait on [`wait_handles`](Self::wait_handles) (for
+    /// `conduit::wait` and async receivers) and says whether a receive would
+    /// not block now: a whole frame is ready, or the channel is closed (the
+    /// next receive reports it). Never blocks.
+    ///
+    /// Transports that must be asked to signal a descriptor (shm: the
+    /// sender rings a doorbell only while the receiver is registered) start
+    /// asking here, until [`wait_disarm`](Self::wait_disarm). Calling it again
+    /// after the handles turned readable consumes what signalled them.
+    fn wait_arm(&mut self) -> Result<bool> {
+        self.poll_frame(Some(Instant::now()))
+    }
+
+    /// Ends what [`wait_arm`](Self::wait_arm) started (shm: the sender stops
+    /// ringing the doorbell).
+    fn wait_disarm(&mut self) {}
+
+    /// The descriptors (Unix) or handles (Windows) that turn readable or
+    /// signalled when [`wait_arm`](Self::wait_arm) may have something new to
+    /// report. Pushes nothing when the endpoint cannot be waited on.
+    fn wait_handles<'a>(&'a self, out: &mut Vec<WaitHandle<'a>>) {
+        let _ = out;
+    }
 
     /// The transport's name.
     fn transport(&self) -> &'static str;

@@ -23,6 +23,7 @@ pub mod stream;
 pub mod sys;
 pub mod transport;
 mod typed;
+mod wait;
 
 #[cfg(feature = "testing")]
 #[doc(hidden)]
@@ -34,6 +35,7 @@ pub use codec::{Cbor, Codec};
 pub use error::{Error, ErrorKind, Result};
 pub use handoff::Endpoint;
 pub use typed::{deadline_after, Duplex, Iter, Receiver, Sender};
+pub use wait::{wait, WaitHandle, WaitSource, Waitable};
 
 /// Re-exported so that message types can mark byte fields
 /// `#[serde(with = "conduit::serde_bytes")]`.

@@ -318,6 +318,18 @@ impl Listener {
         }
     }
 
+    /// True when a client is waiting to be accepted, without waiting
+    /// (for `conduit::wait`).
+    pub fn client_waiting(&self) -> Result<bool> {
+        self.sys.client_waiting()
+    }
+
+    /// The descriptor (Unix) that turns readable when a client connects;
+    /// `None` where the platform cannot wait on a listener yet (Windows).
+    pub fn wait_handle(&self) -> Option<conduit_core::WaitHandle<'_>> {
+        self.sys.wait_handle()
+    }
+
     fn timeout(&self) -> Error {
         Error::new(
             ErrorKind::Timeout,

@@ -389,3 +389,43 @@ impl<R> Drop for Process<R> {
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)
 }
+
+/// A process's part in a `conduit::wait`.
+struct ExitWait {
+    /// `None`: the child is known to have exited.
+    watch: Option<sys::ExitWatch>,
+}
+
+impl conduit_core::WaitSource for ExitWait {
+    fn arm(&mut self) -> Result<bool> {
+        match &self.watch {
+            None => Ok(true),
+            Some(w) => w
+                .exited()
+                .map_err(|e| Error::from_io("cannot look at the child process", e)),
+        }
+    }
+
+    fn handles<'a>(&'a self, out: &mut Vec<conduit_core::WaitHandle<'a>>) {
+        out.extend(self.watch.as_ref().map(sys::ExitWatch::handle));
+    }
+}
+
+/// Ready when the child has exited (its result, if any, can be joined
+/// without blocking). Linux: a pidfd; macOS: a kqueue process event;
+/// Windows: not yet (`Unsupported`).
+impl<R> conduit_core::Waitable for Process<R> {
+    fn wait_source(&self) -> Result<Box<dyn conduit_core::WaitSource + '_>> {
+        let watch = if self.status.is_some() {
+            None
+        } else {
+            sys::exit_watch(&self.child).map_err(|e| {
+                Error::from_io(
+                    &format!("cannot watch child process (pid {})", self.child.id()),
+                    e,
+                )
+            })?
+        };
+        Ok(Box::new(ExitWait { watch }))
+    }
+}

@@ -475,6 +475,32 @@ impl<T> QueueReceiver<T> {
     }
 }
 
+/// A queue receiver's part in a `conduit::wait`.
+struct QueueWait<'a> {
+    end: &'a RxEnd,
+}
+
+impl conduit_core::WaitSource for QueueWait<'_> {
+    fn arm(&mut self) -> Result<bool> {
+        self.end.poll(Some(Instant::now()))
+    }
+
+    fn handles<'a>(&'a self, out: &mut Vec<conduit_core::WaitHandle<'a>>) {
+        self.end.wait_handles(out);
+    }
+}
+
+/// Ready when a message is queued or every sender is gone (see
+/// `conduit::wait`); another receiver of the same queue may take the
+/// message first.
+impl<T> conduit_core::Waitable for QueueReceiver<T> {
+    fn wait_source(&self) -> Result<Box<dyn conduit_core::WaitSource + '_>> {
+        Ok(Box::new(QueueWait {
+            end: &self.inner.end,
+        }))
+    }
+}
+
 impl<T: DeserializeOwned + 'static> QueueReceiver<T> {
     fn recv_until(&self, deadline: Option<Instant>) -> Result<T> {
         decode_message_owned::<T, Cbor>(self.inner.recv_bytes(deadline)?)

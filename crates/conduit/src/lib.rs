@@ -95,6 +95,7 @@ pub use conduit_core::{
     serde_bytes, Cbor, Codec, Duplex, Endpoint, Error, ErrorKind, FrameConfig, FrameReceiver,
     FrameSender, Iter, Receiver, Result, Sender, DEFAULT_MAX_FRAME,
 };
+pub use conduit_core::{wait, WaitHandle, WaitSource, Waitable};
 
 mod registry;
 pub use registry::Transport;

@@ -109,6 +109,30 @@ pub struct Listener<S, R> {
     _marker: PhantomData<fn(S) -> R>,
 }
 
+/// A listener's part in a [`crate::wait`].
+struct ListenerWait<'a> {
+    inner: &'a conduit_named::Listener,
+}
+
+impl crate::WaitSource for ListenerWait<'_> {
+    fn arm(&mut self) -> Result<bool> {
+        self.inner.client_waiting()
+    }
+
+    fn handles<'a>(&'a self, out: &mut Vec<crate::WaitHandle<'a>>) {
+        out.extend(self.inner.wait_handle());
+    }
+}
+
+/// Ready when a client is waiting to be accepted (see [`crate::wait`]);
+/// [`accept`](Listener::accept) may still wait for that client's handshake.
+/// Unix only for now: on Windows [`crate::wait`] fails with `Unsupported`.
+impl<S, R> crate::Waitable for Listener<S, R> {
+    fn wait_source(&self) -> Result<Box<dyn crate::WaitSource + '_>> {
+        Ok(Box::new(ListenerWait { inner: &self.inner }))
+    }
+}
+
 impl<S, R> fmt::Debug for Listener<S, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.inner.fmt(f)

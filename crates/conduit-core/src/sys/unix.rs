@@ -94,6 +94,11 @@ impl OsStream {
         self.fd
     }
 
+    /// The descriptor `conduit::wait` polls for input.
+    pub fn wait_handle(&self) -> Option<WaitHandle<'_>> {
+        Some(self.fd.as_fd())
+    }
+
     /// Borrows the descriptor.
     pub fn handle(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
@@ -262,6 +267,36 @@ pub fn poll_fd(
             Err(Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// What `conduit::wait` watches on Unix: a descriptor, polled for input.
+pub type WaitHandle<'a> = BorrowedFd<'a>;
+
+/// Waits until one of `fds` is readable (or hung up, or in error) or
+/// `deadline` passes; returns the indices of those that are (empty on
+/// timeout or interruption). One `poll(2)` call: no `FD_SETSIZE` limit.
+pub fn wait_any(fds: &[BorrowedFd<'_>], deadline: Option<Instant>) -> io::Result<Vec<usize>> {
+    let mut pfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(fd, PollFlags::IN))
+        .collect();
+    let timeout = deadline.map(|d| {
+        let left = d.saturating_duration_since(Instant::now());
+        Timespec {
+            tv_sec: left.as_secs().min(i32::MAX as u64) as _,
+            tv_nsec: left.subsec_nanos() as _,
+        }
+    });
+    match rustix::event::poll(&mut pfds, timeout.as_ref()) {
+        Ok(0) | Err(Errno::INTR) => Ok(Vec::new()),
+        Ok(_) => Ok(pfds
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.revents().is_empty())
+            .map(|(i, _)| i)
+            .collect()),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -210,10 +210,32 @@ impl OsStream {
         self.handle
     }
 
+    /// What `conduit::wait` would watch: nothing yet (a pipe handle is not
+    /// signalled by arriving data).
+    pub fn wait_handle(&self) -> Option<WaitHandle<'_>> {
+        None
+    }
+
     /// Borrows the handle.
     pub fn handle(&self) -> BorrowedHandle<'_> {
         self.handle.as_handle()
     }
+}
+
+/// What `conduit::wait` watches on Windows: a waitable handle.
+pub type WaitHandle<'a> = BorrowedHandle<'a>;
+
+/// Waits until one of `handles` is signalled or `deadline` passes;
+/// returns the indices of those that are (empty on timeout).
+pub fn wait_any(
+    handles: &[BorrowedHandle<'_>],
+    deadline: Option<Instant>,
+) -> io::Result<Vec<usize>> {
+    let _ = (handles, deadline);
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "conduit::wait is not available on Windows yet",
+    ))
 }
 
 fn last_error_from(code: u32) -> io::Error {

@@ -221,3 +221,27 @@ pub(crate) fn describe(status: ExitStatus) -> Ended {
         None => Ended::Other(format!("{status}")),
     }
 }
+
+/// Watches a child for its exit (not on Windows yet).
+#[derive(Debug)]
+pub(crate) struct ExitWatch(std::convert::Infallible);
+
+impl ExitWatch {
+    /// True when the child has exited.
+    pub(crate) fn exited(&self) -> io::Result<bool> {
+        Ok(false)
+    }
+
+    /// The handle to wait on.
+    pub(crate) fn handle(&self) -> conduit_core::WaitHandle<'_> {
+        match self.0 {}
+    }
+}
+
+/// A watch on `child`: not on Windows yet.
+pub(crate) fn exit_watch(_child: &Child) -> io::Result<Option<ExitWatch>> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "waiting on a process with conduit::wait is not available on Windows yet",
+    ))
+}

@@ -268,6 +268,13 @@ impl RxEnd {
         }
     }
 
+    /// The descriptors `conduit::wait` watches: the data socket and the
+    /// presence socket (end-of-file once every producer is gone).
+    pub(crate) fn wait_handles<'a>(&'a self, out: &mut Vec<conduit_core::WaitHandle<'a>>) {
+        out.push(self.data.as_fd());
+        out.push(self.presence.as_fd());
+    }
+
     /// One datagram if one is queued.
     fn take(&self, buf: &mut Vec<u8>) -> Result<Option<Vec<u8>>> {
         buf.resize(HEADER_LEN + INLINE_MAX + 1, 0);

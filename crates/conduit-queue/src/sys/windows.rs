@@ -406,6 +406,11 @@ impl RxEnd {
 
     /// True when a receive would not block, checking every 1–5 ms until
     /// `deadline`.
+    /// What `conduit::wait` would watch: nothing yet on Windows.
+    pub(crate) fn wait_handles<'a>(&'a self, out: &mut Vec<conduit_core::WaitHandle<'a>>) {
+        let _ = out;
+    }
+
     pub(crate) fn poll(&self, deadline: Option<Instant>) -> Result<bool> {
         let mut pause = Duration::from_millis(1);
         loop {

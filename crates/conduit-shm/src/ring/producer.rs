@@ -9,7 +9,7 @@ use crate::layout::{self, kind, record_len, Word, RECORD_HEADER as HDR};
 use crate::mem::Region;
 use crate::sys::Link;
 
-use super::wait::{ring_peer, wait_until, Waited, PRODUCER_PARK};
+use super::wait::{ring_door, ring_peer, wait_until, Waited, PRODUCER_PARK};
 use super::{closed_error, LivenessClock, Params};
 
 /// The sending side of a ring.
@@ -294,6 +294,7 @@ impl Producer {
             Word::RxBell,
             &mut self.woken,
         );
+        ring_door(&self.region, &self.link, Word::RxDoor);
         Ok(())
     }
 
@@ -303,6 +304,7 @@ impl Producer {
         let bell = self.region.word(Word::RxBell);
         bell.fetch_add(1, SeqCst);
         self.link.wake(bell);
+        ring_door(&self.region, &self.link, Word::RxDoor);
     }
 
     /// The broken state, if any.
