@@ -19,7 +19,7 @@ use crate::error::Result;
 #[cfg(feature = "testing")]
 use crate::error::{Error, ErrorKind};
 use crate::handoff::Package;
-use crate::wait::WaitHandle;
+use crate::wait::{WaitFor, WaitHandle};
 
 /// Hooks for conformance tests that play a misbehaving peer (feature
 /// `testing`, enabled only by the test harness): not part of the supported
@@ -97,6 +97,30 @@ pub trait FrameSender: Send + 'static {
     /// part: once its first byte is in the channel, the rest follows even
     /// past the deadline (the receiver would otherwise see a broken frame).
     fn send_frame_until(&mut self, frame: &[u8], deadline: Option<Instant>) -> Result<()>;
+
+    /// Finishes a frame that a deadline send left partly written (see
+    /// [`send_frame_until`](Self::send_frame_until)), waiting for room until
+    /// `deadline`; `Full` when the rest still does not fit then.
+    fn flush_until(&mut self, deadline: Option<Instant>) -> Result<()> {
+        let _ = deadline;
+        Ok(())
+    }
+
+    /// For async senders: asks to be told (through
+    /// [`send_wait_handles`](Self::send_wait_handles)) when room may have
+    /// appeared, until [`send_wait_disarm`](Self::send_wait_disarm) (shm:
+    /// the receiver rings a doorbell). A send attempt must follow before
+    /// waiting.
+    fn send_wait_arm(&mut self) {}
+
+    /// Ends what [`send_wait_arm`](Self::send_wait_arm) started.
+    fn send_wait_disarm(&mut self) {}
+
+    /// The handles that signal room (or a gone peer), and what to wait for
+    /// on each. Pushes nothing when the endpoint cannot be waited on.
+    fn send_wait_handles<'a>(&'a self, out: &mut Vec<(WaitHandle<'a>, WaitFor)>) {
+        let _ = out;
+    }
 
     /// The transport's name (`"pipe"`, `"socketpair"`, ...).
     fn transport(&self) -> &'static str;

@@ -9,6 +9,15 @@ use crate::error::{Error, ErrorKind, Result};
 /// waitable handle on Windows.
 pub use crate::sys::WaitHandle;
 
+/// What a waiting endpoint waits for on one of its handles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitFor {
+    /// The handle turns readable (Unix) or signalled.
+    Read,
+    /// The handle turns writable (Unix): room to send.
+    Write,
+}
+
 /// Something [`wait`] can wait on: receivers, duplex endpoints, queue
 /// receivers, processes, named listeners.
 ///

@@ -324,6 +324,12 @@ impl Listener {
         self.sys.client_waiting()
     }
 
+    /// True while a connection taken by [`accept`](Self::accept) is still
+    /// in its handshake (kept for the next `accept`).
+    pub fn handshakes_in_progress(&self) -> bool {
+        self.sys.handshakes_in_progress()
+    }
+
     /// The descriptor (Unix) that turns readable when a client connects;
     /// `None` where the platform cannot wait on a listener yet (Windows).
     pub fn wait_handle(&self) -> Option<conduit_core::WaitHandle<'_>> {

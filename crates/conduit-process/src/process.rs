@@ -429,3 +429,61 @@ impl<R> conduit_core::Waitable for Process<R> {
         Ok(Box::new(ExitWait { watch }))
     }
 }
+
+#[cfg(feature = "tokio")]
+impl<R: Serialize + DeserializeOwned + 'static> Process<R> {
+    /// Waits for the child to end without blocking the runtime (feature
+    /// `tokio`) and returns the target's result, like [`join`](Self::join).
+    /// The exit is watched by the runtime's reactor (Linux: a pidfd; macOS:
+    /// a kqueue process event), with no thread. Dropping the future before
+    /// the child ends leaves the process joinable.
+    ///
+    /// # Errors
+    ///
+    /// As [`join`](Self::join); `Unsupported` on Windows (not yet).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// fn double(x: u32) -> u32 { 2 * x }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), conduit::Error> {
+    /// conduit::init();
+    /// let mut p = conduit::Process::spawn(double, 21)?;
+    /// assert_eq!(p.join_async().await?, 42);
+    /// # Ok(()) }
+    /// ```
+    pub async fn join_async(&mut self) -> Result<R> {
+        if self.status.is_none() && !self.taken {
+            let watch = sys::exit_watch(&self.child).map_err(|e| {
+                Error::from_io(
+                    &format!("cannot watch child process (pid {})", self.child.id()),
+                    e,
+                )
+            })?;
+            if let Some(watch) = watch {
+                let reg = conduit_core::transport::sys::reactor::Registration::new(&[(
+                    watch.handle(),
+                    conduit_core::WaitFor::Read,
+                )])
+                .map_err(|e| Error::from_io("the async runtime cannot watch the child", e))?;
+                std::future::poll_fn(|cx| loop {
+                    match watch.exited() {
+                        Ok(true) => return std::task::Poll::Ready(Ok(())),
+                        Ok(false) => {}
+                        Err(e) => return std::task::Poll::Ready(Err(e)),
+                    }
+                    match reg.poll_ready(cx) {
+                        std::task::Poll::Ready(Ok(())) => {}
+                        std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                        std::task::Poll::Pending => return std::task::Poll::Pending,
+                    }
+                })
+                .await
+                .map_err(|e| Error::from_io("waiting for the child failed", e))?;
+            }
+        }
+        self.join()
+    }
+}

@@ -96,6 +96,11 @@ mod counters;
 mod sys;
 mod wire;
 
+#[cfg(feature = "tokio")]
+mod asynch;
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use asynch::{AsyncQueueReceiver, AsyncQueueSender};
 use counters::Counters;
 use sys::{RxEnd, TxEnd};
 

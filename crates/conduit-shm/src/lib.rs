@@ -520,6 +520,27 @@ impl FrameSender for ShmSender {
         self.inner.as_mut().ok_or_else(gone)?.send(frame, deadline)
     }
 
+    fn send_wait_arm(&mut self) {
+        if let Some(p) = &mut self.inner {
+            p.wait_arm();
+        }
+    }
+
+    fn send_wait_disarm(&mut self) {
+        if let Some(p) = &mut self.inner {
+            p.wait_disarm();
+        }
+    }
+
+    fn send_wait_handles<'a>(
+        &'a self,
+        out: &mut Vec<(conduit_core::WaitHandle<'a>, conduit_core::WaitFor)>,
+    ) {
+        if let Some(h) = self.inner.as_ref().and_then(|p| p.wait_handle()) {
+            out.push((h, conduit_core::WaitFor::Read));
+        }
+    }
+
     fn transport(&self) -> &'static str {
         TRANSPORT
     }

@@ -95,7 +95,10 @@ pub use conduit_core::{
     serde_bytes, Cbor, Codec, Duplex, Endpoint, Error, ErrorKind, FrameConfig, FrameReceiver,
     FrameSender, Iter, Receiver, Result, Sender, DEFAULT_MAX_FRAME,
 };
-pub use conduit_core::{wait, WaitHandle, WaitSource, Waitable};
+pub use conduit_core::{wait, WaitFor, WaitHandle, WaitSource, Waitable};
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use conduit_core::{AsyncDuplex, AsyncReceiver, AsyncSender};
 
 mod registry;
 pub use registry::Transport;
@@ -111,6 +114,10 @@ pub use process::init;
 #[cfg(feature = "queue")]
 #[cfg_attr(docsrs, doc(cfg(feature = "queue")))]
 pub use conduit_queue::{queue, queue_with, QueueConfig, QueueReceiver, QueueSender};
+/// The async queue ends (features `queue` and `tokio`).
+#[cfg(all(feature = "queue", feature = "tokio"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "queue", feature = "tokio"))))]
+pub use conduit_queue::{AsyncQueueReceiver, AsyncQueueSender};
 
 /// Wraps byte-level endpoints into a typed one-way channel.
 fn typed_channel<T>(tx: BoxSender, rx: BoxReceiver) -> (Sender<T>, Receiver<T>)

@@ -235,6 +235,19 @@ impl FrameSender for StreamSender {
         Ok(())
     }
 
+    fn flush_until(&mut self, deadline: Option<Instant>) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.write_all([&[], &[]], deadline)
+    }
+
+    fn send_wait_handles<'a>(&'a self, out: &mut Vec<(crate::WaitHandle<'a>, crate::WaitFor)>) {
+        if let Some(h) = self.io.as_ref().and_then(|io| io.wait_handle()) {
+            out.push((h, crate::WaitFor::Write));
+        }
+    }
+
     fn transport(&self) -> &'static str {
         self.transport
     }

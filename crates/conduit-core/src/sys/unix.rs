@@ -300,6 +300,10 @@ pub fn wait_any(fds: &[BorrowedFd<'_>], deadline: Option<Instant>) -> io::Result
     }
 }
 
+#[cfg(feature = "tokio")]
+#[path = "unix/reactor.rs"]
+pub mod reactor;
+
 #[path = "unix/handoff.rs"]
 mod handoff;
 pub use handoff::{receive_handles, send_handles};

@@ -238,6 +238,36 @@ pub fn wait_any(
     ))
 }
 
+/// tokio glue (feature `tokio`): not on Windows yet; every registration
+/// fails with `Unsupported`, so `into_async` says so.
+#[cfg(feature = "tokio")]
+pub mod reactor {
+    use std::io;
+    use std::task::{Context, Poll};
+
+    use crate::wait::{WaitFor, WaitHandle};
+
+    /// Handles registered with the current tokio runtime (never, yet).
+    #[derive(Debug)]
+    pub struct Registration(std::convert::Infallible);
+
+    impl Registration {
+        /// Fails with `Unsupported`: async endpoints are Unix-only for now.
+        pub fn new(handles: &[(WaitHandle<'_>, WaitFor)]) -> io::Result<Registration> {
+            let _ = handles;
+            Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "async endpoints (into_async) are not available on Windows yet; use the blocking API (on a blocking thread) instead",
+            ))
+        }
+
+        /// Never called: no registration exists.
+        pub fn poll_ready(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            match self.0 {}
+        }
+    }
+}
+
 fn last_error_from(code: u32) -> io::Error {
     match code {
         ERROR_NO_DATA | ERROR_PIPE_NOT_CONNECTED => io::Error::from(io::ErrorKind::BrokenPipe),

@@ -298,6 +298,28 @@ impl Producer {
         Ok(())
     }
 
+    /// Registers for the receiver's doorbell (an async sender waiting for
+    /// room; see "Doorbell" in the crate docs): drains the lifeline and sets
+    /// the tx door word. A lifeline at end-of-file breaks the channel (the
+    /// receiver's process is gone), so the next send says so. The caller
+    /// tries to send once more before it waits.
+    pub fn wait_arm(&mut self) {
+        if !self.link.drain() && self.broken.is_none() {
+            let _ = self.fail(Error::disconnected("the receiver exited or was killed"));
+        }
+        self.region.word(Word::TxDoor).store(1, SeqCst);
+    }
+
+    /// Ends a doorbell registration.
+    pub fn wait_disarm(&mut self) {
+        self.region.word(Word::TxDoor).store(0, SeqCst);
+    }
+
+    /// The descriptor the receiver's doorbell rings.
+    pub fn wait_handle(&self) -> Option<conduit_core::WaitHandle<'_>> {
+        self.link.wait_handle()
+    }
+
     /// Marks the sending side closed and wakes the receiver.
     pub fn close(&mut self) {
         self.region.word(Word::TxClosed).store(1, SeqCst);

@@ -193,6 +193,11 @@ impl Listener {
         Some(self.sock.as_fd())
     }
 
+    /// True while a connection taken by `accept` is still in its handshake.
+    pub fn handshakes_in_progress(&self) -> bool {
+        !lock(&self.pending).is_empty()
+    }
+
     /// True when a client is queued on the listening socket or a
     /// connection taken by an earlier `accept` has input, without waiting.
     pub fn client_waiting(&self) -> Result<bool> {

@@ -222,6 +222,11 @@ impl Listener {
         None
     }
 
+    /// True while a handshake is in progress (not tracked on Windows yet).
+    pub fn handshakes_in_progress(&self) -> bool {
+        false
+    }
+
     /// True when a client is waiting (not known on Windows yet).
     pub fn client_waiting(&self) -> Result<bool> {
         Ok(false)

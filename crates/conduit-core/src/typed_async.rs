@@ -1,0 +1,455 @@
+//! Async endpoints on tokio (feature `tokio`): [`AsyncSender<T>`],
+//! [`AsyncReceiver<T>`] and [`AsyncDuplex<S, R>`], made from the blocking
+//! ones with `into_async()` inside a tokio runtime.
+//!
+//! They run on the same descriptors as [`crate::wait()`], registered with the
+//! runtime's reactor (no thread per endpoint, nothing polled while idle):
+//! each operation makes a non-blocking attempt and, when it would block,
+//! waits for the reactor to report the endpoint's descriptors ready. The
+//! shared-memory transport is woken through its doorbell (see the
+//! `conduit-shm` crate docs). Unix only for now: on Windows `into_async`
+//! fails with `Unsupported`.
+//!
+//! # Cancellation
+//!
+//! - **Receiving**: dropping a [`AsyncReceiver::recv`] future before it
+//!   completes loses nothing; the next `recv` gets the message. A message
+//!   is taken out of the channel only in the poll that returns it.
+//! - **Sending**: dropping a [`AsyncSender::send`] future sends either the
+//!   whole message or nothing, never part of a frame. Each poll makes one
+//!   non-blocking attempt, which either commits the whole frame or writes
+//!   nothing. On stream transports a frame larger than the free space is
+//!   committed once its first bytes are in: the sender keeps the rest and
+//!   writes it before anything else (the next `send`, [`AsyncSender::flush`],
+//!   or dropping the sender, which then blocks until it is written). On the
+//!   shm transport a message larger than half the ring, once its first piece
+//!   is in, is finished by blocking the thread until the receiver took the
+//!   rest.
+
+use std::fmt;
+use std::future::poll_fn;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::channel::{FrameReceiver, FrameSender};
+use crate::codec::{decode_message, decode_message_owned, encode_message, is_raw, Cbor, Codec};
+use crate::error::{Error, ErrorKind, Result};
+use crate::sys::reactor::Registration;
+use crate::typed::{Duplex, Receiver, Sender};
+use crate::wait::WaitFor;
+
+/// Attempts per poll before yielding to the runtime: bounds a poll whose
+/// readiness keeps firing without progress (a peer ringing for nothing).
+const TRIES_PER_POLL: u32 = 32;
+
+fn reactor_error(e: std::io::Error) -> Error {
+    Error::from_io("the async runtime cannot watch this endpoint", e)
+}
+
+/// The receiving end of an async channel (see [`Receiver::into_async`]).
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let (tx, rx) = conduit::channel::<String>()?;
+/// let mut rx = rx.into_async()?;
+/// tx.send(&"hello".to_string())?;
+/// assert_eq!(rx.recv().await?, "hello");
+/// # Ok(()) }
+/// ```
+pub struct AsyncReceiver<T, C: Codec = Cbor> {
+    raw: Box<dyn FrameReceiver>,
+    reg: Registration,
+    transport: &'static str,
+    done: bool,
+    _marker: PhantomData<fn() -> (T, C)>,
+}
+
+impl<T, C: Codec> fmt::Debug for AsyncReceiver<T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncReceiver")
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: DeserializeOwned + 'static, C: Codec> Receiver<T, C> {
+    /// Turns this receiver into an async one on the current tokio runtime
+    /// (feature `tokio`; call it inside the runtime, which must have its
+    /// I/O driver enabled).
+    ///
+    /// # Errors
+    ///
+    /// `Unsupported` on Windows (not yet) and for endpoints that cannot be
+    /// waited on; `Io` outside a runtime or when the descriptors cannot be
+    /// registered.
+    pub fn into_async(self) -> Result<AsyncReceiver<T, C>> {
+        AsyncReceiver::from_raw(self.into_raw())
+    }
+}
+
+impl<T: DeserializeOwned + 'static, C: Codec> AsyncReceiver<T, C> {
+    /// Wraps a byte-level receiver (see [`Receiver::into_async`]).
+    pub fn from_raw(raw: Box<dyn FrameReceiver>) -> Result<Self> {
+        let mut handles = Vec::new();
+        raw.wait_handles(&mut handles);
+        if handles.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "a {} receiver cannot be made async on this platform",
+                    raw.transport()
+                ),
+            ));
+        }
+        let handles: Vec<_> = handles.into_iter().map(|h| (h, WaitFor::Read)).collect();
+        let reg = Registration::new(&handles).map_err(reactor_error)?;
+        let transport = raw.transport();
+        Ok(AsyncReceiver {
+            raw,
+            reg,
+            transport,
+            done: false,
+            _marker: PhantomData,
+        })
+    }
+
+    /// Waits for the next message. Fails with `Disconnected` once the
+    /// sender is gone and every message it sent has been received.
+    /// Cancellation-safe: see the [module docs](self).
+    pub async fn recv(&mut self) -> Result<T> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// A message if one is ready now, else `Empty`.
+    pub fn try_recv(&mut self) -> Result<T> {
+        self.recv_now().map_err(|e| {
+            if e.is_timeout() {
+                Error::new(ErrorKind::Empty, "no message is ready")
+            } else {
+                e
+            }
+        })
+    }
+
+    /// Polls for the next message (the poll behind [`recv`](Self::recv)).
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        for _ in 0..TRIES_PER_POLL {
+            match self.recv_now() {
+                Err(e) if e.is_timeout() => {}
+                out => return Poll::Ready(out),
+            }
+            match self.raw.wait_arm() {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            match self.reg.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(reactor_error(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// One non-blocking receive: `Timeout` when nothing is ready.
+    fn recv_now(&mut self) -> Result<T> {
+        let now = Some(Instant::now());
+        if is_raw::<T>() {
+            let mut frame = Vec::new();
+            self.raw.recv_frame(&mut frame, now)?;
+            return decode_message_owned::<T, C>(frame);
+        }
+        let mut out = None;
+        self.raw
+            .recv_with(now, &mut |frame| out = Some(decode_message::<T, C>(frame)))?;
+        out.unwrap_or_else(|| Err(Error::protocol("the transport returned no frame")))
+    }
+
+    /// The name of the transport under this endpoint.
+    pub fn transport(&self) -> &'static str {
+        self.transport
+    }
+}
+
+impl<T, C: Codec> Drop for AsyncReceiver<T, C> {
+    fn drop(&mut self) {
+        self.raw.wait_disarm();
+    }
+}
+
+/// The messages until the sender is gone (`Disconnected` ends the stream);
+/// other errors are yielded, then the stream ends.
+impl<T: DeserializeOwned + 'static, C: Codec> futures_core::Stream for AsyncReceiver<T, C> {
+    type Item = Result<T>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<T>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match this.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(v)) => Poll::Ready(Some(Ok(v))),
+            Poll::Ready(Err(e)) => {
+                this.done = true;
+                if e.is_disconnected() {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Ready(Some(Err(e)))
+                }
+            }
+        }
+    }
+}
+
+/// The sending end of an async channel (see [`Sender::into_async`]).
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let (tx, rx) = conduit::channel::<u32>()?;
+/// let mut tx = tx.into_async()?;
+/// tx.send(&7).await?;
+/// assert_eq!(rx.recv()?, 7);
+/// # Ok(()) }
+/// ```
+pub struct AsyncSender<T, C: Codec = Cbor> {
+    raw: Box<dyn FrameSender>,
+    reg: Registration,
+    buf: Vec<u8>,
+    transport: &'static str,
+    _marker: PhantomData<fn(&T, C)>,
+}
+
+impl<T, C: Codec> fmt::Debug for AsyncSender<T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncSender")
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Serialize + 'static, C: Codec> Sender<T, C> {
+    /// Turns this sender into an async one on the current tokio runtime
+    /// (feature `tokio`); errors as for [`Receiver::into_async`].
+    pub fn into_async(self) -> Result<AsyncSender<T, C>> {
+        AsyncSender::from_raw(self.into_raw())
+    }
+}
+
+impl<T: Serialize + 'static, C: Codec> AsyncSender<T, C> {
+    /// Wraps a byte-level sender (see [`Sender::into_async`]).
+    pub fn from_raw(raw: Box<dyn FrameSender>) -> Result<Self> {
+        let mut handles = Vec::new();
+        raw.send_wait_handles(&mut handles);
+        if handles.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "a {} sender cannot be made async on this platform",
+                    raw.transport()
+                ),
+            ));
+        }
+        let reg = Registration::new(&handles).map_err(reactor_error)?;
+        let transport = raw.transport();
+        Ok(AsyncSender {
+            raw,
+            reg,
+            buf: Vec::new(),
+            transport,
+            _marker: PhantomData,
+        })
+    }
+
+    /// Serializes `msg` and sends it as one message, waiting while the
+    /// channel is full. Fails with `Disconnected` once the receiver is
+    /// gone. Cancellation: the whole message or nothing (see the
+    /// [module docs](self)).
+    pub async fn send(&mut self, msg: &T) -> Result<()> {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let frame: &[u8] =
+            if let Some(bytes) = (msg as &dyn std::any::Any).downcast_ref::<Vec<u8>>() {
+                bytes
+            } else {
+                encode_message::<T, C>(msg, &mut buf)?;
+                &buf
+            };
+        let res = poll_fn(|cx| self.poll_send_frame(cx, frame)).await;
+        if buf.capacity() <= 1 << 20 {
+            self.buf = buf;
+        }
+        res
+    }
+
+    /// Sends `bytes` as one message as they are (see [`Sender::send_bytes`]).
+    pub async fn send_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        poll_fn(|cx| self.poll_send_frame(cx, bytes)).await
+    }
+
+    /// Sends `msg` if the channel has room now, else fails with `Full`
+    /// (see [`Sender::try_send`]).
+    pub fn try_send(&mut self, msg: &T) -> Result<()> {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        encode_message::<T, C>(msg, &mut buf)?;
+        let res = self.raw.send_frame_until(&buf, Some(Instant::now()));
+        self.buf = buf;
+        res
+    }
+
+    /// Writes the rest of a message that only partly fitted (stream
+    /// transports; see the [module docs](self)), waiting for room.
+    pub async fn flush(&mut self) -> Result<()> {
+        poll_fn(|cx| self.poll_op(cx, &mut |raw| raw.flush_until(Some(Instant::now())))).await
+    }
+
+    /// Polls one send of `frame`: each attempt commits the whole frame or
+    /// nothing.
+    pub fn poll_send_frame(&mut self, cx: &mut Context<'_>, frame: &[u8]) -> Poll<Result<()>> {
+        self.poll_op(cx, &mut |raw| {
+            raw.send_frame_until(frame, Some(Instant::now()))
+        })
+    }
+
+    fn poll_op(
+        &mut self,
+        cx: &mut Context<'_>,
+        op: &mut dyn FnMut(&mut dyn FrameSender) -> Result<()>,
+    ) -> Poll<Result<()>> {
+        for _ in 0..TRIES_PER_POLL {
+            match op(&mut *self.raw) {
+                Err(e) if e.kind() == ErrorKind::Full => {}
+                out => {
+                    self.raw.send_wait_disarm();
+                    return Poll::Ready(out);
+                }
+            }
+            // Armed, then one more attempt: room that appeared before the
+            // arming would ring no doorbell.
+            self.raw.send_wait_arm();
+            match op(&mut *self.raw) {
+                Err(e) if e.kind() == ErrorKind::Full => {}
+                out => {
+                    self.raw.send_wait_disarm();
+                    return Poll::Ready(out);
+                }
+            }
+            match self.reg.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(reactor_error(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// The name of the transport under this endpoint.
+    pub fn transport(&self) -> &'static str {
+        self.transport
+    }
+}
+
+impl<T, C: Codec> Drop for AsyncSender<T, C> {
+    fn drop(&mut self) {
+        self.raw.send_wait_disarm();
+    }
+}
+
+/// Both ends of an async two-way connection (see [`Duplex::into_async`]):
+/// sends `S`, receives `R`. [`split`](Self::split) it to send and receive
+/// from different tasks at once.
+pub struct AsyncDuplex<S, R, C: Codec = Cbor> {
+    tx: AsyncSender<S, C>,
+    rx: AsyncReceiver<R, C>,
+}
+
+impl<S, R, C: Codec> fmt::Debug for AsyncDuplex<S, R, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncDuplex")
+            .field("transport", &self.tx.transport)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Serialize + 'static, R: DeserializeOwned + 'static, C: Codec> Duplex<S, R, C> {
+    /// Turns this endpoint into an async one on the current tokio runtime
+    /// (feature `tokio`); errors as for [`Receiver::into_async`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (a, b) = conduit::duplex::<String, usize>()?;
+    /// let mut a = a.into_async()?;
+    /// a.send(&"four".to_string()).await?;
+    /// let s = b.recv()?;
+    /// b.send(&s.len())?;
+    /// assert_eq!(a.recv().await?, 4);
+    /// # Ok(()) }
+    /// ```
+    pub fn into_async(self) -> Result<AsyncDuplex<S, R, C>> {
+        let (tx, rx) = self.split();
+        Ok(AsyncDuplex {
+            tx: tx.into_async()?,
+            rx: rx.into_async()?,
+        })
+    }
+}
+
+impl<S: Serialize + 'static, R: DeserializeOwned + 'static, C: Codec> AsyncDuplex<S, R, C> {
+    /// Sends a message (see [`AsyncSender::send`]).
+    pub async fn send(&mut self, msg: &S) -> Result<()> {
+        self.tx.send(msg).await
+    }
+
+    /// Receives a message (see [`AsyncReceiver::recv`]).
+    pub async fn recv(&mut self) -> Result<R> {
+        self.rx.recv().await
+    }
+
+    /// See [`AsyncReceiver::try_recv`].
+    pub fn try_recv(&mut self) -> Result<R> {
+        self.rx.try_recv()
+    }
+
+    /// See [`AsyncSender::flush`].
+    pub async fn flush(&mut self) -> Result<()> {
+        self.tx.flush().await
+    }
+
+    /// The sending and the receiving half, for different tasks.
+    #[must_use]
+    pub fn split(self) -> (AsyncSender<S, C>, AsyncReceiver<R, C>) {
+        (self.tx, self.rx)
+    }
+
+    /// The name of the transport under this endpoint.
+    pub fn transport(&self) -> &'static str {
+        self.tx.transport()
+    }
+}
+
+/// The received messages (see [`AsyncReceiver`]'s `Stream`).
+impl<S, R: DeserializeOwned + 'static, C: Codec> futures_core::Stream for AsyncDuplex<S, R, C> {
+    type Item = Result<R>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<R>>> {
+        Pin::new(&mut self.get_mut().rx).poll_next(cx)
+    }
+}
