@@ -53,6 +53,15 @@ fn reactor_error(e: std::io::Error) -> Error {
 
 /// The receiving end of an async channel (see [`Receiver::into_async`]).
 ///
+/// It waits on the same descriptors as `conduit::wait`, registered with the
+/// tokio runtime's reactor: no thread per endpoint, nothing polled while
+/// idle (shm: the sender rings the receiver's doorbell). Unix only for now:
+/// on Windows `into_async` fails with `Unsupported`.
+///
+/// **Cancellation**: dropping a [`recv`](Self::recv) future before it
+/// completes loses nothing; the next `recv` gets the message. A message is
+/// taken out of the channel only in the poll that returns it.
+///
 /// # Examples
 ///
 /// ```
@@ -123,7 +132,7 @@ impl<T: DeserializeOwned + 'static, C: Codec> AsyncReceiver<T, C> {
 
     /// Waits for the next message. Fails with `Disconnected` once the
     /// sender is gone and every message it sent has been received.
-    /// Cancellation-safe: see the [module docs](self).
+    /// Cancellation-safe: see [`AsyncReceiver`].
     pub async fn recv(&mut self) -> Result<T> {
         poll_fn(|cx| self.poll_recv(cx)).await
     }
@@ -214,6 +223,17 @@ impl<T: DeserializeOwned + 'static, C: Codec> futures_core::Stream for AsyncRece
 
 /// The sending end of an async channel (see [`Sender::into_async`]).
 ///
+/// **Cancellation**: dropping a [`send`](Self::send) future sends either the
+/// whole message or nothing, never part of a frame. Each poll makes one
+/// non-blocking attempt, which commits the whole frame or writes nothing.
+/// On stream transports (pipe, socketpair, named) a frame larger than the
+/// free space is committed once its first bytes are in: the sender keeps
+/// the rest and writes it before anything else (the next `send`,
+/// [`flush`](Self::flush), or dropping the sender, which then blocks until
+/// it is written). On the shm transport a message larger than half the
+/// ring, once its first piece is in, is finished by blocking the thread
+/// until the receiver has taken the rest.
+///
 /// # Examples
 ///
 /// ```
@@ -276,8 +296,8 @@ impl<T: Serialize + 'static, C: Codec> AsyncSender<T, C> {
 
     /// Serializes `msg` and sends it as one message, waiting while the
     /// channel is full. Fails with `Disconnected` once the receiver is
-    /// gone. Cancellation: the whole message or nothing (see the
-    /// [module docs](self)).
+    /// gone. Cancellation: the whole message or nothing (see
+    /// [`AsyncSender`]).
     pub async fn send(&mut self, msg: &T) -> Result<()> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
@@ -312,7 +332,7 @@ impl<T: Serialize + 'static, C: Codec> AsyncSender<T, C> {
     }
 
     /// Writes the rest of a message that only partly fitted (stream
-    /// transports; see the [module docs](self)), waiting for room.
+    /// transports; see [`AsyncSender`]), waiting for room.
     pub async fn flush(&mut self) -> Result<()> {
         poll_fn(|cx| self.poll_op(cx, &mut |raw| raw.flush_until(Some(Instant::now())))).await
     }

@@ -417,7 +417,8 @@ where
 /// let (server, client) = tokio::join!(listener.accept(), client);
 /// let (mut server, mut client) = (server?, client?);
 /// client.send(&1).await?;
-/// server.send(&(server.recv().await? + 1)).await?;
+/// let x = server.recv().await?;
+/// server.send(&(x + 1)).await?;
 /// assert_eq!(client.recv().await?, 2);
 /// # Ok(()) }
 /// ```
