@@ -466,6 +466,7 @@ mod imp {
 
     /// Child: sends `i` on sender `i` for each command, until the command
     /// channel closes.
+    #[cfg(target_os = "linux")]
     fn send_on((txs, cmds): (Vec<Sender<u64>>, Receiver<u64>)) -> u64 {
         let mut n = 0;
         for i in cmds.iter().flatten() {

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 
 /// A borrowed OS object [`wait`] watches: a file descriptor on Unix, a
 /// waitable handle on Windows.
@@ -68,6 +68,16 @@ pub trait WaitSource {
 /// `wait` to return. Waits on several threads are safe: the locks are taken
 /// in one global order.
 ///
+/// # Windows
+///
+/// Windows pipes signal no handle when data arrives (conduit's pipes are not
+/// overlapped), so on Windows `wait` looks at every object in turn, pausing
+/// 1 ms, then up to 5 ms between rounds — as the Windows stream transports'
+/// own blocking receives do. It works for any number of objects (no
+/// `MAXIMUM_WAIT_OBJECTS` limit) at the cost of up to 5 ms of latency and a
+/// little CPU while it waits. Named listeners cannot be waited on there yet
+/// (`Unsupported`).
+///
 /// # Errors
 ///
 /// `Unsupported` when an object cannot be waited on on this platform (see
@@ -107,6 +117,7 @@ fn wait_deadline(objects: &[&dyn Waitable], deadline: Option<Instant>) -> Result
     }
     // Every object once; afterwards only those whose handles signalled.
     let mut to_arm: Vec<usize> = (0..sources.len()).collect();
+    let mut pause = Duration::from_millis(1);
     loop {
         let mut ready = Vec::new();
         for &s in &to_arm {
@@ -129,24 +140,41 @@ fn wait_deadline(objects: &[&dyn Waitable], deadline: Option<Instant>) -> Result
         }
         let mut handles = Vec::with_capacity(sources.len());
         let mut owners = Vec::with_capacity(sources.len());
-        for (s, (i, src)) in sources.iter().enumerate() {
+        let mut pollable = true;
+        for (s, (_, src)) in sources.iter().enumerate() {
             let before = handles.len();
             src.handles(&mut handles);
-            if handles.len() == before {
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    format!("object {i} cannot be waited on on this platform; poll it with a timeout instead"),
-                ));
-            }
+            pollable &= handles.len() > before;
             owners.resize(handles.len(), s);
+        }
+        to_arm.clear();
+        if !pollable {
+            // An object without a handle to wait on (Windows, for now):
+            // look at every object again after a short pause.
+            drop(handles);
+            poll_pause(&mut pause, deadline);
+            to_arm.extend(0..sources.len());
+            continue;
         }
         let fired = crate::sys::wait_any(&handles, deadline)
             .map_err(|e| Error::from_io("waiting on the objects failed", e))?;
-        to_arm.clear();
         to_arm.extend(fired.into_iter().map(|h| owners[h]));
         to_arm.dedup();
     }
 }
+
+/// Sleeps for `pause` (not past `deadline`), then doubles it up to
+/// [`MAX_POLL_PAUSE`].
+fn poll_pause(pause: &mut Duration, deadline: Option<Instant>) {
+    let left = deadline.map_or(*pause, |d| d.saturating_duration_since(Instant::now()));
+    std::thread::sleep((*pause).min(left));
+    *pause = (*pause * 2).min(MAX_POLL_PAUSE);
+}
+
+/// The longest pause between two looks at objects that have no handle to
+/// wait on: the latency `wait` adds on Windows, where the stream
+/// transports' own blocking waits poll the same way.
+const MAX_POLL_PAUSE: Duration = Duration::from_millis(5);
 
 fn addr(w: &dyn Waitable) -> usize {
     (w as *const dyn Waitable).cast::<u8>() as usize

@@ -407,13 +407,13 @@ impl conduit_core::WaitSource for ExitWait {
     }
 
     fn handles<'a>(&'a self, out: &mut Vec<conduit_core::WaitHandle<'a>>) {
-        out.extend(self.watch.as_ref().map(sys::ExitWatch::handle));
+        out.extend(self.watch.as_ref().and_then(sys::ExitWatch::handle));
     }
 }
 
 /// Ready when the child has exited (its result, if any, can be joined
 /// without blocking). Linux: a pidfd; macOS: a kqueue process event;
-/// Windows: not yet (`Unsupported`).
+/// Windows: the process handle, looked at in `wait`'s polling rounds.
 impl<R> conduit_core::Waitable for Process<R> {
     fn wait_source(&self) -> Result<Box<dyn conduit_core::WaitSource + '_>> {
         let watch = if self.status.is_some() {
@@ -463,8 +463,14 @@ impl<R: Serialize + DeserializeOwned + 'static> Process<R> {
                 )
             })?;
             if let Some(watch) = watch {
+                let handle = watch.handle().ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Unsupported,
+                        "join_async is not available on this platform yet; call join on a blocking thread",
+                    )
+                })?;
                 let reg = conduit_core::transport::sys::reactor::Registration::new(&[(
-                    watch.handle(),
+                    handle,
                     conduit_core::WaitFor::Read,
                 )])
                 .map_err(|e| Error::from_io("the async runtime cannot watch the child", e))?;

@@ -129,6 +129,12 @@ impl crate::WaitSource for ListenerWait<'_> {
 /// Unix only for now: on Windows [`crate::wait`] fails with `Unsupported`.
 impl<S, R> crate::Waitable for Listener<S, R> {
     fn wait_source(&self) -> Result<Box<dyn crate::WaitSource + '_>> {
+        if self.inner.wait_handle().is_none() {
+            return Err(crate::Error::new(
+                crate::ErrorKind::Unsupported,
+                "a named listener cannot be waited on on this platform yet; call accept_timeout instead",
+            ));
+        }
         Ok(Box::new(ListenerWait { inner: &self.inner }))
     }
 }

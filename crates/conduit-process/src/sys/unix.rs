@@ -174,9 +174,9 @@ impl ExitWatch {
     }
 
     /// The descriptor to poll for input.
-    pub(crate) fn handle(&self) -> conduit_core::WaitHandle<'_> {
+    pub(crate) fn handle(&self) -> Option<conduit_core::WaitHandle<'_>> {
         use std::os::fd::AsFd;
-        self.fd.as_fd()
+        Some(self.fd.as_fd())
     }
 }
 
