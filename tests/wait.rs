@@ -248,6 +248,13 @@ fn timeout_returns_empty() -> Result<(), Failed> {
         check(ready.is_empty(), format!("timeout {t:?}: ready {ready:?}"))?;
     }
     check(conduit::wait(&[], SHORT)?.is_empty(), "no objects")?;
+    let e = conduit::wait(&[], None)
+        .err()
+        .ok_or("no objects, no timeout: returned")?;
+    check(
+        e.kind() == conduit::ErrorKind::InvalidInput,
+        format!("no objects, no timeout: {e}"),
+    )?;
     drop(child.cmds);
     let mut p = child.p;
     check(p.join()? == 0, "child's count")

@@ -81,7 +81,9 @@ pub trait WaitSource {
 /// # Errors
 ///
 /// `Unsupported` when an object cannot be waited on on this platform (see
-/// the transport's docs), `Io` when the OS wait fails.
+/// the transport's docs), `Io` when the OS wait fails, `InvalidInput` for
+/// no objects and no timeout (that wait would never end; with a timeout it
+/// sleeps it out and returns an empty `Vec`).
 ///
 /// # Examples
 ///
@@ -106,6 +108,14 @@ pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<
 }
 
 fn wait_deadline(objects: &[&dyn Waitable], deadline: Option<Instant>) -> Result<Vec<usize>> {
+    if objects.is_empty() {
+        // Nothing can become ready: wait out the timeout, but never for ever.
+        let d = deadline.ok_or_else(|| {
+            Error::invalid_input("wait on no objects without a timeout would never return")
+        })?;
+        std::thread::sleep(d.saturating_duration_since(Instant::now()));
+        return Ok(Vec::new());
+    }
     // Take the sources (and the locks they hold) in one global order, by
     // address, so that two waits over the same objects cannot deadlock.
     let mut order: Vec<usize> = (0..objects.len()).collect();
