@@ -71,6 +71,10 @@
 //! | `shm` | [`shm`] | shared-memory ring buffers with blocking wake-ups; config [`shm::ShmConfig`] |
 //! | `all-transports` | | every transport above |
 //! | `queue` (default) | [`queue`] | many-producer, many-consumer queue across processes ([`QueueSender`], [`QueueReceiver`]) |
+//! | `tokio` | | async endpoints: `into_async()` on every endpoint, `Process::join_async`, `named::connect_async` (Unix; `Unsupported` on Windows for now) |
+//!
+//! [`wait`] waits on many receivers, queue receivers, processes and named
+//! listeners at once (Python's `multiprocessing.connection.wait`).
 //!
 //! Messages are encoded with CBOR (serde + ciborium). A `Vec<u8>` message
 //! travels as raw bytes; byte fields in your own types should be marked
