@@ -177,6 +177,9 @@ pub enum Runner {
     Conduit(Transport),
     /// `conduit::named` (a listener and `connect`, not a `Transport`).
     ConduitNamed,
+    /// A conduit transport, the parent's end async (`into_async` on a
+    /// current-thread tokio runtime); the child is the blocking one.
+    ConduitAsync(Transport),
     /// `ipc-channel`.
     IpcChannel,
     /// `interprocess` local socket stream.
@@ -243,7 +246,7 @@ impl System {
             | Runner::RawSocketpair
             | Runner::RawShmSpin
             | Runner::RawFutex => None,
-            Runner::Conduit(t) => match t {
+            Runner::Conduit(t) | Runner::ConduitAsync(t) => match t {
                 Transport::Pipe => Some("raw-pipe"),
                 Transport::Socketpair => Some("raw-socketpair"),
                 Transport::Shm => Some("raw-shm"),
@@ -326,6 +329,19 @@ pub fn systems() -> Vec<System> {
             Runner::Conduit(t),
             &ws,
         ));
+    }
+    for t in Transport::enabled() {
+        v.push(
+            System::new(
+                &format!("conduit-async-{}", t.name()),
+                &format!("conduit async {}", t.name()),
+                Group::Conduit,
+                Runner::ConduitAsync(t),
+                &[Rtt, Msgs],
+            )
+            .note("the parent's end through into_async() on a current-thread tokio runtime (one block_on per message); the child's end blocking")
+            .unsupported_unless(cfg!(unix), "async endpoints are Unix only for now"),
+        );
     }
     let all = [Rtt, RttTyped, Msgs, MsgsTyped, Bulk64K, Bulk1M];
     v.push(
@@ -444,6 +460,7 @@ pub fn run(sys: &System, w: Workload, ctx: &Ctx) -> Res<Vec<Rep>> {
         Runner::RawShmSpin => crate::sys_raw::shm_parent(&sys.id, w, ctx, false),
         Runner::RawFutex => crate::sys_raw::shm_parent(&sys.id, w, ctx, true),
         Runner::Conduit(t) => crate::sys_conduit::parent(t, &sys.id, w, ctx),
+        Runner::ConduitAsync(t) => crate::sys_conduit::async_parent(t, &sys.id, w, ctx),
         Runner::ConduitNamed => crate::sys_conduit::named_parent(&sys.id, w, ctx),
         Runner::IpcChannel => crate::sys_ipc::parent(&sys.id, w, ctx),
         Runner::Interprocess => crate::sys_interprocess::parent(&sys.id, w, ctx),
@@ -459,7 +476,7 @@ pub fn run_child(sys: &System, w: Workload) -> Res<()> {
         Runner::RawSocketpair => crate::sys_raw::stdio_child(w, true),
         Runner::RawShmSpin => crate::sys_raw::shm_child(w, false),
         Runner::RawFutex => crate::sys_raw::shm_child(w, true),
-        Runner::Conduit(_) => crate::sys_conduit::child(w),
+        Runner::Conduit(_) | Runner::ConduitAsync(_) => crate::sys_conduit::child(w),
         Runner::ConduitNamed => crate::sys_conduit::named_child(w),
         Runner::IpcChannel => crate::sys_ipc::child(w),
         Runner::Interprocess => crate::sys_interprocess::child(w),

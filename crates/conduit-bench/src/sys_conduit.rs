@@ -130,3 +130,51 @@ pub fn named_child(w: Workload) -> Res<()> {
         link::child_bytes(&mut Bytes(conduit::named::connect_timeout(&name, wait)?), w)
     }
 }
+
+/// An async byte duplex as a [`BytesLink`]: each call is one `block_on` on a
+/// current-thread runtime, so the async path (non-blocking attempt, then the
+/// reactor) is what is measured.
+pub struct AsyncBytes {
+    rt: tokio::runtime::Runtime,
+    conn: conduit::AsyncDuplex<Vec<u8>, Vec<u8>>,
+}
+
+impl BytesLink for AsyncBytes {
+    fn send(&mut self, msg: &Vec<u8>) -> Res<()> {
+        let conn = &mut self.conn;
+        Ok(self.rt.block_on(conn.send(msg))?)
+    }
+
+    fn recv(&mut self, buf: &mut Vec<u8>, _len: usize) -> Res<bool> {
+        let conn = &mut self.conn;
+        match self.rt.block_on(conn.recv()) {
+            Ok(v) => {
+                *buf = v;
+                Ok(true)
+            }
+            Err(e) if e.is_disconnected() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The parent side of workload `w` on transport `t`, the parent's end async.
+pub fn async_parent(t: Transport, sys_id: &str, w: Workload, ctx: &Ctx) -> Res<Vec<Rep>> {
+    let mut cmd = proc::child_command(sys_id, w, ctx)?;
+    let timeout = ctx.budget.case_timeout();
+    let (mine, theirs) = t.duplex::<Vec<u8>, Vec<u8>>()?;
+    conduit::handoff(&mut cmd, KEY, theirs)?;
+    let child = Spawned::spawn(&mut cmd, timeout, false)?;
+    drop(cmd);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let conn = {
+        let _guard = rt.enter();
+        mine.into_async()?
+    };
+    let mut link = AsyncBytes { rt, conn };
+    let res = link::parent_bytes(&mut link, w, &ctx.budget);
+    drop(link);
+    child.finish(res)
+}

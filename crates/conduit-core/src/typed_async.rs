@@ -248,6 +248,8 @@ impl<T: DeserializeOwned + 'static, C: Codec> futures_core::Stream for AsyncRece
 pub struct AsyncSender<T, C: Codec = Cbor> {
     raw: Box<dyn FrameSender>,
     reg: Registration,
+    /// `send_wait_arm` was called and not undone yet.
+    armed: bool,
     buf: Vec<u8>,
     transport: &'static str,
     _marker: PhantomData<fn(&T, C)>,
@@ -288,6 +290,7 @@ impl<T: Serialize + 'static, C: Codec> AsyncSender<T, C> {
         Ok(AsyncSender {
             raw,
             reg,
+            armed: false,
             buf: Vec::new(),
             transport,
             _marker: PhantomData,
@@ -354,17 +357,18 @@ impl<T: Serialize + 'static, C: Codec> AsyncSender<T, C> {
             match op(&mut *self.raw) {
                 Err(e) if e.kind() == ErrorKind::Full => {}
                 out => {
-                    self.raw.send_wait_disarm();
+                    self.disarm();
                     return Poll::Ready(out);
                 }
             }
             // Armed, then one more attempt: room that appeared before the
             // arming would ring no doorbell.
             self.raw.send_wait_arm();
+            self.armed = true;
             match op(&mut *self.raw) {
                 Err(e) if e.kind() == ErrorKind::Full => {}
                 out => {
-                    self.raw.send_wait_disarm();
+                    self.disarm();
                     return Poll::Ready(out);
                 }
             }
@@ -384,9 +388,20 @@ impl<T: Serialize + 'static, C: Codec> AsyncSender<T, C> {
     }
 }
 
+impl<T, C: Codec> AsyncSender<T, C> {
+    /// Ends a doorbell registration, if any (a store to shared memory on
+    /// shm: not paid per message while there is room).
+    fn disarm(&mut self) {
+        if self.armed {
+            self.raw.send_wait_disarm();
+            self.armed = false;
+        }
+    }
+}
+
 impl<T, C: Codec> Drop for AsyncSender<T, C> {
     fn drop(&mut self) {
-        self.raw.send_wait_disarm();
+        self.disarm();
     }
 }
 

@@ -30,6 +30,9 @@ pub struct OsStream {
     kind: StreamKind,
     /// The descriptor itself never raises `SIGPIPE` (macOS flags).
     quiet: bool,
+    /// Socket writes of this stream do not block (`MSG_DONTWAIT`; see
+    /// [`OsStream::set_nonblocking_writes`]).
+    nowait: bool,
 }
 
 fn retry<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> io::Result<T> {
@@ -50,7 +53,12 @@ impl OsStream {
     /// Wraps a descriptor.
     pub fn new(fd: OwnedFd, kind: StreamKind) -> OsStream {
         let quiet = quiet_descriptor(&fd, kind);
-        OsStream { fd, kind, quiet }
+        OsStream {
+            fd,
+            kind,
+            quiet,
+            nowait: false,
+        }
     }
 
     /// Reads what is available, blocking until at least one byte or EOF (0).
@@ -63,7 +71,7 @@ impl OsStream {
         match self.kind {
             StreamKind::Pipe if self.quiet => retry(|| rustix::io::write(&self.fd, buf)),
             StreamKind::Pipe => without_sigpipe(|| retry(|| rustix::io::write(&self.fd, buf))),
-            StreamKind::Socket => retry(|| rustix::net::send(&self.fd, buf, SEND_FLAGS)),
+            StreamKind::Socket => retry(|| rustix::net::send(&self.fd, buf, self.send_flags())),
         }
     }
 
@@ -77,7 +85,7 @@ impl OsStream {
                     &self.fd,
                     bufs,
                     &mut SendAncillaryBuffer::default(),
-                    SEND_FLAGS,
+                    self.send_flags(),
                 )
             }),
         }
@@ -368,6 +376,28 @@ impl OsStream {
     /// block again (`false`).
     pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
         Ok(rustix::io::ioctl_fionbio(&self.fd, on)?)
+    }
+
+    /// Like [`set_nonblocking`](Self::set_nonblocking) for this stream's
+    /// writes only: a socket gets `MSG_DONTWAIT` on each write (no system
+    /// call here, and the receiving half that may share the socket keeps
+    /// blocking); a pipe is switched with `FIONBIO`.
+    pub fn set_nonblocking_writes(&mut self, on: bool) -> io::Result<()> {
+        match self.kind {
+            StreamKind::Socket => {
+                self.nowait = on;
+                Ok(())
+            }
+            StreamKind::Pipe => self.set_nonblocking(on),
+        }
+    }
+
+    fn send_flags(&self) -> SendFlags {
+        if self.nowait {
+            SEND_FLAGS | SendFlags::DONTWAIT
+        } else {
+            SEND_FLAGS
+        }
     }
 }
 

@@ -530,6 +530,11 @@ impl OsStream {
     pub fn set_nonblocking(&self, _on: bool) -> io::Result<()> {
         Ok(())
     }
+
+    /// As [`set_nonblocking`](Self::set_nonblocking): a no-op.
+    pub fn set_nonblocking_writes(&mut self, _on: bool) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl OsStream {
