@@ -339,7 +339,7 @@ pub fn systems() -> Vec<System> {
                 Runner::ConduitAsync(t),
                 &[Rtt, Msgs],
             )
-            .note("the parent's end through into_async() on a current-thread tokio runtime (one block_on per message); the child's end blocking")
+            .note("the parent's end through into_async() on a current-thread tokio runtime (each operation polled once, block_on only when it must wait); the child's end blocking")
             .unsupported_unless(cfg!(unix), "async endpoints are Unix only for now"),
         );
     }

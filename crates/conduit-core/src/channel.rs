@@ -13,7 +13,7 @@
 //!
 //! [`ErrorKind::Disconnected`]: crate::ErrorKind::Disconnected
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::Result;
 #[cfg(feature = "testing")]
@@ -106,6 +106,14 @@ pub trait FrameSender: Send + 'static {
         Ok(())
     }
 
+    /// How long an async sender may spin on a full channel before it
+    /// waits on the reactor (shm: a short spin saves a doorbell round trip
+    /// through the kernel, as the blocking send's spin saves a park). Zero:
+    /// no spinning.
+    fn spin_hint(&self) -> Duration {
+        Duration::ZERO
+    }
+
     /// For async senders: asks to be told (through
     /// [`send_wait_handles`](Self::send_wait_handles)) when room may have
     /// appeared, until [`send_wait_disarm`](Self::send_wait_disarm) (shm:
@@ -171,6 +179,12 @@ pub trait FrameReceiver: Send + 'static {
     /// after the handles turned readable consumes what signalled them.
     fn wait_arm(&mut self) -> Result<bool> {
         self.poll_frame(Some(Instant::now()))
+    }
+
+    /// How long an async receiver may spin on an empty channel before it
+    /// waits on the reactor (see [`FrameSender::spin_hint`]).
+    fn spin_hint(&self) -> Duration {
+        Duration::ZERO
     }
 
     /// Ends what [`wait_arm`](Self::wait_arm) started (shm: the sender stops

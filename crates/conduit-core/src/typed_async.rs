@@ -139,7 +139,7 @@ impl<T: DeserializeOwned + 'static, C: Codec> AsyncReceiver<T, C> {
 
     /// A message if one is ready now, else `Empty`.
     pub fn try_recv(&mut self) -> Result<T> {
-        self.recv_now().map_err(|e| {
+        self.recv_until(Instant::now()).map_err(|e| {
             if e.is_timeout() {
                 Error::new(ErrorKind::Empty, "no message is ready")
             } else {
@@ -150,8 +150,11 @@ impl<T: DeserializeOwned + 'static, C: Codec> AsyncReceiver<T, C> {
 
     /// Polls for the next message (the poll behind [`recv`](Self::recv)).
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        // The first attempt may spin briefly (shm), like a blocking receive
+        // before it parks.
+        let mut deadline = Instant::now().checked_add(self.raw.spin_hint());
         for _ in 0..TRIES_PER_POLL {
-            match self.recv_now() {
+            match self.recv_until(deadline.take().unwrap_or_else(Instant::now)) {
                 Err(e) if e.is_timeout() => {}
                 out => return Poll::Ready(out),
             }
@@ -170,9 +173,10 @@ impl<T: DeserializeOwned + 'static, C: Codec> AsyncReceiver<T, C> {
         Poll::Pending
     }
 
-    /// One non-blocking receive: `Timeout` when nothing is ready.
-    fn recv_now(&mut self) -> Result<T> {
-        let now = Some(Instant::now());
+    /// One receive that waits at most until `deadline` (a spin, never a
+    /// park past it): `Timeout` when nothing is ready.
+    fn recv_until(&mut self, deadline: Instant) -> Result<T> {
+        let now = Some(deadline);
         if is_raw::<T>() {
             let mut frame = Vec::new();
             self.raw.recv_frame(&mut frame, now)?;
@@ -343,8 +347,11 @@ impl<T: Serialize + 'static, C: Codec> AsyncSender<T, C> {
     /// Polls one send of `frame`: each attempt commits the whole frame or
     /// nothing.
     pub fn poll_send_frame(&mut self, cx: &mut Context<'_>, frame: &[u8]) -> Poll<Result<()>> {
+        // The first attempt may spin briefly on a full channel (shm).
+        let mut deadline = Instant::now().checked_add(self.raw.spin_hint());
         self.poll_op(cx, &mut |raw| {
-            raw.send_frame_until(frame, Some(Instant::now()))
+            let d = deadline.take().unwrap_or_else(Instant::now);
+            raw.send_frame_until(frame, Some(d))
         })
     }
 

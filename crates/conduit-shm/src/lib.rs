@@ -167,6 +167,11 @@
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+/// The longest an async endpoint spins before it waits on the reactor: the
+/// configured spin, capped so that one endpoint cannot hold a runtime
+/// thread for long.
+const ASYNC_SPIN_MAX: Duration = Duration::from_micros(20);
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -520,6 +525,12 @@ impl FrameSender for ShmSender {
         self.inner.as_mut().ok_or_else(gone)?.send(frame, deadline)
     }
 
+    fn spin_hint(&self) -> Duration {
+        self.inner
+            .as_ref()
+            .map_or(Duration::ZERO, |p| p.spin().min(ASYNC_SPIN_MAX))
+    }
+
     fn send_wait_arm(&mut self) {
         if let Some(p) = &mut self.inner {
             p.wait_arm();
@@ -596,6 +607,12 @@ impl FrameReceiver for ShmReceiver {
 
     fn poll_frame(&mut self, deadline: Option<Instant>) -> Result<bool> {
         self.inner.as_mut().ok_or_else(gone)?.poll(deadline)
+    }
+
+    fn spin_hint(&self) -> Duration {
+        self.inner
+            .as_ref()
+            .map_or(Duration::ZERO, |c| c.spin().min(ASYNC_SPIN_MAX))
     }
 
     fn wait_arm(&mut self) -> Result<bool> {

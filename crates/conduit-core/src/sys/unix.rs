@@ -97,8 +97,12 @@ impl OsStream {
         poll_fd(self.fd.as_fd(), PollFlags::IN, deadline)
     }
 
-    /// Gives back the descriptor.
+    /// Gives back the descriptor (blocking again, if a pipe write end was
+    /// made non-blocking: whoever gets it next expects a plain pipe).
     pub fn into_handle(self) -> OwnedFd {
+        if self.nowait && self.kind == StreamKind::Pipe {
+            let _ = self.set_nonblocking(false);
+        }
         self.fd
     }
 
@@ -381,14 +385,23 @@ impl OsStream {
     /// Like [`set_nonblocking`](Self::set_nonblocking) for this stream's
     /// writes only: a socket gets `MSG_DONTWAIT` on each write (no system
     /// call here, and the receiving half that may share the socket keeps
-    /// blocking); a pipe is switched with `FIONBIO`.
+    /// blocking). A pipe's write end belongs to this stream alone, so it is
+    /// switched with `FIONBIO` once and stays non-blocking (`false` then
+    /// does nothing): the writers wait for room with `poll` on `WouldBlock`
+    /// anyway, and a deadline send saves two system calls.
+    /// [`into_handle`](Self::into_handle) makes it blocking again.
     pub fn set_nonblocking_writes(&mut self, on: bool) -> io::Result<()> {
         match self.kind {
             StreamKind::Socket => {
                 self.nowait = on;
                 Ok(())
             }
-            StreamKind::Pipe => self.set_nonblocking(on),
+            StreamKind::Pipe if on && !self.nowait => {
+                self.set_nonblocking(true)?;
+                self.nowait = true;
+                Ok(())
+            }
+            StreamKind::Pipe => Ok(()),
         }
     }
 

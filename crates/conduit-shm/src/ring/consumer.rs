@@ -497,6 +497,11 @@ impl Consumer {
         self.link.wait_handle()
     }
 
+    /// How long this side spins before parking.
+    pub fn spin(&self) -> std::time::Duration {
+        self.p.spin
+    }
+
     /// The region (for the test hook).
     #[cfg(any(test, feature = "testing"))]
     pub fn region(&self) -> &Region {

@@ -334,6 +334,11 @@ impl Producer {
         closed_error(&self.broken)
     }
 
+    /// How long this side spins before parking.
+    pub fn spin(&self) -> std::time::Duration {
+        self.p.spin
+    }
+
     /// The region (for the test hook).
     #[cfg(any(test, feature = "testing"))]
     pub fn region(&self) -> &Region {
