@@ -76,6 +76,9 @@ fn reactor_error(e: std::io::Error) -> Error {
 pub struct AsyncReceiver<T, C: Codec = Cbor> {
     raw: Box<dyn FrameReceiver>,
     reg: Registration,
+    /// A moment in the past: the deadline of a non-blocking attempt that
+    /// reads no clock.
+    epoch: Instant,
     transport: &'static str,
     done: bool,
     _marker: PhantomData<fn() -> (T, C)>,
@@ -124,6 +127,7 @@ impl<T: DeserializeOwned + 'static, C: Codec> AsyncReceiver<T, C> {
         Ok(AsyncReceiver {
             raw,
             reg,
+            epoch: Instant::now(),
             transport,
             done: false,
             _marker: PhantomData,
@@ -139,7 +143,7 @@ impl<T: DeserializeOwned + 'static, C: Codec> AsyncReceiver<T, C> {
 
     /// A message if one is ready now, else `Empty`.
     pub fn try_recv(&mut self) -> Result<T> {
-        self.recv_until(Instant::now()).map_err(|e| {
+        self.recv_until(self.epoch).map_err(|e| {
             if e.is_timeout() {
                 Error::new(ErrorKind::Empty, "no message is ready")
             } else {
@@ -150,14 +154,24 @@ impl<T: DeserializeOwned + 'static, C: Codec> AsyncReceiver<T, C> {
 
     /// Polls for the next message (the poll behind [`recv`](Self::recv)).
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<T>> {
-        // The first attempt may spin briefly (shm), like a blocking receive
-        // before it parks.
-        let mut deadline = Instant::now().checked_add(self.raw.spin_hint());
+        // A non-blocking attempt first (no clock read); then one that may
+        // spin briefly (shm), like a blocking receive before it parks.
+        match self.recv_until(self.epoch) {
+            Err(e) if e.is_timeout() => {}
+            out => return Poll::Ready(out),
+        }
+        let spin = self.raw.spin_hint();
+        let mut deadline = (!spin.is_zero()).then(|| Instant::now() + spin);
         for _ in 0..TRIES_PER_POLL {
-            match self.recv_until(deadline.take().unwrap_or_else(Instant::now)) {
-                Err(e) if e.is_timeout() => {}
-                out => return Poll::Ready(out),
+            if let Some(d) = deadline.take() {
+                match self.recv_until(d) {
+                    Err(e) if e.is_timeout() => {}
+                    out => return Poll::Ready(out),
+                }
             }
+            // The next attempt, after the arming or a readiness, does not
+            // spin.
+            deadline = Some(self.epoch);
             match self.raw.wait_arm() {
                 Ok(true) => continue,
                 Ok(false) => {}
@@ -254,6 +268,9 @@ pub struct AsyncSender<T, C: Codec = Cbor> {
     reg: Registration,
     /// `send_wait_arm` was called and not undone yet.
     armed: bool,
+    /// A moment in the past: the deadline of a non-blocking attempt that
+    /// reads no clock.
+    epoch: Instant,
     buf: Vec<u8>,
     transport: &'static str,
     _marker: PhantomData<fn(&T, C)>,
@@ -295,6 +312,7 @@ impl<T: Serialize + 'static, C: Codec> AsyncSender<T, C> {
             raw,
             reg,
             armed: false,
+            epoch: Instant::now(),
             buf: Vec::new(),
             transport,
             _marker: PhantomData,
@@ -333,7 +351,7 @@ impl<T: Serialize + 'static, C: Codec> AsyncSender<T, C> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         encode_message::<T, C>(msg, &mut buf)?;
-        let res = self.raw.send_frame_until(&buf, Some(Instant::now()));
+        let res = self.raw.send_frame_until(&buf, Some(self.epoch));
         self.buf = buf;
         res
     }
@@ -341,16 +359,25 @@ impl<T: Serialize + 'static, C: Codec> AsyncSender<T, C> {
     /// Writes the rest of a message that only partly fitted (stream
     /// transports; see [`AsyncSender`]), waiting for room.
     pub async fn flush(&mut self) -> Result<()> {
-        poll_fn(|cx| self.poll_op(cx, &mut |raw| raw.flush_until(Some(Instant::now())))).await
+        let epoch = self.epoch;
+        poll_fn(|cx| self.poll_op(cx, &mut |raw| raw.flush_until(Some(epoch)))).await
     }
 
     /// Polls one send of `frame`: each attempt commits the whole frame or
     /// nothing.
     pub fn poll_send_frame(&mut self, cx: &mut Context<'_>, frame: &[u8]) -> Poll<Result<()>> {
-        // The first attempt may spin briefly on a full channel (shm).
-        let mut deadline = Instant::now().checked_add(self.raw.spin_hint());
+        // A non-blocking attempt first (no clock read); then one that may
+        // spin briefly on a full channel (shm).
+        let epoch = self.epoch;
+        let spin = self.raw.spin_hint();
+        let mut attempt = 0u32;
         self.poll_op(cx, &mut |raw| {
-            let d = deadline.take().unwrap_or_else(Instant::now);
+            attempt += 1;
+            let d = if attempt == 2 && !spin.is_zero() {
+                Instant::now() + spin
+            } else {
+                epoch
+            };
             raw.send_frame_until(frame, Some(d))
         })
     }
@@ -360,12 +387,16 @@ impl<T: Serialize + 'static, C: Codec> AsyncSender<T, C> {
         cx: &mut Context<'_>,
         op: &mut dyn FnMut(&mut dyn FrameSender) -> Result<()>,
     ) -> Poll<Result<()>> {
-        for _ in 0..TRIES_PER_POLL {
-            match op(&mut *self.raw) {
-                Err(e) if e.kind() == ErrorKind::Full => {}
-                out => {
-                    self.disarm();
-                    return Poll::Ready(out);
+        for i in 0..TRIES_PER_POLL {
+            // The first turn makes two attempts before arming: `op` may
+            // spin in the second.
+            for _ in 0..if i == 0 { 2 } else { 1 } {
+                match op(&mut *self.raw) {
+                    Err(e) if e.kind() == ErrorKind::Full => {}
+                    out => {
+                        self.disarm();
+                        return Poll::Ready(out);
+                    }
                 }
             }
             // Armed, then one more attempt: room that appeared before the
