@@ -182,6 +182,9 @@ pub enum Runner {
     ConduitPostcard(Transport),
     /// `conduit::named` (a listener and `connect`, not a `Transport`).
     ConduitNamed,
+    /// A conduit transport, the parent's end async (`into_async` on a
+    /// current-thread tokio runtime); the child is the blocking one.
+    ConduitAsync(Transport),
     /// `ipc-channel`.
     IpcChannel,
     /// `interprocess` local socket stream.
@@ -254,7 +257,7 @@ impl System {
             | Runner::RawSocketpair
             | Runner::RawShmSpin
             | Runner::RawFutex => None,
-            Runner::Conduit(t) => match t {
+            Runner::Conduit(t) | Runner::ConduitAsync(t) => match t {
                 Transport::Pipe => Some("raw-pipe"),
                 Transport::Socketpair => Some("raw-socketpair"),
                 Transport::Shm => Some("raw-shm"),
@@ -350,6 +353,19 @@ pub fn systems() -> Vec<System> {
                 &[RttTyped, MsgsTyped],
             )
             .note("the typed rows of conduit shm with the Postcard codec (feature `postcard`: compact, not self-describing, Rust to Rust) instead of CBOR"),
+        );
+    }
+    for t in Transport::enabled() {
+        v.push(
+            System::new(
+                &format!("conduit-async-{}", t.name()),
+                &format!("conduit async {}", t.name()),
+                Group::Conduit,
+                Runner::ConduitAsync(t),
+                &[Rtt, Msgs],
+            )
+            .note("the parent's end through into_async() on a current-thread tokio runtime (each operation polled once, block_on only when it must wait); the child's end blocking")
+            .unsupported_unless(cfg!(unix), "async endpoints are Unix only for now"),
         );
     }
     let all = [Rtt, RttTyped, Msgs, MsgsTyped, Bulk64K, Bulk1M];
@@ -480,6 +496,7 @@ pub fn run(sys: &System, w: Workload, ctx: &Ctx) -> Res<Vec<Rep>> {
         Runner::RawFutex => crate::sys_raw::shm_parent(&sys.id, w, ctx, true),
         Runner::Conduit(t) => crate::sys_conduit::parent(t, &sys.id, w, ctx),
         Runner::ConduitPostcard(t) => crate::sys_conduit::postcard_parent(t, &sys.id, w, ctx),
+        Runner::ConduitAsync(t) => crate::sys_conduit::async_parent(t, &sys.id, w, ctx),
         Runner::ConduitNamed => crate::sys_conduit::named_parent(&sys.id, w, ctx),
         Runner::IpcChannel => crate::sys_ipc::parent(&sys.id, w, ctx),
         Runner::Interprocess => crate::sys_interprocess::parent(&sys.id, w, ctx),
@@ -496,7 +513,7 @@ pub fn run_child(sys: &System, w: Workload) -> Res<()> {
         Runner::RawSocketpair => crate::sys_raw::stdio_child(w, true),
         Runner::RawShmSpin => crate::sys_raw::shm_child(w, false),
         Runner::RawFutex => crate::sys_raw::shm_child(w, true),
-        Runner::Conduit(_) => crate::sys_conduit::child(w),
+        Runner::Conduit(_) | Runner::ConduitAsync(_) => crate::sys_conduit::child(w),
         Runner::ConduitPostcard(_) => crate::sys_conduit::postcard_child(),
         Runner::ConduitNamed => crate::sys_conduit::named_child(w),
         Runner::IpcChannel => crate::sys_ipc::child(w),

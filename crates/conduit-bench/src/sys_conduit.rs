@@ -149,3 +149,62 @@ pub fn named_child(w: Workload) -> Res<()> {
         link::child_bytes(&mut Bytes(conduit::named::connect_timeout(&name, wait)?), w)
     }
 }
+
+/// An async byte duplex as a [`BytesLink`]. Each call polls the operation's
+/// future once (the async path: a non-blocking attempt); only when that is
+/// `Pending` does it wait through `block_on` on a current-thread runtime
+/// (the reactor). A `block_on` per message would measure tokio's entry cost
+/// rather than conduit's async path.
+pub struct AsyncBytes {
+    rt: tokio::runtime::Runtime,
+    conn: conduit::AsyncDuplex<Vec<u8>, Vec<u8>>,
+}
+
+/// Polls `fut` once; waits for it on `rt` if it is not ready.
+fn run_async<F: std::future::Future>(rt: &tokio::runtime::Runtime, fut: F) -> F::Output {
+    let _entered = rt.enter();
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => rt.block_on(fut),
+    }
+}
+
+impl BytesLink for AsyncBytes {
+    fn send(&mut self, msg: &Vec<u8>) -> Res<()> {
+        Ok(run_async(&self.rt, self.conn.send(msg))?)
+    }
+
+    fn recv(&mut self, buf: &mut Vec<u8>, _len: usize) -> Res<bool> {
+        match run_async(&self.rt, self.conn.recv()) {
+            Ok(v) => {
+                *buf = v;
+                Ok(true)
+            }
+            Err(e) if e.is_disconnected() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The parent side of workload `w` on transport `t`, the parent's end async.
+pub fn async_parent(t: Transport, sys_id: &str, w: Workload, ctx: &Ctx) -> Res<Vec<Rep>> {
+    let mut cmd = proc::child_command(sys_id, w, ctx)?;
+    let timeout = ctx.budget.case_timeout();
+    let (mine, theirs) = t.duplex::<Vec<u8>, Vec<u8>>()?;
+    conduit::handoff(&mut cmd, KEY, theirs)?;
+    let child = Spawned::spawn(&mut cmd, timeout, false)?;
+    drop(cmd);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let conn = {
+        let _guard = rt.enter();
+        mine.into_async()?
+    };
+    let mut link = AsyncBytes { rt, conn };
+    let res = link::parent_bytes(&mut link, w, &ctx.budget);
+    drop(link);
+    child.finish(res)
+}

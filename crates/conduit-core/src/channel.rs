@@ -13,12 +13,13 @@
 //!
 //! [`ErrorKind::Disconnected`]: crate::ErrorKind::Disconnected
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::Result;
 #[cfg(feature = "testing")]
 use crate::error::{Error, ErrorKind};
 use crate::handoff::Package;
+use crate::wait::{WaitFor, WaitHandle};
 
 /// Hooks for conformance tests that play a misbehaving peer (feature
 /// `testing`, enabled only by the test harness): not part of the supported
@@ -97,6 +98,38 @@ pub trait FrameSender: Send + 'static {
     /// past the deadline (the receiver would otherwise see a broken frame).
     fn send_frame_until(&mut self, frame: &[u8], deadline: Option<Instant>) -> Result<()>;
 
+    /// Finishes a frame that a deadline send left partly written (see
+    /// [`send_frame_until`](Self::send_frame_until)), waiting for room until
+    /// `deadline`; `Full` when the rest still does not fit then.
+    fn flush_until(&mut self, deadline: Option<Instant>) -> Result<()> {
+        let _ = deadline;
+        Ok(())
+    }
+
+    /// How long an async sender may spin on a full channel before it
+    /// waits on the reactor (shm: a short spin saves a doorbell round trip
+    /// through the kernel, as the blocking send's spin saves a park). Zero:
+    /// no spinning.
+    fn spin_hint(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    /// For async senders: asks to be told (through
+    /// [`send_wait_handles`](Self::send_wait_handles)) when room may have
+    /// appeared, until [`send_wait_disarm`](Self::send_wait_disarm) (shm:
+    /// the receiver rings a doorbell). A send attempt must follow before
+    /// waiting.
+    fn send_wait_arm(&mut self) {}
+
+    /// Ends what [`send_wait_arm`](Self::send_wait_arm) started.
+    fn send_wait_disarm(&mut self) {}
+
+    /// The handles that signal room (or a gone peer), and what to wait for
+    /// on each. Pushes nothing when the endpoint cannot be waited on.
+    fn send_wait_handles<'a>(&'a self, out: &mut Vec<(WaitHandle<'a>, WaitFor)>) {
+        let _ = out;
+    }
+
     /// The transport's name (`"pipe"`, `"socketpair"`, ...).
     fn transport(&self) -> &'static str;
 
@@ -141,6 +174,36 @@ pub trait FrameReceiver: Send + 'static {
     /// `deadline` (`None`: as long as it takes). Fails with `Disconnected` when
     /// the peer is gone and nothing is left to read.
     fn poll_frame(&mut self, deadline: Option<Instant>) -> Result<bool>;
+
+    /// Prepares a wait on [`wait_handles`](Self::wait_handles) (for
+    /// `conduit::wait` and async receivers) and says whether a receive would
+    /// not block now: a whole frame is ready, or the channel is closed (the
+    /// next receive reports it). Never blocks.
+    ///
+    /// Transports that must be asked to signal a descriptor (shm: the
+    /// sender rings a doorbell only while the receiver is registered) start
+    /// asking here, until [`wait_disarm`](Self::wait_disarm). Calling it again
+    /// after the handles turned readable consumes what signalled them.
+    fn wait_arm(&mut self) -> Result<bool> {
+        self.poll_frame(Some(Instant::now()))
+    }
+
+    /// How long an async receiver may spin on an empty channel before it
+    /// waits on the reactor (see [`FrameSender::spin_hint`]).
+    fn spin_hint(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    /// Ends what [`wait_arm`](Self::wait_arm) started (shm: the sender stops
+    /// ringing the doorbell).
+    fn wait_disarm(&mut self) {}
+
+    /// The descriptors (Unix) or handles (Windows) that turn readable or
+    /// signalled when [`wait_arm`](Self::wait_arm) may have something new to
+    /// report. Pushes nothing when the endpoint cannot be waited on.
+    fn wait_handles<'a>(&'a self, out: &mut Vec<WaitHandle<'a>>) {
+        let _ = out;
+    }
 
     /// The transport's name.
     fn transport(&self) -> &'static str;

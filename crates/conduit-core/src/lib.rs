@@ -23,6 +23,9 @@ pub mod stream;
 pub mod sys;
 pub mod transport;
 mod typed;
+#[cfg(feature = "tokio")]
+mod typed_async;
+mod wait;
 
 #[cfg(feature = "testing")]
 #[doc(hidden)]
@@ -34,6 +37,10 @@ pub use codec::{Cbor, Codec};
 pub use error::{Error, ErrorKind, Result};
 pub use handoff::Endpoint;
 pub use typed::{deadline_after, Duplex, Iter, Receiver, Sender};
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use typed_async::{AsyncDuplex, AsyncReceiver, AsyncSender};
+pub use wait::{wait, WaitFor, WaitHandle, WaitSource, Waitable};
 
 /// Re-exported so that message types can mark byte fields
 /// `#[serde(with = "conduit::serde_bytes")]`.

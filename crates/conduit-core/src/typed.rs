@@ -582,3 +582,42 @@ impl<S: Serialize + 'static, R: DeserializeOwned + 'static, C: Codec> Endpoint f
         }
     }
 }
+
+/// A receiver's part in a `conduit::wait`: holds its lock for the wait.
+struct RxWait<'a> {
+    raw: MutexGuard<'a, Box<dyn FrameReceiver>>,
+}
+
+impl crate::wait::WaitSource for RxWait<'_> {
+    fn arm(&mut self) -> Result<bool> {
+        self.raw.wait_arm()
+    }
+
+    fn handles<'a>(&'a self, out: &mut Vec<crate::wait::WaitHandle<'a>>) {
+        self.raw.wait_handles(out);
+    }
+}
+
+impl Drop for RxWait<'_> {
+    fn drop(&mut self) {
+        self.raw.wait_disarm();
+    }
+}
+
+/// Ready when a [`recv`](Receiver::recv) would not block: a whole message
+/// is ready or the sender is gone (see [`crate::wait`]).
+impl<T, C: Codec> crate::wait::Waitable for Receiver<T, C> {
+    fn wait_source(&self) -> Result<Box<dyn crate::wait::WaitSource + '_>> {
+        Ok(Box::new(RxWait {
+            raw: lock(&self.raw),
+        }))
+    }
+}
+
+/// Ready when a [`recv`](Duplex::recv) would not block (see
+/// [`crate::wait`]).
+impl<S, R, C: Codec> crate::wait::Waitable for Duplex<S, R, C> {
+    fn wait_source(&self) -> Result<Box<dyn crate::wait::WaitSource + '_>> {
+        self.rx.wait_source()
+    }
+}

@@ -318,6 +318,24 @@ impl Listener {
         }
     }
 
+    /// True when a client is waiting to be accepted, without waiting
+    /// (for `conduit::wait`).
+    pub fn client_waiting(&self) -> Result<bool> {
+        self.sys.client_waiting()
+    }
+
+    /// True while a connection taken by [`accept`](Self::accept) is still
+    /// in its handshake (kept for the next `accept`).
+    pub fn handshakes_in_progress(&self) -> bool {
+        self.sys.handshakes_in_progress()
+    }
+
+    /// The descriptor (Unix) that turns readable when a client connects;
+    /// `None` where the platform cannot wait on a listener yet (Windows).
+    pub fn wait_handle(&self) -> Option<conduit_core::WaitHandle<'_>> {
+        self.sys.wait_handle()
+    }
+
     fn timeout(&self) -> Error {
         Error::new(
             ErrorKind::Timeout,

@@ -389,3 +389,107 @@ impl<R> Drop for Process<R> {
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)
 }
+
+/// A process's part in a `conduit::wait`.
+struct ExitWait {
+    /// `None`: the child is known to have exited.
+    watch: Option<sys::ExitWatch>,
+}
+
+impl conduit_core::WaitSource for ExitWait {
+    fn arm(&mut self) -> Result<bool> {
+        match &self.watch {
+            None => Ok(true),
+            Some(w) => w
+                .exited()
+                .map_err(|e| Error::from_io("cannot look at the child process", e)),
+        }
+    }
+
+    fn handles<'a>(&'a self, out: &mut Vec<conduit_core::WaitHandle<'a>>) {
+        out.extend(self.watch.as_ref().and_then(sys::ExitWatch::handle));
+    }
+}
+
+/// Ready when the child has exited (its result, if any, can be joined
+/// without blocking). Linux: a pidfd; macOS: a kqueue process event;
+/// Windows: the process handle, looked at in `wait`'s polling rounds.
+impl<R> conduit_core::Waitable for Process<R> {
+    fn wait_source(&self) -> Result<Box<dyn conduit_core::WaitSource + '_>> {
+        let watch = if self.status.is_some() {
+            None
+        } else {
+            sys::exit_watch(&self.child).map_err(|e| {
+                Error::from_io(
+                    &format!("cannot watch child process (pid {})", self.child.id()),
+                    e,
+                )
+            })?
+        };
+        Ok(Box::new(ExitWait { watch }))
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl<R: Serialize + DeserializeOwned + 'static> Process<R> {
+    /// Waits for the child to end without blocking the runtime (feature
+    /// `tokio`) and returns the target's result, like [`join`](Self::join).
+    /// The exit is watched by the runtime's reactor (Linux: a pidfd; macOS:
+    /// a kqueue process event), with no thread. Dropping the future before
+    /// the child ends leaves the process joinable.
+    ///
+    /// # Errors
+    ///
+    /// As [`join`](Self::join); `Unsupported` on Windows (not yet).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// fn double(x: u32) -> u32 { 2 * x }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), conduit::Error> {
+    /// conduit::init();
+    /// let mut p = conduit::Process::spawn(double, 21)?;
+    /// assert_eq!(p.join_async().await?, 42);
+    /// # Ok(()) }
+    /// ```
+    pub async fn join_async(&mut self) -> Result<R> {
+        if self.status.is_none() && !self.taken {
+            let watch = sys::exit_watch(&self.child).map_err(|e| {
+                Error::from_io(
+                    &format!("cannot watch child process (pid {})", self.child.id()),
+                    e,
+                )
+            })?;
+            if let Some(watch) = watch {
+                let handle = watch.handle().ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Unsupported,
+                        "join_async is not available on this platform yet; call join on a blocking thread",
+                    )
+                })?;
+                let reg = conduit_core::transport::sys::reactor::Registration::new(&[(
+                    handle,
+                    conduit_core::WaitFor::Read,
+                )])
+                .map_err(|e| Error::from_io("the async runtime cannot watch the child", e))?;
+                std::future::poll_fn(|cx| loop {
+                    match watch.exited() {
+                        Ok(true) => return std::task::Poll::Ready(Ok(())),
+                        Ok(false) => {}
+                        Err(e) => return std::task::Poll::Ready(Err(e)),
+                    }
+                    match reg.poll_ready(cx) {
+                        std::task::Poll::Ready(Ok(())) => {}
+                        std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                        std::task::Poll::Pending => return std::task::Poll::Pending,
+                    }
+                })
+                .await
+                .map_err(|e| Error::from_io("waiting for the child failed", e))?;
+            }
+        }
+        self.join()
+    }
+}

@@ -96,6 +96,11 @@ mod counters;
 mod sys;
 mod wire;
 
+#[cfg(feature = "tokio")]
+mod asynch;
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use asynch::{AsyncQueueReceiver, AsyncQueueSender};
 use counters::Counters;
 use sys::{RxEnd, TxEnd};
 
@@ -472,6 +477,32 @@ impl<T> QueueReceiver<T> {
     /// receiver may take the message first.
     pub fn poll(&self, timeout: Duration) -> Result<bool> {
         self.inner.end.poll(deadline_after(timeout))
+    }
+}
+
+/// A queue receiver's part in a `conduit::wait`.
+struct QueueWait<'a> {
+    end: &'a RxEnd,
+}
+
+impl conduit_core::WaitSource for QueueWait<'_> {
+    fn arm(&mut self) -> Result<bool> {
+        self.end.poll(Some(Instant::now()))
+    }
+
+    fn handles<'a>(&'a self, out: &mut Vec<conduit_core::WaitHandle<'a>>) {
+        self.end.wait_handles(out);
+    }
+}
+
+/// Ready when a message is queued or every sender is gone (see
+/// `conduit::wait`); another receiver of the same queue may take the
+/// message first.
+impl<T> conduit_core::Waitable for QueueReceiver<T> {
+    fn wait_source(&self) -> Result<Box<dyn conduit_core::WaitSource + '_>> {
+        Ok(Box::new(QueueWait {
+            end: &self.inner.end,
+        }))
     }
 }
 

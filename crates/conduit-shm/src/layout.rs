@@ -2,10 +2,10 @@
 
 /// `"CNDS"` read as a little-endian `u32`.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"CNDS");
-/// Version of the segment layout and ring protocol (3: a record carries its
-/// ring position; 2: records are published by their kind word; 1 published
+/// Version of the segment layout and ring protocol (4: doorbell words for
+/// `conduit::wait` and async receivers; 3: a record carries its ring position; 2: records are published by their kind word; 1 published
 /// a tail index).
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// Where the ring's data bytes start in the segment.
 pub const DATA_OFFSET: usize = 1024;
 /// Smallest ring capacity.
@@ -92,12 +92,19 @@ pub enum Word {
     RxBell,
     /// 1 once the receiver is gone.
     RxClosed,
+    /// 1 while the receiver waits on its lifeline descriptor (`conduit::wait`,
+    /// async): the sender swaps it to 0 and rings the doorbell (one byte on
+    /// the lifeline socket) at its next publish.
+    RxDoor,
     /// Odd while the sender is parked on a full ring; written by the sender only.
     TxWait,
     /// Bumped by the receiver before it wakes the sender; the sender parks on it.
     TxBell,
     /// 1 once the sender is gone.
     TxClosed,
+    /// 1 while the sender waits on its lifeline descriptor for room (async):
+    /// the receiver swaps it to 0 and rings at its next release.
+    TxDoor,
 }
 
 impl Word {
@@ -114,9 +121,11 @@ impl Word {
             Word::RxWait => 384,
             Word::RxBell => 388,
             Word::RxClosed => 392,
+            Word::RxDoor => 396,
             Word::TxWait => 512,
             Word::TxBell => 516,
             Word::TxClosed => 520,
+            Word::TxDoor => 524,
         }
     }
 }

@@ -24,7 +24,7 @@
 //! | offset | word | written by | meaning |
 //! |-------:|------|------------|---------|
 //! | 0 | magic | creator | `"CNDS"` |
-//! | 4 | version | creator | 3 |
+//! | 4 | version | creator | 4 |
 //! | 8 | codec | creator | codec id ([`conduit_core::Codec::ID`]: 1 = CBOR, 2 = postcard) |
 //! | 12 | max frame | creator | largest message, bytes |
 //! | 16 | capacity | creator | ring bytes, a power of two |
@@ -34,9 +34,11 @@
 //! | 384 | rx wait | receiver | park episode; odd while the receiver is parked |
 //! | 388 | rx bell | sender | bumped before waking the receiver, which parks on it |
 //! | 392 | rx closed | receiver | 1 once the receiver is gone |
+//! | 396 | rx door | receiver sets, sender clears | 1 while the receiver waits on its lifeline descriptor (doorbell, below) |
 //! | 512 | tx wait | sender | park episode; odd while the sender waits for space |
 //! | 516 | tx bell | receiver | bumped before waking the sender, which parks on it |
 //! | 520 | tx closed | sender | 1 once the sender is gone |
+//! | 524 | tx door | sender sets, receiver clears | 1 while the sender waits on its lifeline descriptor for room |
 //! | 1024 | data | sender | `capacity` bytes of records |
 //!
 //! A record starts at a ring position that is a multiple of 16 and never
@@ -127,10 +129,28 @@
 //! wake-up), and a busy stream of messages costs no system call unless the
 //! peer actually sleeps.
 //!
+//! # Doorbell: `conduit::wait` and async
+//!
+//! A futex cannot be watched by `poll(2)` or a reactor, so a receiver that
+//! waits with `conduit::wait` (or an async receiver about to sleep) watches
+//! its lifeline socket instead (Unix; see *Peer death*). Before it waits it
+//! drains the socket, sets its "door" word to 1 (sequentially consistent)
+//! and looks at the ring once more; a sender, after publishing, loads that
+//! word and, if it is 1, swaps it to 0 and writes one byte to the socket
+//! (non-blocking: a full socket is readable already). The swap makes it one
+//! byte per registration, so a busy stream costs no system call unless the
+//! receiver actually waits; the same store/load order as parking rules out a
+//! lost ring. A sender that closes its end rings too, and a dead sender's
+//! end of the socket reads end-of-file. The sender's "tx door" works the
+//! same way for an async sender waiting for room. A hostile peer can only
+//! make the other side wake up for nothing, or stop ringing (then the
+//! waiting side sees nothing new until its deadline, as with parking).
+//!
 //! # Peer death
 //!
 //! Besides the segment, the two sides share a lifeline: one socket pair on
-//! Unix, two anonymous pipes on Windows. Nobody writes to it; the OS closes
+//! Unix, two anonymous pipes on Windows. Nobody writes to it but the
+//! doorbell (Unix; a side tells doorbell bytes from end-of-file); the OS closes
 //! a process's end when it exits or is killed. A park lasts at most
 //! [`ShmConfig::liveness_interval`] (100 ms by default); when it times out,
 //! the side checks the lifeline without blocking and, if the peer is gone,
@@ -146,6 +166,11 @@
 
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// The longest an async endpoint spins before it waits on the reactor: the
+/// configured spin, capped so that one endpoint cannot hold a runtime
+/// thread for long.
+const ASYNC_SPIN_MAX: Duration = Duration::from_micros(20);
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -500,6 +525,33 @@ impl FrameSender for ShmSender {
         self.inner.as_mut().ok_or_else(gone)?.send(frame, deadline)
     }
 
+    fn spin_hint(&self) -> Duration {
+        self.inner
+            .as_ref()
+            .map_or(Duration::ZERO, |p| p.spin().min(ASYNC_SPIN_MAX))
+    }
+
+    fn send_wait_arm(&mut self) {
+        if let Some(p) = &mut self.inner {
+            p.wait_arm();
+        }
+    }
+
+    fn send_wait_disarm(&mut self) {
+        if let Some(p) = &mut self.inner {
+            p.wait_disarm();
+        }
+    }
+
+    fn send_wait_handles<'a>(
+        &'a self,
+        out: &mut Vec<(conduit_core::WaitHandle<'a>, conduit_core::WaitFor)>,
+    ) {
+        if let Some(h) = self.inner.as_ref().and_then(|p| p.wait_handle()) {
+            out.push((h, conduit_core::WaitFor::Read));
+        }
+    }
+
     fn transport(&self) -> &'static str {
         TRANSPORT
     }
@@ -559,6 +611,28 @@ impl FrameReceiver for ShmReceiver {
 
     fn poll_frame(&mut self, deadline: Option<Instant>) -> Result<bool> {
         self.inner.as_mut().ok_or_else(gone)?.poll(deadline)
+    }
+
+    fn spin_hint(&self) -> Duration {
+        self.inner
+            .as_ref()
+            .map_or(Duration::ZERO, |c| c.spin().min(ASYNC_SPIN_MAX))
+    }
+
+    fn wait_arm(&mut self) -> Result<bool> {
+        self.inner.as_mut().ok_or_else(gone)?.wait_arm()
+    }
+
+    fn wait_disarm(&mut self) {
+        if let Some(c) = &mut self.inner {
+            c.wait_disarm();
+        }
+    }
+
+    fn wait_handles<'a>(&'a self, out: &mut Vec<conduit_core::WaitHandle<'a>>) {
+        if let Some(c) = &self.inner {
+            out.extend(c.wait_handle());
+        }
     }
 
     fn transport(&self) -> &'static str {

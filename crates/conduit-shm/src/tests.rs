@@ -345,7 +345,7 @@ fn corrupted_head_is_a_protocol_error_for_the_sender() {
 fn bad_segment_header_is_a_protocol_error() {
     let cases: [(Word, u32, &str); 5] = [
         (Word::Magic, 0x5054_5448, "not a conduit endpoint"),
-        (Word::Version, 4, "protocol v4"),
+        (Word::Version, 5, "protocol v5"),
         (Word::Codec, 9, "codec id 9"),
         (Word::MaxFrame, 1024, "max_frame"),
         (Word::Capacity, 8192, "corrupted"),

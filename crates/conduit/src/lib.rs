@@ -71,6 +71,10 @@
 //! | `shm` | [`shm`] | shared-memory ring buffers with blocking wake-ups; config [`shm::ShmConfig`] |
 //! | `all-transports` | | every transport above |
 //! | `queue` (default) | [`queue`] | many-producer, many-consumer queue across processes ([`QueueSender`], [`QueueReceiver`]) |
+//! | `tokio` | | async endpoints: `into_async()` on every endpoint, `Process::join_async`, `named::connect_async` (Unix; `Unsupported` on Windows for now) |
+//!
+//! [`wait`] waits on many receivers, queue receivers, processes and named
+//! listeners at once (Python's `multiprocessing.connection.wait`).
 //!
 //! Messages are encoded with CBOR (serde + ciborium). A `Vec<u8>` message
 //! travels as raw bytes; byte fields in your own types should be marked
@@ -95,6 +99,10 @@ pub use conduit_core::{
     serde_bytes, Cbor, Codec, Duplex, Endpoint, Error, ErrorKind, FrameConfig, FrameReceiver,
     FrameSender, Iter, Receiver, Result, Sender, DEFAULT_MAX_FRAME,
 };
+pub use conduit_core::{wait, WaitFor, WaitHandle, WaitSource, Waitable};
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use conduit_core::{AsyncDuplex, AsyncReceiver, AsyncSender};
 
 mod registry;
 pub use registry::Transport;
@@ -112,6 +120,10 @@ pub use process::init;
 #[cfg(feature = "queue")]
 #[cfg_attr(docsrs, doc(cfg(feature = "queue")))]
 pub use conduit_queue::{queue, queue_with, QueueConfig, QueueReceiver, QueueSender};
+/// The async queue ends (features `queue` and `tokio`).
+#[cfg(all(feature = "queue", feature = "tokio"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "queue", feature = "tokio"))))]
+pub use conduit_queue::{AsyncQueueReceiver, AsyncQueueSender};
 
 /// Wraps byte-level endpoints into a typed one-way channel.
 fn typed_channel<T>(tx: BoxSender, rx: BoxReceiver) -> (Sender<T>, Receiver<T>)

@@ -109,6 +109,36 @@ pub struct Listener<S, R> {
     _marker: PhantomData<fn(S) -> R>,
 }
 
+/// A listener's part in a [`crate::wait`].
+struct ListenerWait<'a> {
+    inner: &'a conduit_named::Listener,
+}
+
+impl crate::WaitSource for ListenerWait<'_> {
+    fn arm(&mut self) -> Result<bool> {
+        self.inner.client_waiting()
+    }
+
+    fn handles<'a>(&'a self, out: &mut Vec<crate::WaitHandle<'a>>) {
+        out.extend(self.inner.wait_handle());
+    }
+}
+
+/// Ready when a client is waiting to be accepted (see [`crate::wait`]);
+/// [`accept`](Listener::accept) may still wait for that client's handshake.
+/// Unix only for now: on Windows [`crate::wait`] fails with `Unsupported`.
+impl<S, R> crate::Waitable for Listener<S, R> {
+    fn wait_source(&self) -> Result<Box<dyn crate::WaitSource + '_>> {
+        if self.inner.wait_handle().is_none() {
+            return Err(crate::Error::new(
+                crate::ErrorKind::Unsupported,
+                "a named listener cannot be waited on on this platform yet; call accept_timeout instead",
+            ));
+        }
+        Ok(Box::new(ListenerWait { inner: &self.inner }))
+    }
+}
+
 impl<S, R> fmt::Debug for Listener<S, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.inner.fmt(f)
@@ -369,4 +399,129 @@ where
     R: DeserializeOwned + 'static,
 {
     conduit_named::connect(name, cfg, deadline_after(timeout)).map(typed)
+}
+
+/// Connects to the server listening on `name` without blocking the
+/// runtime (feature `tokio`), like [`connect`], and returns an async
+/// connection. The connect and handshake (bounded by the handshake
+/// timeout) run on tokio's blocking thread pool; a dropped future drops
+/// the connection it was making.
+///
+/// # Errors
+///
+/// As [`connect`]; `Unsupported` on Windows (async endpoints are not
+/// available there yet).
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # if cfg!(windows) { return Ok(()); } // async endpoints: Unix only for now
+/// # let name = format!("conduit-doc-connect-async-{}", std::process::id());
+/// let listener = conduit::named::Listener::<u32, u32>::bind(&name)?.into_async()?;
+/// let client = conduit::named::connect_async::<u32, u32>(&name);
+/// let (server, client) = tokio::join!(listener.accept(), client);
+/// let (mut server, mut client) = (server?, client?);
+/// client.send(&1).await?;
+/// let x = server.recv().await?;
+/// server.send(&(x + 1)).await?;
+/// assert_eq!(client.recv().await?, 2);
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub async fn connect_async<S, R>(name: &str) -> Result<crate::AsyncDuplex<S, R>>
+where
+    S: Serialize + 'static,
+    R: DeserializeOwned + 'static,
+{
+    let name = name.to_string();
+    let conn = tokio::task::spawn_blocking(move || connect::<S, R>(&name))
+        .await
+        .map_err(|e| {
+            crate::Error::new(
+                crate::ErrorKind::Io,
+                format!("the connect task failed: {e}"),
+            )
+        })??;
+    conn.into_async()
+}
+
+/// A [`Listener`] on tokio (feature `tokio`; see [`Listener::into_async`]).
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub struct AsyncListener<S, R> {
+    inner: Listener<S, R>,
+    reg: conduit_core::transport::sys::reactor::Registration,
+}
+
+#[cfg(feature = "tokio")]
+impl<S, R> fmt::Debug for AsyncListener<S, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+/// How often an async accept looks at handshakes in progress: a client's
+/// handshake bytes arrive on its own connection, which the reactor does not
+/// watch (only the listening socket); polled only while one is in progress.
+#[cfg(feature = "tokio")]
+const HANDSHAKE_POLL: Duration = Duration::from_millis(2);
+
+#[cfg(feature = "tokio")]
+impl<S, R> Listener<S, R>
+where
+    S: Serialize + 'static,
+    R: DeserializeOwned + 'static,
+{
+    /// This listener on the current tokio runtime: its listening socket is
+    /// watched by the reactor. `Unsupported` on Windows (not yet).
+    pub fn into_async(self) -> Result<AsyncListener<S, R>> {
+        let handle = self.inner.wait_handle().ok_or_else(|| {
+            crate::Error::new(
+                crate::ErrorKind::Unsupported,
+                "async named listeners are not available on this platform yet",
+            )
+        })?;
+        let reg = conduit_core::transport::sys::reactor::Registration::new(&[(
+            handle,
+            conduit_core::WaitFor::Read,
+        )])
+        .map_err(|e| crate::Error::from_io("the async runtime cannot watch the listener", e))?;
+        Ok(AsyncListener { inner: self, reg })
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl<S, R> AsyncListener<S, R>
+where
+    S: Serialize + 'static,
+    R: DeserializeOwned + 'static,
+{
+    /// Waits for the next client that completes its handshake and returns
+    /// the async connection to it. Cancellation-safe: a client whose
+    /// handshake is in progress when the future is dropped is kept for the
+    /// next `accept`.
+    pub async fn accept(&self) -> Result<crate::AsyncDuplex<S, R>> {
+        loop {
+            match self.inner.accept_deadline(Instant::now()) {
+                Ok(conn) => return conn.into_async(),
+                Err(e) if e.is_timeout() => {}
+                Err(e) => return Err(e),
+            }
+            if self.inner.inner.handshakes_in_progress() {
+                tokio::time::sleep(HANDSHAKE_POLL).await;
+                continue;
+            }
+            std::future::poll_fn(|cx| self.reg.poll_ready(cx))
+                .await
+                .map_err(|e| crate::Error::from_io("waiting for clients failed", e))?;
+        }
+    }
+
+    /// The blocking listener back.
+    pub fn into_inner(self) -> Listener<S, R> {
+        self.inner
+    }
 }

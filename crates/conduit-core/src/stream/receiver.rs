@@ -347,6 +347,10 @@ impl FrameReceiver for StreamReceiver {
         }
     }
 
+    fn wait_handles<'a>(&'a self, out: &mut Vec<crate::WaitHandle<'a>>) {
+        out.extend(self.io.wait_handle());
+    }
+
     fn transport(&self) -> &'static str {
         self.transport
     }

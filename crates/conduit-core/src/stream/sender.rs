@@ -58,6 +58,12 @@ impl StreamSender {
             .ok_or_else(|| Error::disconnected("the sender was handed off"))
     }
 
+    fn os_mut(&mut self) -> Result<&mut OsStream> {
+        self.io
+            .as_mut()
+            .ok_or_else(|| Error::disconnected("the sender was handed off"))
+    }
+
     /// Writes the handshake now instead of with the first frame (for
     /// connections that check both directions up front, such as named ones).
     pub fn send_handshake(&mut self) -> Result<()> {
@@ -91,13 +97,13 @@ impl StreamSender {
             self.recycle_pending(pending);
             return res.map(|_| ());
         }
-        self.os()?
-            .set_nonblocking(true)
+        self.os_mut()?
+            .set_nonblocking_writes(true)
             .map_err(|e| Error::from_io("cannot make the stream non-blocking", e))?;
         let res = self.write_nonblocking(bufs, deadline);
         // Best effort: should this fail, later blocking writes still wait
         // for room on `WouldBlock`.
-        let _ = self.os().map(|io| io.set_nonblocking(false));
+        let _ = self.os_mut().map(|io| io.set_nonblocking_writes(false));
         res
     }
 
@@ -196,8 +202,8 @@ impl Drop for StreamSender {
     fn drop(&mut self) {
         if !self.pending.is_empty() && !self.broken {
             let pending = std::mem::take(&mut self.pending);
-            if let Some(io) = &self.io {
-                let _ = io.set_nonblocking(false);
+            if let Some(io) = &mut self.io {
+                let _ = io.set_nonblocking_writes(false);
             }
             let _ = self.write_some([&pending, &[]], None);
         }
@@ -233,6 +239,19 @@ impl FrameSender for StreamSender {
         }
         self.handshake_sent = true;
         Ok(())
+    }
+
+    fn flush_until(&mut self, deadline: Option<Instant>) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.write_all([&[], &[]], deadline)
+    }
+
+    fn send_wait_handles<'a>(&'a self, out: &mut Vec<(crate::WaitHandle<'a>, crate::WaitFor)>) {
+        if let Some(h) = self.io.as_ref().and_then(|io| io.wait_handle()) {
+            out.push((h, crate::WaitFor::Write));
+        }
     }
 
     fn transport(&self) -> &'static str {

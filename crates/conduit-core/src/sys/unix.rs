@@ -30,6 +30,9 @@ pub struct OsStream {
     kind: StreamKind,
     /// The descriptor itself never raises `SIGPIPE` (macOS flags).
     quiet: bool,
+    /// Socket writes of this stream do not block (`MSG_DONTWAIT`; see
+    /// [`OsStream::set_nonblocking_writes`]).
+    nowait: bool,
 }
 
 fn retry<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> io::Result<T> {
@@ -50,7 +53,12 @@ impl OsStream {
     /// Wraps a descriptor.
     pub fn new(fd: OwnedFd, kind: StreamKind) -> OsStream {
         let quiet = quiet_descriptor(&fd, kind);
-        OsStream { fd, kind, quiet }
+        OsStream {
+            fd,
+            kind,
+            quiet,
+            nowait: false,
+        }
     }
 
     /// Reads what is available, blocking until at least one byte or EOF (0).
@@ -63,7 +71,7 @@ impl OsStream {
         match self.kind {
             StreamKind::Pipe if self.quiet => retry(|| rustix::io::write(&self.fd, buf)),
             StreamKind::Pipe => without_sigpipe(|| retry(|| rustix::io::write(&self.fd, buf))),
-            StreamKind::Socket => retry(|| rustix::net::send(&self.fd, buf, SEND_FLAGS)),
+            StreamKind::Socket => retry(|| rustix::net::send(&self.fd, buf, self.send_flags())),
         }
     }
 
@@ -77,7 +85,7 @@ impl OsStream {
                     &self.fd,
                     bufs,
                     &mut SendAncillaryBuffer::default(),
-                    SEND_FLAGS,
+                    self.send_flags(),
                 )
             }),
         }
@@ -89,9 +97,18 @@ impl OsStream {
         poll_fd(self.fd.as_fd(), PollFlags::IN, deadline)
     }
 
-    /// Gives back the descriptor.
+    /// Gives back the descriptor (blocking again, if a pipe write end was
+    /// made non-blocking: whoever gets it next expects a plain pipe).
     pub fn into_handle(self) -> OwnedFd {
+        if self.nowait && self.kind == StreamKind::Pipe {
+            let _ = self.set_nonblocking(false);
+        }
         self.fd
+    }
+
+    /// The descriptor `conduit::wait` polls for input.
+    pub fn wait_handle(&self) -> Option<WaitHandle<'_>> {
+        Some(self.fd.as_fd())
     }
 
     /// Borrows the descriptor.
@@ -265,6 +282,40 @@ pub fn poll_fd(
     }
 }
 
+/// What `conduit::wait` watches on Unix: a descriptor, polled for input.
+pub type WaitHandle<'a> = BorrowedFd<'a>;
+
+/// Waits until one of `fds` is readable (or hung up, or in error) or
+/// `deadline` passes; returns the indices of those that are (empty on
+/// timeout or interruption). One `poll(2)` call: no `FD_SETSIZE` limit.
+pub fn wait_any(fds: &[BorrowedFd<'_>], deadline: Option<Instant>) -> io::Result<Vec<usize>> {
+    let mut pfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(fd, PollFlags::IN))
+        .collect();
+    let timeout = deadline.map(|d| {
+        let left = d.saturating_duration_since(Instant::now());
+        Timespec {
+            tv_sec: left.as_secs().min(i32::MAX as u64) as _,
+            tv_nsec: left.subsec_nanos() as _,
+        }
+    });
+    match rustix::event::poll(&mut pfds, timeout.as_ref()) {
+        Ok(0) | Err(Errno::INTR) => Ok(Vec::new()),
+        Ok(_) => Ok(pfds
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.revents().is_empty())
+            .map(|(i, _)| i)
+            .collect()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(feature = "tokio")]
+#[path = "unix/reactor.rs"]
+pub mod reactor;
+
 #[path = "unix/handoff.rs"]
 mod handoff;
 pub use handoff::{receive_handles, send_handles};
@@ -329,6 +380,37 @@ impl OsStream {
     /// block again (`false`).
     pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
         Ok(rustix::io::ioctl_fionbio(&self.fd, on)?)
+    }
+
+    /// Like [`set_nonblocking`](Self::set_nonblocking) for this stream's
+    /// writes only: a socket gets `MSG_DONTWAIT` on each write (no system
+    /// call here, and the receiving half that may share the socket keeps
+    /// blocking). A pipe's write end belongs to this stream alone, so it is
+    /// switched with `FIONBIO` once and stays non-blocking (`false` then
+    /// does nothing): the writers wait for room with `poll` on `WouldBlock`
+    /// anyway, and a deadline send saves two system calls.
+    /// [`into_handle`](Self::into_handle) makes it blocking again.
+    pub fn set_nonblocking_writes(&mut self, on: bool) -> io::Result<()> {
+        match self.kind {
+            StreamKind::Socket => {
+                self.nowait = on;
+                Ok(())
+            }
+            StreamKind::Pipe if on && !self.nowait => {
+                self.set_nonblocking(true)?;
+                self.nowait = true;
+                Ok(())
+            }
+            StreamKind::Pipe => Ok(()),
+        }
+    }
+
+    fn send_flags(&self) -> SendFlags {
+        if self.nowait {
+            SEND_FLAGS | SendFlags::DONTWAIT
+        } else {
+            SEND_FLAGS
+        }
     }
 }
 

@@ -210,9 +210,61 @@ impl OsStream {
         self.handle
     }
 
+    /// What `conduit::wait` would watch: nothing yet (a pipe handle is not
+    /// signalled by arriving data).
+    pub fn wait_handle(&self) -> Option<WaitHandle<'_>> {
+        None
+    }
+
     /// Borrows the handle.
     pub fn handle(&self) -> BorrowedHandle<'_> {
         self.handle.as_handle()
+    }
+}
+
+/// What `conduit::wait` watches on Windows: a waitable handle.
+pub type WaitHandle<'a> = BorrowedHandle<'a>;
+
+/// Waits until one of `handles` is signalled or `deadline` passes;
+/// returns the indices of those that are (empty on timeout).
+pub fn wait_any(
+    handles: &[BorrowedHandle<'_>],
+    deadline: Option<Instant>,
+) -> io::Result<Vec<usize>> {
+    let _ = (handles, deadline);
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "conduit::wait is not available on Windows yet",
+    ))
+}
+
+/// tokio glue (feature `tokio`): not on Windows yet; every registration
+/// fails with `Unsupported`, so `into_async` says so.
+#[cfg(feature = "tokio")]
+pub mod reactor {
+    use std::io;
+    use std::task::{Context, Poll};
+
+    use crate::wait::{WaitFor, WaitHandle};
+
+    /// Handles registered with the current tokio runtime (never, yet).
+    #[derive(Debug)]
+    pub struct Registration(std::convert::Infallible);
+
+    impl Registration {
+        /// Fails with `Unsupported`: async endpoints are Unix-only for now.
+        pub fn new(handles: &[(WaitHandle<'_>, WaitFor)]) -> io::Result<Registration> {
+            let _ = handles;
+            Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "async endpoints (into_async) are not available on Windows yet; use the blocking API (on a blocking thread) instead",
+            ))
+        }
+
+        /// Never called: no registration exists.
+        pub fn poll_ready(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            match self.0 {}
+        }
     }
 }
 
@@ -476,6 +528,11 @@ impl OsStream {
     /// Writes on these pipes always block: a no-op (send deadlines are not
     /// honoured on Windows stream transports; see `docs/design-notes.md`).
     pub fn set_nonblocking(&self, _on: bool) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// As [`set_nonblocking`](Self::set_nonblocking): a no-op.
+    pub fn set_nonblocking_writes(&mut self, _on: bool) -> io::Result<()> {
         Ok(())
     }
 }

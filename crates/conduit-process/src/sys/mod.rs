@@ -12,6 +12,9 @@
 //!   runs (Windows: joining the kill-on-close job object);
 //! - `terminate(child)`: SIGTERM (Unix) or `TerminateProcess` (Windows);
 //! - `describe(status) -> Ended`: how the child ended, for error messages;
+//! - `exit_watch(child) -> Option<ExitWatch>`: a handle that signals when
+//!   the (not yet reaped) child exits, for `conduit::wait` (`None`: it is
+//!   gone already); `ExitWatch::exited()` and `ExitWatch::handle()`;
 //! - `hand(cmd, endpoints) -> Handing` before the spawn and
 //!   `Handing::finish(child) -> tokens for the request` after it: how the
 //!   endpoints of the arguments reach the child (Unix: `handoff` with the
@@ -24,7 +27,9 @@
 #[cfg_attr(windows, path = "windows.rs")]
 mod os;
 
-pub(crate) use os::{adopt, after_spawn, describe, exe_identity, hand, prepare, terminate};
+pub(crate) use os::{
+    adopt, after_spawn, describe, exe_identity, exit_watch, hand, prepare, terminate, ExitWatch,
+};
 
 use crate::pool::worker::{InitFn, TaskFn};
 use crate::Trampoline;

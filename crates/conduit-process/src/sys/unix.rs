@@ -153,3 +153,83 @@ fn signal_name(sig: i32) -> &'static str {
         .find(|(s, _)| s.as_raw() == sig)
         .map_or("an unnamed signal", |(_, n)| n)
 }
+
+/// Watches a child for its exit, for `conduit::wait` and `join_async`: a
+/// descriptor that turns readable when the child has exited (a pidfd on
+/// Linux, a kqueue with an `EVFILT_PROC`/`NOTE_EXIT` event on macOS).
+#[derive(Debug)]
+pub(crate) struct ExitWatch {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl ExitWatch {
+    /// True when the child has exited (the descriptor is readable).
+    pub(crate) fn exited(&self) -> io::Result<bool> {
+        use std::os::fd::AsFd;
+        conduit_core::transport::sys::poll_fd(
+            self.fd.as_fd(),
+            rustix::event::PollFlags::IN,
+            Some(std::time::Instant::now()),
+        )
+    }
+
+    /// The descriptor to poll for input.
+    pub(crate) fn handle(&self) -> Option<conduit_core::WaitHandle<'_>> {
+        use std::os::fd::AsFd;
+        Some(self.fd.as_fd())
+    }
+}
+
+/// A watch on `child`, which must not have been reaped yet; `None` when it
+/// is gone already.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn exit_watch(child: &Child) -> io::Result<Option<ExitWatch>> {
+    let Some(pid) = Pid::from_raw(child.id() as i32) else {
+        return Ok(None);
+    };
+    // The child is not reaped (the caller holds its `Child` and no status),
+    // so its pid cannot have been reused: the pidfd is this child's.
+    match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => Ok(Some(ExitWatch { fd })),
+        Err(rustix::io::Errno::SRCH) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A watch on `child`, which must not have been reaped yet; `None` when it
+/// is gone already.
+#[cfg(target_os = "macos")]
+pub(crate) fn exit_watch(child: &Child) -> io::Result<Option<ExitWatch>> {
+    use rustix::event::kqueue::{self, Event, EventFilter, EventFlags, ProcessEvents};
+    let Some(pid) = Pid::from_raw(child.id() as i32) else {
+        return Ok(None);
+    };
+    let kq = kqueue::kqueue()?;
+    let ev = Event::new(
+        EventFilter::Proc {
+            pid,
+            flags: ProcessEvents::EXIT,
+        },
+        EventFlags::ADD | EventFlags::ONESHOT,
+        std::ptr::null_mut(),
+    );
+    let mut out: Vec<Event> = Vec::new();
+    // SAFETY: the event names a process, not a file descriptor, so no
+    // descriptor must outlive the kqueue; the event list is empty (nothing
+    // is written back) and the timeout is zero.
+    match unsafe { kqueue::kevent(&kq, &[ev], &mut out, Some(std::time::Duration::ZERO)) } {
+        Ok(_) => Ok(Some(ExitWatch { fd: kq })),
+        // A zombie cannot be watched: it has exited.
+        Err(rustix::io::Errno::SRCH) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// No exit watch on this system.
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "macos")))]
+pub(crate) fn exit_watch(_child: &Child) -> io::Result<Option<ExitWatch>> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "waiting on a process is supported on Linux, macOS and Windows",
+    ))
+}

@@ -221,3 +221,43 @@ pub(crate) fn describe(status: ExitStatus) -> Ended {
         None => Ended::Other(format!("{status}")),
     }
 }
+
+/// Watches a child for its exit: a duplicate of its process handle, which
+/// is signalled once the process has ended.
+#[derive(Debug)]
+pub(crate) struct ExitWatch {
+    process: std::os::windows::io::OwnedHandle,
+}
+
+impl ExitWatch {
+    /// True when the child has exited.
+    pub(crate) fn exited(&self) -> io::Result<bool> {
+        // SAFETY: the handle is open for the lifetime of `self`; a zero
+        // timeout only tests the state. A process handle is signalled for
+        // good once the process ended (waiting does not reset it).
+        let r = unsafe {
+            windows_sys::Win32::System::Threading::WaitForSingleObject(
+                self.process.as_raw_handle() as HANDLE,
+                0,
+            )
+        };
+        match r {
+            windows_sys::Win32::Foundation::WAIT_OBJECT_0 => Ok(true),
+            windows_sys::Win32::Foundation::WAIT_TIMEOUT => Ok(false),
+            _ => Err(io::Error::last_os_error()),
+        }
+    }
+
+    /// The handle `conduit::wait` would watch: none, Windows waits poll (see
+    /// `conduit::wait`).
+    pub(crate) fn handle(&self) -> Option<conduit_core::WaitHandle<'_>> {
+        None
+    }
+}
+
+/// A watch on `child`.
+pub(crate) fn exit_watch(child: &Child) -> io::Result<Option<ExitWatch>> {
+    Ok(Some(ExitWatch {
+        process: child.as_handle().try_clone_to_owned()?,
+    }))
+}

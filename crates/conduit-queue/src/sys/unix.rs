@@ -184,6 +184,17 @@ impl TxEnd {
         }
     }
 
+    /// The descriptors an async sender waits on: room on the data socket,
+    /// and the presence socket (end-of-file once every consumer is gone).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn wait_handles<'a>(
+        &'a self,
+        out: &mut Vec<(conduit_core::WaitHandle<'a>, conduit_core::WaitFor)>,
+    ) {
+        out.push((self.data.as_fd(), conduit_core::WaitFor::Write));
+        out.push((self.presence.as_fd(), conduit_core::WaitFor::Read));
+    }
+
     /// True once every consumer's end is closed.
     pub(crate) fn receivers_gone(&self) -> Result<bool> {
         peer_gone(self.presence.as_fd())
@@ -266,6 +277,13 @@ impl RxEnd {
                 Ready::Data | Ready::Presence => {}
             }
         }
+    }
+
+    /// The descriptors `conduit::wait` watches: the data socket and the
+    /// presence socket (end-of-file once every producer is gone).
+    pub(crate) fn wait_handles<'a>(&'a self, out: &mut Vec<conduit_core::WaitHandle<'a>>) {
+        out.push(self.data.as_fd());
+        out.push(self.presence.as_fd());
     }
 
     /// One datagram if one is queued.

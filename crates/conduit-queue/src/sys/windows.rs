@@ -251,6 +251,15 @@ fn senders_gone_error() -> Error {
 }
 
 impl TxEnd {
+    /// What an async sender would wait on: nothing yet on Windows.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn wait_handles<'a>(
+        &'a self,
+        out: &mut Vec<(conduit_core::WaitHandle<'a>, conduit_core::WaitFor)>,
+    ) {
+        let _ = out;
+    }
+
     /// Sends one message, waiting for room until `deadline` (`Some(now)`:
     /// only if the pipe takes it at once). `Timeout`: nothing was sent.
     pub(crate) fn send(&self, payload: &[u8], deadline: Option<Instant>) -> Result<()> {
@@ -406,6 +415,11 @@ impl RxEnd {
 
     /// True when a receive would not block, checking every 1–5 ms until
     /// `deadline`.
+    /// What `conduit::wait` would watch: nothing yet on Windows.
+    pub(crate) fn wait_handles<'a>(&'a self, out: &mut Vec<conduit_core::WaitHandle<'a>>) {
+        let _ = out;
+    }
+
     pub(crate) fn poll(&self, deadline: Option<Instant>) -> Result<bool> {
         let mut pause = Duration::from_millis(1);
         loop {

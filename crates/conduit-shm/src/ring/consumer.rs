@@ -9,7 +9,7 @@ use crate::layout::{self, kind, record_len, Kind, Word, RECORD_HEADER as HDR};
 use crate::mem::Region;
 use crate::sys::Link;
 
-use super::wait::{ring_peer, wait_until, Waited, CONSUMER_PARK};
+use super::wait::{ring_door, ring_peer, wait_until, Waited, CONSUMER_PARK};
 use super::{check_header, LivenessClock, Params};
 
 /// Where the next message is.
@@ -134,6 +134,7 @@ impl Consumer {
         let bell = self.region.word(Word::TxBell);
         bell.fetch_add(1, SeqCst);
         self.link.wake(bell);
+        ring_door(&self.region, &self.link, Word::TxDoor);
     }
 
     /// Marks the receiving side closed and wakes the sender.
@@ -279,6 +280,7 @@ impl Consumer {
             Word::TxBell,
             &mut self.woken,
         );
+        ring_door(&self.region, &self.link, Word::TxDoor);
     }
 
     /// The sender is gone and the tail no longer moves.
@@ -462,6 +464,47 @@ impl Consumer {
     /// The parameters both ends agreed on.
     pub fn params(&self) -> &Params {
         &self.p
+    }
+
+    /// Registers for the doorbell and says whether a receive would not
+    /// block now (see "Doorbell" in the crate docs): drains the lifeline,
+    /// sets the door word, then looks at the ring. Never parks.
+    pub fn wait_arm(&mut self) -> Result<bool> {
+        let alive = self.link.drain();
+        self.set_door(1);
+        let ready = self.poll(Some(Instant::now()))?;
+        if ready {
+            self.set_door(0);
+            return Ok(true);
+        }
+        if !alive && !self.published()? {
+            // End-of-file on the lifeline: the sender's process is gone.
+            let e = self.sender_gone("the sender exited or was killed");
+            self.pending = Some(e);
+            self.set_door(0);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn set_door(&self, v: u32) {
+        self.region.word(Word::RxDoor).store(v, SeqCst);
+    }
+
+    /// Ends a doorbell registration.
+    pub fn wait_disarm(&mut self) {
+        self.set_door(0);
+    }
+
+    /// The descriptor the doorbell rings (and that reads end-of-file once
+    /// the sender's process is gone).
+    pub fn wait_handle(&self) -> Option<conduit_core::WaitHandle<'_>> {
+        self.link.wait_handle()
+    }
+
+    /// How long this side spins before parking.
+    pub fn spin(&self) -> std::time::Duration {
+        self.p.spin
     }
 
     /// The region (for the test hook).

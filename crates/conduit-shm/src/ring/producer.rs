@@ -9,7 +9,7 @@ use crate::layout::{self, kind, record_len, Word, RECORD_HEADER as HDR};
 use crate::mem::Region;
 use crate::sys::Link;
 
-use super::wait::{ring_peer, wait_until, Waited, PRODUCER_PARK};
+use super::wait::{ring_door, ring_peer, wait_until, Waited, PRODUCER_PARK};
 use super::{closed_error, LivenessClock, Params};
 
 /// The sending side of a ring.
@@ -294,7 +294,30 @@ impl Producer {
             Word::RxBell,
             &mut self.woken,
         );
+        ring_door(&self.region, &self.link, Word::RxDoor);
         Ok(())
+    }
+
+    /// Registers for the receiver's doorbell (an async sender waiting for
+    /// room; see "Doorbell" in the crate docs): drains the lifeline and sets
+    /// the tx door word. A lifeline at end-of-file breaks the channel (the
+    /// receiver's process is gone), so the next send says so. The caller
+    /// tries to send once more before it waits.
+    pub fn wait_arm(&mut self) {
+        if !self.link.drain() && self.broken.is_none() {
+            let _ = self.fail(Error::disconnected("the receiver exited or was killed"));
+        }
+        self.region.word(Word::TxDoor).store(1, SeqCst);
+    }
+
+    /// Ends a doorbell registration.
+    pub fn wait_disarm(&mut self) {
+        self.region.word(Word::TxDoor).store(0, SeqCst);
+    }
+
+    /// The descriptor the receiver's doorbell rings.
+    pub fn wait_handle(&self) -> Option<conduit_core::WaitHandle<'_>> {
+        self.link.wait_handle()
     }
 
     /// Marks the sending side closed and wakes the receiver.
@@ -303,6 +326,7 @@ impl Producer {
         let bell = self.region.word(Word::RxBell);
         bell.fetch_add(1, SeqCst);
         self.link.wake(bell);
+        ring_door(&self.region, &self.link, Word::RxDoor);
     }
 
     /// The broken state, if any.
@@ -313,6 +337,11 @@ impl Producer {
     /// The parameters both ends agreed on.
     pub fn params(&self) -> &Params {
         &self.p
+    }
+
+    /// How long this side spins before parking.
+    pub fn spin(&self) -> std::time::Duration {
+        self.p.spin
     }
 
     /// The region (for the test hook).

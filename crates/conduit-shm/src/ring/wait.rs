@@ -138,3 +138,14 @@ pub(super) fn ring_peer(region: &Region, link: &Link, flag: Word, bell: Word, wo
         link.wake(bell);
     }
 }
+
+/// Rings the peer's doorbell if it registered for one (its door word is 1;
+/// see "Doorbell" in the crate docs): swaps the word to 0, so one
+/// registration costs one byte. Call after the `SeqCst` store that
+/// published (or closed).
+pub(super) fn ring_door(region: &Region, link: &Link, door: Word) {
+    let word = region.word(door);
+    if word.load(SeqCst) != 0 && word.swap(0, SeqCst) != 0 {
+        link.ring();
+    }
+}

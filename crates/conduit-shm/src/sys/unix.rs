@@ -4,9 +4,10 @@
 //!   `memfd` on Linux, an `shm_open` object with a random name that is
 //!   unlinked at once on macOS (see the `os` module). Either way it is mode
 //!   0600, close-on-exec, and reaches the child only as a descriptor.
-//! - The link is one end of a `socketpair(2)`. Nobody ever writes to it: it
-//!   exists so that the peer's death closes it, which `poll` reports as
-//!   hang-up/readable. That needs no cooperation from a killed process.
+//! - The link is one end of a `socketpair(2)`. It exists so that the peer's
+//!   death closes it, which `poll` reports as hang-up/readable; that needs
+//!   no cooperation from a killed process. The only bytes ever written to it
+//!   are doorbell rings (see the crate docs), which `peer_alive` drains.
 //! - Parking is a shared futex on Linux and `__ulock_wait` on macOS, always
 //!   with a bounded timeout (the liveness interval), after which the caller
 //!   checks the link. Waiting on the futex and the socket at once is not
@@ -15,13 +16,12 @@
 //!   hot path (it only runs once a park has timed out).
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::AtomicU32;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use conduit_core::{Error, ErrorKind, Result};
-use rustix::event::PollFlags;
 use rustix::mm::{MapFlags, ProtFlags};
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -66,6 +66,13 @@ mod os {
 
     pub fn wake(_word: &AtomicU32) {}
 }
+
+#[cfg(not(target_vendor = "apple"))]
+const DOORBELL_SEND: rustix::net::SendFlags =
+    rustix::net::SendFlags::DONTWAIT.union(rustix::net::SendFlags::NOSIGNAL);
+// macOS has no MSG_NOSIGNAL; core's socket pair has SO_NOSIGPIPE.
+#[cfg(target_vendor = "apple")]
+const DOORBELL_SEND: rustix::net::SendFlags = rustix::net::SendFlags::DONTWAIT;
 
 /// A shared-memory object mapped read-write into this process.
 #[derive(Debug)]
@@ -181,19 +188,40 @@ impl Link {
     }
 
     /// False once the other side's process has closed its end (exited or was
-    /// killed). The peer never writes to the socket, so "readable" means
-    /// end-of-file.
+    /// killed). The peer writes to the socket only to ring the doorbell, so
+    /// bytes are drained (the doorbell is only a hint; whoever waits on it
+    /// looks at the ring after arming) and end-of-file means gone.
     pub fn peer_alive(&self) -> bool {
-        // Nothing to read before "now": alive. Readable (end-of-file) or an
-        // error: the peer is gone.
-        matches!(
-            conduit_core::transport::sys::poll_fd(
-                self.life.as_fd(),
-                PollFlags::IN,
-                Some(Instant::now())
-            ),
-            Ok(false)
-        )
+        self.drain()
+    }
+
+    /// Reads whatever doorbell bytes are waiting, without blocking; false
+    /// when the socket reached end-of-file or failed (the peer is gone).
+    /// Bounded: a peer that keeps writing cannot hold this side here.
+    pub fn drain(&self) -> bool {
+        let mut buf = [0u8; 64];
+        for _ in 0..16 {
+            match rustix::net::recv(&self.life, &mut buf, rustix::net::RecvFlags::DONTWAIT) {
+                Ok((0, _)) => return false,
+                Ok((n, _)) if n < buf.len() => return true,
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => return true,
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// Rings the peer's doorbell: one byte on the lifeline socket, without
+    /// blocking (a full socket is readable already) and without `SIGPIPE`
+    /// (a gone peer is noticed by its own lifeline checks).
+    pub fn ring(&self) {
+        let _ = rustix::net::send(&self.life, &[1], DOORBELL_SEND);
+    }
+
+    /// The descriptor that turns readable when the peer rings or is gone.
+    pub fn wait_handle(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.life.as_fd())
     }
 
     /// The handles, for a handoff.

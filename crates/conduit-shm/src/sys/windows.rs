@@ -18,7 +18,7 @@
 //!   and the wait is not lost, it ends the wait at once.
 
 use std::io;
-use std::os::windows::io::{AsRawHandle, OwnedHandle};
+use std::os::windows::io::{AsRawHandle, BorrowedHandle, OwnedHandle};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -232,6 +232,21 @@ impl Link {
         // A failure is ERROR_BROKEN_PIPE once the peer's write end is closed;
         // any other failure also means the lifeline cannot vouch for the peer.
         ok != 0
+    }
+
+    /// Reads waiting doorbell rings: none on Windows yet (see
+    /// [`wait_handle`](Self::wait_handle)); false once the peer is gone.
+    pub fn drain(&self) -> bool {
+        self.peer_alive()
+    }
+
+    /// Rings the peer's doorbell: nothing to do until Windows can wait (see
+    /// [`wait_handle`](Self::wait_handle)).
+    pub fn ring(&self) {}
+
+    /// What `conduit::wait` would watch: nothing yet on Windows.
+    pub fn wait_handle(&self) -> Option<BorrowedHandle<'_>> {
+        None
     }
 
     /// The handles, for a handoff.

@@ -187,6 +187,24 @@ impl Listener {
         }
     }
 
+    /// The descriptor `conduit::wait` watches: the listening socket.
+    pub fn wait_handle(&self) -> Option<conduit_core::WaitHandle<'_>> {
+        use std::os::fd::AsFd;
+        Some(self.sock.as_fd())
+    }
+
+    /// True while a connection taken by `accept` is still in its handshake.
+    pub fn handshakes_in_progress(&self) -> bool {
+        !lock(&self.pending).is_empty()
+    }
+
+    /// True when a client is queued on the listening socket or a
+    /// connection taken by an earlier `accept` has input, without waiting.
+    pub fn client_waiting(&self) -> Result<bool> {
+        let (listener_ready, ready) = self.wait(&lock(&self.pending), Some(Instant::now()))?;
+        Ok(listener_ready || !ready.is_empty())
+    }
+
     /// Polls the listening socket and the connections in progress until
     /// `until`; returns whether the listener is readable and which
     /// connections are.

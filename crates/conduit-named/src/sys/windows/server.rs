@@ -217,6 +217,21 @@ impl Listener {
         )
     }
 
+    /// What `conduit::wait` would watch: nothing yet on Windows.
+    pub fn wait_handle(&self) -> Option<conduit_core::WaitHandle<'_>> {
+        None
+    }
+
+    /// True while a handshake is in progress (not tracked on Windows yet).
+    pub fn handshakes_in_progress(&self) -> bool {
+        false
+    }
+
+    /// True when a client is waiting (not known on Windows yet).
+    pub fn client_waiting(&self) -> Result<bool> {
+        Ok(false)
+    }
+
     /// The rendezvous pipe name.
     pub fn endpoint(&self) -> &str {
         &self.pipe

@@ -1,0 +1,607 @@
+//! The tokio API across real processes: every transport, the queue, named
+//! endpoints and `join_async`; cancellation at random points; peer death;
+//! 1,000 idle async receivers on one thread.
+//!
+//! `harness = false` like `process.rs`: children re-execute this binary
+//! through `conduit::init()`.
+
+use std::time::Duration;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+fn main() {
+    conduit::init();
+    let args = Arguments::from_args();
+    libtest_mimic::run(&args, imp::tests()).exit();
+}
+
+fn check(ok: bool, what: impl Into<String>) -> Result<(), Failed> {
+    if ok {
+        Ok(())
+    } else {
+        Err(what.into().into())
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => panic!("cannot build a tokio runtime: {e}"),
+    }
+}
+
+#[cfg_attr(windows, allow(dead_code))]
+const LONG: Duration = Duration::from_secs(10);
+
+#[cfg(windows)]
+mod imp {
+    use super::*;
+
+    pub(super) fn tests() -> Vec<Trial> {
+        vec![Trial::test("into_async_is_unsupported", || {
+            runtime().block_on(async {
+                let (tx, rx) = conduit::channel::<u32>()?;
+                let e = rx.into_async().err().ok_or("into_async succeeded")?;
+                check(e.kind() == conduit::ErrorKind::Unsupported, format!("{e}"))?;
+                let e = tx.into_async().err().ok_or("into_async succeeded")?;
+                check(e.kind() == conduit::ErrorKind::Unsupported, format!("{e}"))
+            })
+        })]
+    }
+}
+
+#[cfg(unix)]
+mod imp {
+    use super::*;
+
+    use conduit::{Duplex, Process, QueueReceiver, QueueSender, Receiver, Sender};
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    use tokio_stream_shim::next;
+
+    pub(super) fn tests() -> Vec<Trial> {
+        let mut v = vec![
+            Trial::test("blocking_child_async_parent", blocking_child_async_parent),
+            Trial::test("queue_async", queue_async),
+            Trial::test("join_async", join_async),
+            Trial::test("peer_death_is_disconnected_within_1s", peer_death),
+            Trial::test("cancelled_recv_loses_nothing", cancelled_recv_loses_nothing),
+            Trial::test(
+                "cancelled_send_is_whole_or_nothing",
+                cancelled_send_whole_or_nothing,
+            ),
+        ];
+        #[cfg(target_os = "linux")]
+        v.push(Trial::test(
+            "thousand_idle_receivers_no_threads",
+            thousand_idle_receivers_no_threads,
+        ));
+        #[cfg(feature = "named")]
+        v.push(Trial::test("named_async", named_async));
+        // Children talk to the parent over an anonymous channel.
+        let anonymous = !conduit::Transport::enabled().is_empty();
+        v.into_iter()
+            .map(|t| t.with_ignored_flag(!anonymous))
+            .collect()
+    }
+
+    /// A tiny `StreamExt::next` (no futures-util dependency).
+    mod tokio_stream_shim {
+        use std::pin::Pin;
+
+        pub(crate) async fn next<S: futures_core::Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+            std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)).await
+        }
+    }
+
+    /// Child (blocking): answers each number with number + 1 until the
+    /// parent is gone; returns how many it answered.
+    fn echo(conn: Duplex<u64, u64>) -> u64 {
+        let mut n = 0;
+        while let Ok(x) = conn.recv() {
+            if conn.send(&(x + 1)).is_err() {
+                break;
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// Child (blocking): sends 0..n, then returns.
+    fn count_to((tx, n): (Sender<u64>, u64)) -> u64 {
+        for i in 0..n {
+            if tx.send(&i).is_err() {
+                return i;
+            }
+        }
+        n
+    }
+
+    fn blocking_child_async_parent() -> Result<(), Failed> {
+        runtime().block_on(async {
+            for t in conduit::Transport::enabled() {
+                let (a, b) = t.duplex::<u64, u64>()?;
+                let mut p = Process::spawn(echo, b)?;
+                let mut a = a.into_async()?;
+                for i in 0..200u64 {
+                    a.send(&i).await?;
+                    let got = tokio::time::timeout(LONG, a.recv()).await??;
+                    check(got == i + 1, format!("{}: {got} for {i}", t.name()))?;
+                }
+                // Pipelined: 64 out, then 64 back.
+                for i in 0..64u64 {
+                    a.send(&i).await?;
+                }
+                for i in 0..64u64 {
+                    check(
+                        a.recv().await? == i + 1,
+                        format!("{}: pipelined {i}", t.name()),
+                    )?;
+                }
+                drop(a);
+                check(
+                    p.join_async().await? == 264,
+                    format!("{}: child's count", t.name()),
+                )?;
+
+                // One-way, read as a Stream until the child's end closes.
+                let (tx, rx) = t.channel::<u64>()?;
+                let mut p = Process::spawn(count_to, (tx, 1000))?;
+                let mut rx = rx.into_async()?;
+                let mut want = 0;
+                while let Some(x) = next(&mut rx).await {
+                    check(x? == want, format!("{}: stream order", t.name()))?;
+                    want += 1;
+                }
+                check(want == 1000, format!("{}: {want} of 1000", t.name()))?;
+                check(p.join()? == 1000, "count_to")?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Child: takes numbers off the queue and puts their doubles on the
+    /// other one, until the first queue's senders are gone.
+    fn doubler((jobs, out): (QueueReceiver<u64>, QueueSender<u64>)) -> u64 {
+        let mut n = 0;
+        for x in jobs.iter().flatten() {
+            let _ = out.send(&(2 * x));
+            n += 1;
+        }
+        n
+    }
+
+    fn queue_async() -> Result<(), Failed> {
+        runtime().block_on(async {
+            let (jobs_tx, jobs_rx) = conduit::queue::<u64>()?;
+            let (out_tx, out_rx) = conduit::queue::<u64>()?;
+            let mut ps = Vec::new();
+            for _ in 0..2 {
+                ps.push(Process::spawn(doubler, (jobs_rx.clone(), out_tx.clone()))?);
+            }
+            drop((jobs_rx, out_tx));
+            let mut jobs = jobs_tx.into_async()?;
+            let mut out = out_rx.into_async()?;
+            let mut sum = 0;
+            for i in 0..500u64 {
+                jobs.send(&i).await?;
+            }
+            drop(jobs);
+            while let Some(x) = next(&mut out).await {
+                sum += x?;
+            }
+            check(sum == 2 * (0..500u64).sum::<u64>(), format!("sum {sum}"))?;
+            let mut n = 0;
+            for p in &mut ps {
+                n += p.join_async().await?;
+            }
+            check(n == 500, format!("{n} jobs"))
+        })
+    }
+
+    fn sleepy(ms: u64) -> u64 {
+        std::thread::sleep(Duration::from_millis(ms));
+        ms
+    }
+
+    fn join_async() -> Result<(), Failed> {
+        runtime().block_on(async {
+            let mut slow = Process::spawn(sleepy, 300)?;
+            let mut fast = Process::spawn(sleepy, 1)?;
+            // The first to finish wins; the other stays joinable.
+            let first = tokio::select! {
+                r = slow.join_async() => ("slow", r?),
+                r = fast.join_async() => ("fast", r?),
+            };
+            check(first == ("fast", 1), format!("{first:?}"))?;
+            check(slow.join_async().await? == 300, "slow")?;
+            // A dropped join_async leaves the process joinable.
+            let mut p = Process::spawn(sleepy, 200)?;
+            let r = tokio::time::timeout(Duration::from_millis(1), p.join_async()).await;
+            check(r.is_err(), "finished within 1 ms")?;
+            check(p.join_async().await? == 200, "joined after a cancel")
+        })
+    }
+
+    /// Child: holds its ends until killed.
+    type Held = (Vec<Sender<u64>>, Vec<Duplex<u64, u64>>);
+
+    fn hold((ends, ready): (Held, Sender<u64>)) -> u64 {
+        let _ = ready.send(&1);
+        std::thread::sleep(Duration::from_secs(120));
+        drop(ends);
+        0
+    }
+
+    fn peer_death() -> Result<(), Failed> {
+        runtime().block_on(async {
+            let mut theirs = (Vec::new(), Vec::new());
+            let mut rxs = Vec::new();
+            let mut duplexes = Vec::new();
+            for t in conduit::Transport::enabled() {
+                let (tx, rx) = t.channel::<u64>()?;
+                theirs.0.push(tx);
+                rxs.push((t.name(), rx));
+                let (a, b) = t.duplex::<u64, u64>()?;
+                theirs.1.push(b);
+                duplexes.push((t.name(), a));
+            }
+            let (ready_tx, ready_rx) = conduit::channel::<u64>()?;
+            let mut p = Process::spawn(hold, (theirs, ready_tx))?;
+            ready_rx.recv_timeout(LONG)?;
+            let mut tasks = tokio::task::JoinSet::new();
+            for (name, rx) in rxs {
+                let mut rx = rx.into_async()?;
+                tasks.spawn(async move { (name, "receiver", rx.recv().await.err()) });
+            }
+            for (name, a) in duplexes {
+                // The sender half fills the channel first, then blocks.
+                let (mut tx, _rx) = a.into_async()?.split();
+                tasks.spawn(async move {
+                    loop {
+                        if let Err(e) = tx.send(&7).await {
+                            return (name, "sender", Some(e));
+                        }
+                    }
+                });
+            }
+            // Let every task reach its wait (not synchronisation: the
+            // checks below hold whenever the kill lands).
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            p.kill()?;
+            let killed = std::time::Instant::now();
+            while let Some(r) = tokio::time::timeout(Duration::from_secs(5), tasks.join_next())
+                .await
+                .map_err(|_| "a task did not end within 5 s of the kill")?
+            {
+                let (name, what, err) = r?;
+                let err = err.ok_or(format!("{name} {what}: no error"))?;
+                check(err.is_disconnected(), format!("{name} {what}: {err}"))?;
+                let after = killed.elapsed();
+                check(
+                    after < Duration::from_secs(1),
+                    format!("{name} {what}: Disconnected after {after:?}"),
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The pattern of message `i`: its bytes say which message they are.
+    fn payload(i: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![(i % 251) as u8; len];
+        if len >= 8 {
+            v[..8].copy_from_slice(&i.to_le_bytes());
+        }
+        v
+    }
+
+    fn parse(v: &[u8]) -> Option<u64> {
+        let i = u64::from_le_bytes(v.get(..8)?.try_into().ok()?);
+        v[8..].iter().all(|&b| b == (i % 251) as u8).then_some(i)
+    }
+
+    /// Child: sends `n` messages of the given sizes, each its index.
+    fn send_sized((tx, sizes): (Sender<Vec<u8>>, Vec<usize>)) -> u64 {
+        for (i, len) in sizes.iter().enumerate() {
+            if tx.send(&payload(i as u64, *len)).is_err() {
+                return i as u64;
+            }
+        }
+        sizes.len() as u64
+    }
+
+    fn sizes(seed: u64, n: usize) -> Vec<usize> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        (0..n)
+            .map(|_| match rng.u8(..4) {
+                0 => rng.usize(8..300_000),
+                _ => rng.usize(8..2000),
+            })
+            .collect()
+    }
+
+    fn cancelled_recv_loses_nothing() -> Result<(), Failed> {
+        let mut runner = TestRunner::new(Config {
+            cases: 3,
+            ..Config::default()
+        });
+        let strategy = (any::<u64>(), prop::collection::vec(0u64..300, 1..64));
+        let transports = conduit::Transport::enabled();
+        runner
+            .run(&strategy, |(seed, cancel_us)| {
+                for t in &transports {
+                    let r: Result<(), Failed> = runtime().block_on(async {
+                        let n = 300;
+                        let (tx, rx) = t.channel::<Vec<u8>>()?;
+                        let mut p = Process::spawn(send_sized, (tx, sizes(seed, n)))?;
+                        let mut rx = rx.into_async()?;
+                        let mut want = 0u64;
+                        let mut k = 0;
+                        while want < n as u64 {
+                            // Every other receive is cancelled after a tiny,
+                            // random time; whatever it was doing must not
+                            // lose a message.
+                            let got = if k % 2 == 0 {
+                                let d = Duration::from_micros(cancel_us[k / 2 % cancel_us.len()]);
+                                match tokio::time::timeout(d, rx.recv()).await {
+                                    Ok(r) => Some(r?),
+                                    Err(_) => None,
+                                }
+                            } else {
+                                Some(tokio::time::timeout(LONG, rx.recv()).await??)
+                            };
+                            k += 1;
+                            if let Some(v) = got {
+                                check(
+                                    parse(&v) == Some(want),
+                                    format!("{}: message {want} came as {:?}", t.name(), parse(&v)),
+                                )?;
+                                want += 1;
+                            }
+                        }
+                        check(
+                            rx.recv().await.err().is_some_and(|e| e.is_disconnected()),
+                            "end",
+                        )?;
+                        check(p.join()? == n as u64, "child's count")
+                    });
+                    r.map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+                }
+                Ok(())
+            })
+            .map_err(|e| format!("{e}").into())
+    }
+
+    /// Child: receives until the parent's end closes; returns the indices in
+    /// arrival order, or `u64::MAX` for a message that is not whole.
+    fn receive_all(rx: Receiver<Vec<u8>>) -> Vec<u64> {
+        let mut out = Vec::new();
+        loop {
+            match rx.recv() {
+                Ok(v) => out.push(parse(&v).unwrap_or(u64::MAX)),
+                Err(e) if e.is_disconnected() => break,
+                Err(_) => {
+                    out.push(u64::MAX);
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    fn cancelled_send_whole_or_nothing() -> Result<(), Failed> {
+        let mut runner = TestRunner::new(Config {
+            cases: 3,
+            ..Config::default()
+        });
+        let strategy = (any::<u64>(), prop::collection::vec(0u64..300, 1..64));
+        let transports = conduit::Transport::enabled();
+        runner
+            .run(&strategy, |(seed, cancel_us)| {
+                for t in &transports {
+                    let r: Result<(), Failed> = runtime().block_on(async {
+                        let n = 200;
+                        let sizes = sizes(seed, n);
+                        let (tx, rx) = t.channel::<Vec<u8>>()?;
+                        let mut p = Process::spawn(receive_all, rx)?;
+                        let mut tx = tx.into_async()?;
+                        let mut sent = Vec::new();
+                        for (i, len) in sizes.iter().enumerate() {
+                            let msg = payload(i as u64, *len);
+                            // A cancelled send either went out whole or not
+                            // at all: send it once more in the second case;
+                            // the first case shows up as a duplicate.
+                            let d = Duration::from_micros(cancel_us[i % cancel_us.len()]);
+                            match tokio::time::timeout(d, tx.send(&msg)).await {
+                                Ok(r) => r?,
+                                Err(_) => tokio::time::timeout(LONG, tx.send(&msg)).await??,
+                            }
+                            sent.push(i as u64);
+                        }
+                        tx.flush().await?;
+                        drop(tx);
+                        let got = p.join()?;
+                        check(
+                            !got.contains(&u64::MAX),
+                            format!("{}: a broken message", t.name()),
+                        )?;
+                        let mut dedup = got.clone();
+                        dedup.dedup();
+                        check(
+                            dedup == sent,
+                            format!(
+                                "{}: received {} distinct of {}",
+                                t.name(),
+                                dedup.len(),
+                                sent.len()
+                            ),
+                        )
+                    });
+                    r.map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+                }
+                Ok(())
+            })
+            .map_err(|e| format!("{e}").into())
+    }
+
+    #[cfg(target_os = "linux")]
+    fn threads() -> Result<usize, Failed> {
+        Ok(std::fs::read_dir("/proc/self/task")?.count())
+    }
+
+    #[cfg(target_os = "linux")]
+    fn cpu_time() -> Result<Duration, Failed> {
+        // This thread's: the runtime is a current-thread one.
+        let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
+        let rest = stat.rsplit(')').next().ok_or("stat")?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after ")".
+        let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+        Ok(Duration::from_millis(ticks * 10))
+    }
+
+    /// Child: sends `i` on sender `i` for each command, until the command
+    /// channel closes.
+    #[cfg(target_os = "linux")]
+    fn send_on((txs, cmds): (Vec<Sender<u64>>, Receiver<u64>)) -> u64 {
+        let mut n = 0;
+        for i in cmds.iter().flatten() {
+            if let Some(tx) = txs.get(i as usize) {
+                let _ = tx.send(&i);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Runs in a child of its own, so that the threads and CPU time it
+    /// measures are its own (the other tests run in parallel threads here).
+    #[cfg(target_os = "linux")]
+    fn thousand_idle_receivers_no_threads() -> Result<(), Failed> {
+        let mut p = Process::spawn(idle_thousand, ())?;
+        let r = p.join()?;
+        check(r.is_empty(), r)
+    }
+
+    #[cfg(target_os = "linux")]
+    fn idle_thousand(_: ()) -> String {
+        match idle_thousand_in_child() {
+            Ok(()) => String::new(),
+            Err(e) => format!("{e:?}"),
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn idle_thousand_in_child() -> Result<(), Failed> {
+        let transports = conduit::Transport::enabled();
+        let mut rxs = Vec::new();
+        let mut children = Vec::new();
+        for c in 0..4 {
+            let mut txs = Vec::new();
+            for k in 0..250 {
+                let t = transports[(c * 250 + k) % transports.len()];
+                let (tx, rx) = t.channel::<u64>()?;
+                txs.push(tx);
+                rxs.push(rx);
+            }
+            let (cmd_tx, cmd_rx) = conduit::channel::<u64>()?;
+            children.push((Process::spawn(send_on, (txs, cmd_rx))?, cmd_tx));
+        }
+        let rt = runtime();
+        let before = threads()?;
+        rt.block_on(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (i, rx) in rxs.into_iter().enumerate() {
+                let mut rx = rx.into_async()?;
+                tasks.spawn(async move { (i, rx.recv().await) });
+            }
+            // Every task is parked in the reactor now (not synchronisation:
+            // the thread count holds at any time).
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            let during = threads()?;
+            check(
+                during == before,
+                format!("{before} threads before, {during} with 1000 receivers"),
+            )?;
+            let (cpu0, wall0) = (cpu_time()?, std::time::Instant::now());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let (cpu, wall) = (cpu_time()? - cpu0, wall0.elapsed());
+            // Generous: an idle runtime uses ~0% CPU; polling 1000 endpoints
+            // in a loop would use ~100%.
+            check(cpu < wall / 4, format!("{cpu:?} of CPU in {wall:?} idle"))?;
+            // Child 2 sends on its sender 17: receiver 517 wakes.
+            children[2].1.send(&17)?;
+            let (i, r) = tokio::time::timeout(LONG, tasks.join_next())
+                .await?
+                .ok_or("no task")??;
+            check(i == 517 && r? == 17, format!("woke receiver {i}"))?;
+            tasks.abort_all();
+            Ok::<(), Failed>(())
+        })?;
+        for (mut p, cmd) in children {
+            drop(cmd);
+            p.join()?;
+        }
+        Ok(())
+    }
+
+    #[cfg(feature = "named")]
+    fn named_client((name, x): (String, u64)) -> u64 {
+        match conduit::named::connect_timeout::<u64, u64>(&name, Duration::from_secs(10)) {
+            Ok(conn) => {
+                let _ = conn.send(&x);
+                conn.recv().unwrap_or(0)
+            }
+            Err(_) => 0,
+        }
+    }
+
+    #[cfg(feature = "named")]
+    fn named_async() -> Result<(), Failed> {
+        runtime().block_on(async {
+            let name = format!(
+                "conduit-async-test-{}-{}",
+                std::process::id(),
+                fastrand::u32(..)
+            );
+            let listener = conduit::named::Listener::<u64, u64>::bind(&name)?.into_async()?;
+            let mut ps = Vec::new();
+            for x in 0..3 {
+                ps.push(Process::spawn(named_client, (name.clone(), x))?);
+            }
+            for _ in 0..3 {
+                let mut conn = tokio::time::timeout(LONG, listener.accept()).await??;
+                let x = conn.recv().await?;
+                conn.send(&(x + 10)).await?;
+            }
+            let mut got = Vec::new();
+            for p in &mut ps {
+                got.push(p.join_async().await?);
+            }
+            got.sort_unstable();
+            check(got == [10, 11, 12], format!("{got:?}"))?;
+            // connect_async to a blocking server in a thread.
+            let name2 = format!("{name}-2");
+            let l2 = conduit::named::Listener::<u64, u64>::bind(&name2)?;
+            let server = std::thread::spawn(move || -> conduit::Result<u64> {
+                let c = l2.accept()?;
+                let x = c.recv()?;
+                c.send(&(x * 2))?;
+                Ok(x)
+            });
+            let mut c = conduit::named::connect_async::<u64, u64>(&name2).await?;
+            c.send(&21).await?;
+            check(c.recv().await? == 42, "connect_async reply")?;
+            check(
+                server.join().map_err(|_| "server panicked")?? == 21,
+                "server",
+            )
+        })
+    }
+}

@@ -1,0 +1,470 @@
+//! `conduit::wait` across real processes: receivers and duplex endpoints of
+//! every enabled transport, the queue, processes and named listeners.
+//!
+//! `harness = false` like `process.rs`: children re-execute this binary
+//! through `conduit::init()`.
+
+use std::time::Duration;
+
+use conduit::{Duplex, Process, QueueReceiver, QueueSender, Receiver, Sender, Waitable};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+fn main() {
+    conduit::init();
+    let args = Arguments::from_args();
+    let mut tests = vec![
+        Trial::test("indices_of_every_transport", indices_of_every_transport),
+        Trial::test("timeout_returns_empty", timeout_returns_empty),
+        Trial::test("buffered_message_is_ready", buffered_message_is_ready),
+        Trial::test("peer_death_makes_ready", peer_death_makes_ready),
+        Trial::test("process_exit_is_ready", process_exit_is_ready),
+        Trial::test("thousand_objects", thousand_objects),
+    ];
+    // Children talk to the parent over an anonymous channel: a build with
+    // only the `named` transport cannot spawn them.
+    let anonymous = !conduit::Transport::enabled().is_empty();
+    tests = tests
+        .into_iter()
+        .map(|t| t.with_ignored_flag(!anonymous))
+        .collect();
+    #[cfg(feature = "named")]
+    tests.push(
+        Trial::test(
+            "named_listener_and_connection",
+            named::listener_and_connection,
+        )
+        .with_ignored_flag(!anonymous),
+    );
+    libtest_mimic::run(&args, tests).exit();
+}
+
+fn check(ok: bool, what: impl Into<String>) -> Result<(), Failed> {
+    if ok {
+        Ok(())
+    } else {
+        Err(what.into().into())
+    }
+}
+
+const LONG: Option<Duration> = Some(Duration::from_secs(10));
+const SHORT: Option<Duration> = Some(Duration::from_millis(20));
+
+/// The sending ends a child holds: one-way senders, duplex endpoints and a
+/// queue sender, addressed by one index in that order.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Ends {
+    txs: Vec<Sender<u32>>,
+    duplexes: Vec<Duplex<u32, u32>>,
+    queue: Option<QueueSender<u32>>,
+}
+
+impl Ends {
+    fn send_on(&self, i: usize, v: u32) -> conduit::Result<()> {
+        let (nt, nd) = (self.txs.len(), self.duplexes.len());
+        if i < nt {
+            self.txs[i].send(&v)
+        } else if i < nt + nd {
+            self.duplexes[i - nt].send(&v)
+        } else if let Some(q) = &self.queue {
+            q.send(&v)
+        } else {
+            Err(conduit::Error::new(
+                conduit::ErrorKind::InvalidInput,
+                "no such end",
+            ))
+        }
+    }
+}
+
+/// The receiving ends the parent waits on, in the same order as [`Ends`].
+struct Mine {
+    rxs: Vec<Receiver<u32>>,
+    duplexes: Vec<Duplex<u32, u32>>,
+    queue: Option<QueueReceiver<u32>>,
+}
+
+impl Mine {
+    fn objects(&self) -> Vec<&dyn Waitable> {
+        let mut v: Vec<&dyn Waitable> = Vec::new();
+        v.extend(self.rxs.iter().map(|r| r as &dyn Waitable));
+        v.extend(self.duplexes.iter().map(|d| d as &dyn Waitable));
+        v.extend(self.queue.iter().map(|q| q as &dyn Waitable));
+        v
+    }
+
+    fn recv_on(&self, i: usize) -> conduit::Result<u32> {
+        let (nt, nd) = (self.rxs.len(), self.duplexes.len());
+        let d = Duration::from_secs(10);
+        if i < nt {
+            self.rxs[i].recv_timeout(d)
+        } else if i < nt + nd {
+            self.duplexes[i - nt].recv_timeout(d)
+        } else {
+            self.queue.as_ref().map_or_else(
+                || {
+                    Err(conduit::Error::new(
+                        conduit::ErrorKind::InvalidInput,
+                        "no such end",
+                    ))
+                },
+                |q| q.recv_timeout(d),
+            )
+        }
+    }
+}
+
+/// `per` one-way channels and `per` duplex connections of every enabled
+/// transport, and a queue.
+fn make_ends(per: usize) -> conduit::Result<(Mine, Ends)> {
+    let mut mine = Mine {
+        rxs: Vec::new(),
+        duplexes: Vec::new(),
+        queue: None,
+    };
+    let mut ends = Ends {
+        txs: Vec::new(),
+        duplexes: Vec::new(),
+        queue: None,
+    };
+    for t in conduit::Transport::enabled() {
+        for _ in 0..per {
+            let (tx, rx) = t.channel::<u32>()?;
+            ends.txs.push(tx);
+            mine.rxs.push(rx);
+            let (a, b) = t.duplex::<u32, u32>()?;
+            mine.duplexes.push(a);
+            ends.duplexes.push(b);
+        }
+    }
+    let (qtx, qrx) = conduit::queue::<u32>()?;
+    ends.queue = Some(qtx);
+    mine.queue = Some(qrx);
+    Ok((mine, ends))
+}
+
+/// A command bit: send a little later.
+const LATER: u32 = 1 << 30;
+
+/// Child: for each command `i`, sends `i` on end `i`, then acknowledges;
+/// returns when the command channel closes. `u32::MAX` means "send a
+/// burst of two on end 0".
+fn sender((ends, cmds, acks): (Ends, Receiver<u32>, Sender<u32>)) -> u32 {
+    let mut n = 0;
+    for cmd in cmds.iter() {
+        let Ok(i) = cmd else { break };
+        if i == u32::MAX {
+            let _ = ends.send_on(0, 1);
+            let _ = ends.send_on(0, 2);
+        } else if i & LATER != 0 {
+            // Not synchronisation: makes it likely that the parent is
+            // already inside `wait` when the message comes (the test passes
+            // either way when `wait` works).
+            std::thread::sleep(Duration::from_millis(20));
+            let _ = ends.send_on((i & !LATER) as usize, i & !LATER);
+        } else {
+            let _ = ends.send_on(i as usize, i);
+        }
+        n += 1;
+        if acks.send(&i).is_err() {
+            break;
+        }
+    }
+    n
+}
+
+struct Child {
+    p: Process<u32>,
+    cmds: Sender<u32>,
+    acks: Receiver<u32>,
+}
+
+impl Child {
+    fn start(ends: Ends) -> conduit::Result<Child> {
+        let (cmds, cmds_rx) = conduit::channel::<u32>()?;
+        let (acks_tx, acks) = conduit::channel::<u32>()?;
+        let p = Process::spawn(sender, (ends, cmds_rx, acks_tx))?;
+        Ok(Child { p, cmds, acks })
+    }
+
+    /// Makes the child send on `i` and waits until it has.
+    fn send_on(&self, i: u32) -> Result<(), Failed> {
+        self.cmds.send(&i)?;
+        let ack = self.acks.recv_timeout(Duration::from_secs(10))?;
+        check(ack == i, format!("ack {ack} for {i}"))
+    }
+}
+
+fn indices_of_every_transport() -> Result<(), Failed> {
+    let (mine, ends) = make_ends(2)?;
+    let n = mine.objects().len();
+    let child = Child::start(ends)?;
+    let objects = mine.objects();
+    check(
+        conduit::wait(&objects, SHORT)?.is_empty(),
+        "nothing sent yet",
+    )?;
+    // Each end alone, then two at once.
+    for i in 0..n {
+        child.send_on(i as u32)?;
+        let ready = conduit::wait(&objects, LONG)?;
+        check(ready == [i], format!("sent on {i}, ready {ready:?}"))?;
+        check(mine.recv_on(i)? == i as u32, format!("value on {i}"))?;
+    }
+    // The message comes while the parent waits: a transport must wake it.
+    for i in 0..n {
+        child.cmds.send(&(i as u32 | LATER))?;
+        let ready = conduit::wait(&objects, LONG)?;
+        check(ready == [i], format!("sent on {i} later, ready {ready:?}"))?;
+        check(mine.recv_on(i)? == i as u32, format!("value on {i}"))?;
+        child.acks.recv_timeout(Duration::from_secs(10))?;
+    }
+    for (i, j) in [(0, n - 1), (1, n / 2)] {
+        child.send_on(j as u32)?;
+        child.send_on(i as u32)?;
+        let ready = conduit::wait(&objects, LONG)?;
+        check(
+            ready == [i, j],
+            format!("sent on {i} and {j}, ready {ready:?}"),
+        )?;
+        mine.recv_on(i)?;
+        mine.recv_on(j)?;
+    }
+    check(conduit::wait(&objects, SHORT)?.is_empty(), "all received")?;
+    drop(child.cmds);
+    let mut p = child.p;
+    check(p.join()? == 2 * n as u32 + 4, "child's count")
+}
+
+fn timeout_returns_empty() -> Result<(), Failed> {
+    let (mine, ends) = make_ends(1)?;
+    let child = Child::start(ends)?;
+    let objects = mine.objects();
+    for t in [
+        Duration::ZERO,
+        Duration::from_millis(1),
+        Duration::from_millis(50),
+    ] {
+        let ready = conduit::wait(&objects, Some(t))?;
+        check(ready.is_empty(), format!("timeout {t:?}: ready {ready:?}"))?;
+    }
+    check(conduit::wait(&[], SHORT)?.is_empty(), "no objects")?;
+    let e = conduit::wait(&[], None)
+        .err()
+        .ok_or("no objects, no timeout: returned")?;
+    check(
+        e.kind() == conduit::ErrorKind::InvalidInput,
+        format!("no objects, no timeout: {e}"),
+    )?;
+    drop(child.cmds);
+    let mut p = child.p;
+    check(p.join()? == 0, "child's count")
+}
+
+/// A stream receiver that read two messages in one go keeps the second in
+/// its own buffer: the socket is empty, yet the receiver is ready.
+fn buffered_message_is_ready() -> Result<(), Failed> {
+    for t in conduit::Transport::enabled() {
+        let (tx, rx) = t.channel::<u32>()?;
+        let (_unused_tx, idle) = t.channel::<u32>()?;
+        let child = Child::start(Ends {
+            txs: vec![tx],
+            duplexes: Vec::new(),
+            queue: None,
+        })?;
+        child.send_on(u32::MAX)?;
+        let objects: [&dyn Waitable; 2] = [&idle, &rx];
+        check(
+            conduit::wait(&objects, LONG)? == [1],
+            format!("{}: first", t.name()),
+        )?;
+        check(rx.recv()? == 1, "first value")?;
+        let ready = conduit::wait(&objects, LONG)?;
+        check(
+            ready == [1],
+            format!("{}: second message, ready {ready:?}", t.name()),
+        )?;
+        check(rx.recv()? == 2, "second value")?;
+        check(
+            conduit::wait(&objects, SHORT)?.is_empty(),
+            format!("{}: drained", t.name()),
+        )?;
+        drop(child.cmds);
+        let mut p = child.p;
+        p.join()?;
+    }
+    Ok(())
+}
+
+/// Child: holds the ends until killed.
+fn hold((ends, ready): (Ends, Sender<u32>)) -> u32 {
+    let _ = ready.send(&1);
+    std::thread::sleep(Duration::from_secs(120));
+    drop(ends);
+    0
+}
+
+fn peer_death_makes_ready() -> Result<(), Failed> {
+    let (mine, ends) = make_ends(1)?;
+    let (ready_tx, ready_rx) = conduit::channel::<u32>()?;
+    let mut p = Process::spawn(hold, (ends, ready_tx))?;
+    ready_rx.recv_timeout(Duration::from_secs(10))?;
+    let objects = mine.objects();
+    {
+        let mut with_p = objects.clone();
+        with_p.push(&p);
+        check(conduit::wait(&with_p, SHORT)?.is_empty(), "child alive")?;
+    }
+    p.kill()?;
+    for (i, o) in objects.iter().enumerate() {
+        let ready = conduit::wait(&[*o], Some(Duration::from_secs(5)))?;
+        check(ready == [0], format!("object {i} not ready after the kill"))?;
+        let err = match mine.recv_on(i) {
+            Ok(v) => return Err(format!("object {i}: got {v} from a dead child").into()),
+            Err(e) => e,
+        };
+        check(err.is_disconnected(), format!("object {i}: {err}"))?;
+    }
+    let ready = conduit::wait(&objects, LONG)?;
+    check(
+        ready.len() == objects.len(),
+        format!("all ready: {ready:?}"),
+    )?;
+    check(conduit::wait(&[&p], LONG)? == [0], "killed process")?;
+    Ok(())
+}
+
+/// Child: returns `x` once told to.
+fn finish_when_told((x, go): (u32, Receiver<u32>)) -> u32 {
+    let _ = go.recv();
+    x
+}
+
+fn process_exit_is_ready() -> Result<(), Failed> {
+    let (go1, rx1) = conduit::channel::<u32>()?;
+    let (go2, rx2) = conduit::channel::<u32>()?;
+    let mut p1 = Process::spawn(finish_when_told, (1, rx1))?;
+    let mut p2 = Process::spawn(finish_when_told, (2, rx2))?;
+    check(
+        conduit::wait(&[&p1, &p2], SHORT)?.is_empty(),
+        "both running",
+    )?;
+    go2.send(&0)?;
+    check(conduit::wait(&[&p1, &p2], LONG)? == [1], "second exited")?;
+    check(p2.join()? == 2, "second result")?;
+    // A joined process stays ready.
+    check(conduit::wait(&[&p1, &p2], LONG)? == [1], "joined one")?;
+    go1.send(&0)?;
+    check(conduit::wait(&[&p1], LONG)? == [0], "first exited")?;
+    check(p1.join()? == 1, "first result")
+}
+
+fn thousand_objects() -> Result<(), Failed> {
+    // 4 children with 250 mixed one-way channels each (every enabled
+    // transport in turn), plus 4 queue receivers and the 4 processes.
+    let transports = conduit::Transport::enabled();
+    let mut rxs: Vec<Receiver<u32>> = Vec::new();
+    let mut children = Vec::new();
+    let mut queues = Vec::new();
+    for c in 0..4 {
+        let mut txs = Vec::new();
+        for k in 0..250 {
+            let t = transports[(c * 250 + k) % transports.len()];
+            let (tx, rx) = t.channel::<u32>()?;
+            txs.push(tx);
+            rxs.push(rx);
+        }
+        let (qtx, qrx) = conduit::queue::<u32>()?;
+        queues.push(qrx);
+        children.push(Child::start(Ends {
+            txs,
+            duplexes: Vec::new(),
+            queue: Some(qtx),
+        })?);
+    }
+    let mut objects: Vec<&dyn Waitable> = rxs.iter().map(|r| r as &dyn Waitable).collect();
+    objects.extend(queues.iter().map(|q| q as &dyn Waitable));
+    objects.extend(children.iter().map(|c| &c.p as &dyn Waitable));
+    check(objects.len() == 1008, "1008 objects")?;
+    check(conduit::wait(&objects, SHORT)?.is_empty(), "idle")?;
+    // Child 3 sends on its channel 249 (object 999), child 0 on its queue
+    // (object 1000), child 1 on its channel 7 (object 257).
+    children[3].send_on(249)?;
+    children[0].send_on(250)?;
+    children[1].send_on(7)?;
+    let ready = conduit::wait(&objects, LONG)?;
+    check(ready == [257, 999, 1000], format!("ready {ready:?}"))?;
+    check(rxs[999].recv()? == 249 && rxs[257].recv()? == 7, "values")?;
+    check(queues[0].recv()? == 250, "queue value")?;
+    // Every child gone: every object is ready.
+    let mut procs = Vec::new();
+    for c in children {
+        drop(c.cmds);
+        procs.push(c.p);
+    }
+    for (p, want) in procs.iter_mut().zip([1, 1, 0, 1]) {
+        check(p.join()? == want, "child's count")?;
+    }
+    let mut objects: Vec<&dyn Waitable> = rxs.iter().map(|r| r as &dyn Waitable).collect();
+    objects.extend(queues.iter().map(|q| q as &dyn Waitable));
+    objects.extend(procs.iter().map(|p| p as &dyn Waitable));
+    let ready = conduit::wait(&objects, LONG)?;
+    check(
+        ready.len() == 1008,
+        format!("{} of 1008 ready after the children exited", ready.len()),
+    )
+}
+
+#[cfg(feature = "named")]
+mod named {
+    use super::*;
+
+    /// Child: connects to `name`, sends `x`, waits for the reply.
+    fn client((name, x): (String, u32)) -> u32 {
+        let Ok(conn) = conduit::named::connect::<u32, u32>(&name) else {
+            return 0;
+        };
+        let _ = conn.send(&x);
+        conn.recv().unwrap_or(0)
+    }
+
+    pub(super) fn listener_and_connection() -> Result<(), Failed> {
+        let name = format!(
+            "conduit-wait-test-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        );
+        let listener = conduit::named::Listener::<u32, u32>::bind(&name)?;
+        let (_tx, idle) = conduit::channel::<u32>()?;
+        if cfg!(windows) {
+            // Not yet on Windows: said so, not a hang.
+            let e = match conduit::wait(&[&idle, &listener], SHORT) {
+                Ok(r) => return Err(format!("wait on a listener gave {r:?}").into()),
+                Err(e) => e,
+            };
+            return check(e.kind() == conduit::ErrorKind::Unsupported, format!("{e}"));
+        }
+        check(
+            conduit::wait(&[&idle, &listener], SHORT)?.is_empty(),
+            "no client yet",
+        )?;
+        let mut p = Process::spawn(client, (name.clone(), 41))?;
+        check(
+            conduit::wait(&[&idle, &listener], LONG)? == [1],
+            "client waiting",
+        )?;
+        let conn = listener.accept_timeout(Duration::from_secs(10))?;
+        check(
+            conduit::wait(&[&idle, &conn], LONG)? == [1],
+            "message on the connection",
+        )?;
+        let x = conn.recv()?;
+        conn.send(&(x + 1))?;
+        check(p.join()? == 42, "reply")?;
+        // The client is gone: its connection is ready (Disconnected).
+        check(conduit::wait(&[&idle, &conn], LONG)? == [1], "client gone")?;
+        check(
+            conn.recv().map_err(|e| e.is_disconnected()).err() == Some(true),
+            "disconnected",
+        )
+    }
+}
