@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use conduit::{ErrorKind, OnWorkerDeath, Pool};
 use conduit_tests::{check, fails};
@@ -51,6 +52,7 @@ fn main() {
         Trial::test("close_then_join", close_then_join),
         Trial::test("large_inputs_and_results", large_inputs_and_results),
         Trial::test("endpoints_inside_inputs", endpoints_inside_inputs),
+        Trial::test("map_async_and_join_async", map_async_and_join_async),
     ];
     conduit_tests::run_with_processes(&args, tests);
 }
@@ -280,7 +282,7 @@ fn worker_killed_from_outside_during_map() -> Result<(), Failed> {
         };
         #[cfg(any(target_os = "linux", windows))]
         check(
-            gone_within(pid, std::time::Duration::from_secs(5)),
+            gone_within(pid, Duration::from_secs(5)),
             format!("round {round}: killed worker {pid} not reaped"),
         )?;
         let _ = pid;
@@ -406,7 +408,7 @@ fn dropped_pool_leaves_no_process() -> Result<(), Failed> {
     #[cfg(any(target_os = "linux", windows))]
     for pid in pids {
         check(
-            gone_within(pid, std::time::Duration::from_secs(1)),
+            gone_within(pid, Duration::from_secs(1)),
             format!("worker {pid} outlived its pool"),
         )?;
     }
@@ -511,4 +513,55 @@ fn endpoints_inside_inputs() -> Result<(), Failed> {
         check(got == want, format!("input {i}: {got} != {want}"))?;
     }
     Ok(())
+}
+
+fn map_async_and_join_async() -> Result<(), Failed> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // A liveness bound: a lost wake-up shows as this timeout, not a hang.
+    let run = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            let pool = Pool::new(2)?;
+            // Two maps awaited together on one thread.
+            let (a, b) = tokio::join!(
+                pool.map_async(triple, 0..3000u64),
+                pool.map_async(triple, 3000..6000u64)
+            );
+            let (a, b) = (a?, b?);
+            check(
+                a.iter().chain(&b).copied().eq((0..6000u64).map(|n| 3 * n)),
+                "map_async results",
+            )?;
+            check(
+                pool.submit(triple, 5)?.join_async().await? == 15,
+                "join_async",
+            )?;
+            // A cancelled map_async leaves the pool usable.
+            let cancelled =
+                tokio::time::timeout(Duration::from_micros(1), pool.map_async(churn, 0..2000u64))
+                    .await;
+            drop(cancelled);
+            check(
+                pool.map_async(triple, 0..10u64).await?[9] == 27,
+                "after a cancel",
+            )?;
+            // A task awaited while its pool is dropped ends with Disconnected.
+            let stuck = pool.submit(block, 0)?;
+            let (got, ()) = tokio::join!(
+                tokio::time::timeout(Duration::from_secs(10), stuck.join_async()),
+                async {
+                    tokio::task::yield_now().await;
+                    drop(pool);
+                }
+            );
+            match got {
+                Ok(Err(e)) => check(e.kind() == ErrorKind::Disconnected, format!("{e}")),
+                Ok(Ok(())) => Err("a blocked task returned".into()),
+                Err(_) => Err("join_async still waits 10 s after the pool was dropped".into()),
+            }
+        })
+        .await
+    });
+    run.map_err(|_| Failed::from("the async pool calls did not finish within 60 s"))?
 }

@@ -28,11 +28,35 @@ use crate::{runtime, sys, Process};
 pub(crate) struct Sink {
     tx: mpsc::Sender<Outcome>,
     abandoned: Arc<AtomicBool>,
+    /// Wakes a task awaiting the results (`next_async`).
+    #[cfg(feature = "tokio")]
+    notify: Arc<tokio::sync::Notify>,
 }
 
 impl Sink {
-    pub(crate) fn new(tx: mpsc::Sender<Outcome>, abandoned: Arc<AtomicBool>) -> Sink {
-        Sink { tx, abandoned }
+    pub(crate) fn new(
+        tx: mpsc::Sender<Outcome>,
+        abandoned: Arc<AtomicBool>,
+        #[cfg(feature = "tokio")] notify: Arc<tokio::sync::Notify>,
+    ) -> Sink {
+        Sink {
+            tx,
+            abandoned,
+            #[cfg(feature = "tokio")]
+            notify,
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Drop for Sink {
+    fn drop(&mut self) {
+        // The last sink gone closes the channel: an awaiting task must look
+        // again to see it. The sender is dropped first, so that the task
+        // woken here finds the channel closed.
+        let (closed, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.tx, closed));
+        self.notify.notify_one();
     }
 }
 
@@ -164,6 +188,8 @@ impl Chunk {
             packed,
             body,
         });
+        #[cfg(feature = "tokio")]
+        self.sink.notify.notify_one();
     }
 
     fn fail(self, e: Error) {

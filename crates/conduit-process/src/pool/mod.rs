@@ -353,6 +353,47 @@ impl Pool {
         self.start(f, [input], true).map(PoolTask::new)
     }
 
+    /// Like [`map`](Pool::map), awaiting the results without blocking the
+    /// runtime (feature `tokio`): the inputs are encoded and queued at the
+    /// first poll, in the calling task, then the results are awaited (no
+    /// thread is started for them). Dropping the future skips the chunks
+    /// not started yet.
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Pool::map).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), conduit::Error> {
+    /// conduit::init();
+    /// let pool = conduit::Pool::new(2)?;
+    /// let out = pool.map_async(square, 0..100u64).await?;
+    /// assert_eq!(out[9], 81);
+    /// assert_eq!(pool.submit(square, 7)?.join_async().await?, 49);
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub async fn map_async<F, A, R, I>(&self, f: F, inputs: I) -> Result<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let mut it = self.imap(f, inputs)?;
+        let mut out = Vec::with_capacity(it.len());
+        while let Some(r) = it.next_async().await {
+            out.push(r?);
+        }
+        Ok(out)
+    }
+
     /// Accepts no more tasks; the workers exit once the queued ones are
     /// done (Python's `Pool.close`).
     pub fn close(&self) {
@@ -424,7 +465,14 @@ impl Pool {
         let per_chunk = self.shared.chunk_size(n);
         let (tx, rx) = mpsc::channel();
         let abandoned = Arc::new(AtomicBool::new(false));
-        let sink = Sink::new(tx, Arc::clone(&abandoned));
+        #[cfg(feature = "tokio")]
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let sink = Sink::new(
+            tx,
+            Arc::clone(&abandoned),
+            #[cfg(feature = "tokio")]
+            Arc::clone(&notify),
+        );
         let packed = !is_raw::<A>();
         // Each chunk is queued as soon as it is full, so that the workers
         // start while the rest is encoded. If an input does not encode, the
@@ -478,7 +526,14 @@ impl Pool {
             chunk.seal();
             queued(self.shared.submit(chunk))?;
         }
-        Ok(PoolIter::new(rx, total, ordered, abandoned))
+        Ok(PoolIter::new(
+            rx,
+            total,
+            ordered,
+            abandoned,
+            #[cfg(feature = "tokio")]
+            notify,
+        ))
     }
 }
 

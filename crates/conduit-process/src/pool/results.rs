@@ -37,6 +37,9 @@ pub struct PoolIter<R> {
     /// Set when every sender is gone (the pool went away).
     orphaned: bool,
     abandoned: Arc<AtomicBool>,
+    /// Notified by the pool after each delivery (and when it lets go).
+    #[cfg(feature = "tokio")]
+    notify: Arc<tokio::sync::Notify>,
     _r: PhantomData<fn() -> R>,
 }
 
@@ -56,6 +59,7 @@ impl<R: DeserializeOwned + 'static> PoolIter<R> {
         total: usize,
         ordered: bool,
         abandoned: Arc<AtomicBool>,
+        #[cfg(feature = "tokio")] notify: Arc<tokio::sync::Notify>,
     ) -> PoolIter<R> {
         PoolIter {
             rx,
@@ -66,7 +70,35 @@ impl<R: DeserializeOwned + 'static> PoolIter<R> {
             arrived: VecDeque::new(),
             orphaned: false,
             abandoned,
+            #[cfg(feature = "tokio")]
+            notify,
             _r: PhantomData,
+        }
+    }
+
+    /// The next result, awaited without blocking the runtime (feature
+    /// `tokio`); `None` after the last. Cancel-safe: a result is taken out
+    /// only when it is returned.
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub async fn next_async(&mut self) -> Option<Result<R>> {
+        loop {
+            if self.yielded >= self.total {
+                return None;
+            }
+            if let Some(r) = self.take_ready() {
+                return Some(r);
+            }
+            if self.orphaned {
+                return None;
+            }
+            // A delivery between this look and the wait leaves a permit in
+            // the Notify, so the wait below returns at once: no lost wake-up.
+            match self.rx.try_recv() {
+                Ok(outcome) => self.absorb(outcome),
+                Err(mpsc::TryRecvError::Disconnected) => self.orphan(),
+                Err(mpsc::TryRecvError::Empty) => self.notify.notified().await,
+            }
         }
     }
 
@@ -261,6 +293,8 @@ impl<R: DeserializeOwned + 'static> Iterator for PoolIter<R> {
     }
 }
 
+impl<R: DeserializeOwned + 'static> ExactSizeIterator for PoolIter<R> {}
+
 impl<R> Drop for PoolIter<R> {
     fn drop(&mut self) {
         self.abandoned.store(true, Ordering::Relaxed);
@@ -312,6 +346,18 @@ impl<R: DeserializeOwned + 'static> PoolTask<R> {
     /// As one item of [`Pool::map`](crate::Pool::map).
     pub fn join(mut self) -> Result<R> {
         self.0.next_until(None).unwrap_or_else(taken)
+    }
+
+    /// Waits for the task's result without blocking the runtime (feature
+    /// `tokio`).
+    ///
+    /// # Errors
+    ///
+    /// As [`join`](PoolTask::join).
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub async fn join_async(mut self) -> Result<R> {
+        self.0.next_async().await.unwrap_or_else(taken)
     }
 
     /// Waits at most `timeout` for the task's result; `Timeout` leaves the
