@@ -300,7 +300,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + 'static,
         I: IntoIterator<Item = A>,
     {
-        self.imap(f, inputs)?.collect()
+        self.imap(f, inputs)?.collect_in_order()
     }
 
     /// `f` over every input, as an iterator of results in input order

