@@ -7,20 +7,13 @@
 
 use std::time::Duration;
 
+use conduit_tests::check;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 fn main() {
     conduit::init();
     let args = Arguments::from_args();
     libtest_mimic::run(&args, imp::tests()).exit();
-}
-
-fn check(ok: bool, what: impl Into<String>) -> Result<(), Failed> {
-    if ok {
-        Ok(())
-    } else {
-        Err(what.into().into())
-    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {

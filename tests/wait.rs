@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use conduit::{Duplex, Process, QueueReceiver, QueueSender, Receiver, Sender, Waitable};
+use conduit_tests::check;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 fn main() {
@@ -36,14 +37,6 @@ fn main() {
         .with_ignored_flag(!anonymous),
     );
     libtest_mimic::run(&args, tests).exit();
-}
-
-fn check(ok: bool, what: impl Into<String>) -> Result<(), Failed> {
-    if ok {
-        Ok(())
-    } else {
-        Err(what.into().into())
-    }
 }
 
 const LONG: Option<Duration> = Some(Duration::from_secs(10));
