@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use conduit_tests::check;
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Trial};
 
 fn main() {
     conduit::init();
@@ -49,6 +49,8 @@ mod imp {
 #[cfg(unix)]
 mod imp {
     use super::*;
+
+    use libtest_mimic::Failed;
 
     use conduit::{Duplex, Process, QueueReceiver, QueueSender, Receiver, Sender};
     use proptest::prelude::*;
