@@ -320,56 +320,36 @@ fn run(opts: &Opts) -> Res<ExitCode> {
     let started = Instant::now();
     let current = hang_guard();
     let results = run_rounds(&systems, &cases, &ctx, &current, budget.reps);
-    let queued = if with_queue {
-        eprint!("queue: 1P/1C, 4P/1C, 4P/4C against Python mp.Queue and the shm channel ... ");
-        *current.lock().unwrap_or_else(PoisonError::into_inner) = Some((
-            Instant::now() + budget.case_timeout() * 8 + Duration::from_secs(120),
-            "queue".to_owned(),
-        ));
-        let res = queue::run(&ctx, opts.quick);
-        *current.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        match &res {
-            Ok(_) => eprintln!("done"),
-            Err(e) => eprintln!("FAILED: {e}"),
-        }
-        Some(res)
-    } else {
-        None
-    };
-    let spawned = if with_spawn {
-        eprint!("spawn + join of an empty function ... ");
-        *current.lock().unwrap_or_else(PoisonError::into_inner) = Some((
-            Instant::now() + budget.case_timeout() * 4 + Duration::from_secs(60),
-            "spawn + join".to_owned(),
-        ));
-        ctx.pinning.enter_parent(false);
-        let res = spawn::run(&budget, &ctx.python);
-        *current.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        match &res {
-            Ok(_) => eprintln!("done"),
-            Err(e) => eprintln!("FAILED: {e}"),
-        }
-        Some(res)
-    } else {
-        None
-    };
-    let pooled = if with_pool {
-        eprint!("Pool.map throughput ... ");
-        *current.lock().unwrap_or_else(PoisonError::into_inner) = Some((
-            Instant::now() + budget.case_timeout() * 8 + Duration::from_secs(120),
-            "Pool.map".to_owned(),
-        ));
-        ctx.pinning.enter_parent(false);
-        let res = pool::run(&budget, &ctx.python, opts.quick);
-        *current.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        match &res {
-            Ok(_) => eprintln!("done"),
-            Err(e) => eprintln!("FAILED: {e}"),
-        }
-        Some(res)
-    } else {
-        None
-    };
+    let queued = with_queue.then(|| {
+        section(
+            &current,
+            "queue: 1P/1C, 4P/1C, 4P/4C against Python mp.Queue and the shm channel",
+            budget.case_timeout() * 8 + Duration::from_secs(120),
+            || queue::run(&ctx, opts.quick),
+        )
+    });
+    let spawned = with_spawn.then(|| {
+        section(
+            &current,
+            "spawn + join of an empty function",
+            budget.case_timeout() * 4 + Duration::from_secs(60),
+            || {
+                ctx.pinning.enter_parent(false);
+                spawn::run(&budget, &ctx.python)
+            },
+        )
+    });
+    let pooled = with_pool.then(|| {
+        section(
+            &current,
+            "Pool.map throughput",
+            budget.case_timeout() * 8 + Duration::from_secs(120),
+            || {
+                ctx.pinning.enter_parent(false);
+                pool::run(&budget, &ctx.python, opts.quick)
+            },
+        )
+    });
     let elapsed = started.elapsed();
     let load_after = report::load_average();
     let meta = report::Meta {
@@ -387,45 +367,14 @@ fn run(opts: &Opts) -> Res<ExitCode> {
         println!("{table}");
     }
     let mut json = report::json(&systems, &results, &meta);
-    match &queued {
-        Some(Ok(q)) => {
-            println!("{}", q.table());
-            if let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(&json) {
-                doc["queue"] = q.json();
-                if let Ok(text) = serde_json::to_string_pretty(&doc) {
-                    json = text + "\n";
-                }
-            }
-        }
-        Some(Err(e)) => println!("\nqueue: FAILED: {e}"),
-        None => {}
-    }
-    match &spawned {
-        Some(Ok(s)) => {
-            println!("{}", s.table());
-            if let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(&json) {
-                doc["spawn"] = s.json();
-                if let Ok(text) = serde_json::to_string_pretty(&doc) {
-                    json = text + "\n";
-                }
-            }
-        }
-        Some(Err(e)) => println!("\nspawn + join of an empty function: FAILED: {e}"),
-        None => {}
-    }
-    match &pooled {
-        Some(Ok(p)) => {
-            println!("{}", p.table());
-            if let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(&json) {
-                doc["pool"] = p.json();
-                if let Ok(text) = serde_json::to_string_pretty(&doc) {
-                    json = text + "\n";
-                }
-            }
-        }
-        Some(Err(e)) => println!("\nPool.map throughput: FAILED: {e}"),
-        None => {}
-    }
+    add_section(&mut json, "queue", "queue", queued.as_ref());
+    add_section(
+        &mut json,
+        "spawn",
+        "spawn + join of an empty function",
+        spawned.as_ref(),
+    );
+    add_section(&mut json, "pool", "Pool.map throughput", pooled.as_ref());
     let json_path = out_dir.join("results.json");
     std::fs::write(&json_path, json)
         .map_err(|e| err(format!("cannot write {}: {e}", json_path.display())))?;
@@ -450,6 +399,78 @@ fn run(opts: &Opts) -> Res<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// A section of the bench that runs after the table (queue, spawn, pool):
+/// its own table and its entry of `results.json`.
+trait Section {
+    fn table(&self) -> String;
+    fn json(&self) -> serde_json::Value;
+}
+
+impl Section for queue::QueueResults {
+    fn table(&self) -> String {
+        queue::QueueResults::table(self)
+    }
+    fn json(&self) -> serde_json::Value {
+        queue::QueueResults::json(self)
+    }
+}
+
+impl Section for spawn::SpawnResults {
+    fn table(&self) -> String {
+        spawn::SpawnResults::table(self)
+    }
+    fn json(&self) -> serde_json::Value {
+        spawn::SpawnResults::json(self)
+    }
+}
+
+impl Section for pool::PoolResults {
+    fn table(&self) -> String {
+        pool::PoolResults::table(self)
+    }
+    fn json(&self) -> serde_json::Value {
+        pool::PoolResults::json(self)
+    }
+}
+
+/// Runs one section under the hang guard (`limit`), saying on stderr how
+/// it went.
+fn section<T>(
+    current: &Current,
+    what: &str,
+    limit: Duration,
+    run: impl FnOnce() -> Res<T>,
+) -> Res<T> {
+    eprint!("{what} ... ");
+    *current.lock().unwrap_or_else(PoisonError::into_inner) =
+        Some((Instant::now() + limit, what.to_owned()));
+    let res = run();
+    *current.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    match &res {
+        Ok(_) => eprintln!("done"),
+        Err(e) => eprintln!("FAILED: {e}"),
+    }
+    res
+}
+
+/// Prints a section's table (or that it failed) and puts its JSON under
+/// `key` in `json` (the text of `results.json`).
+fn add_section<S: Section>(json: &mut String, key: &str, title: &str, res: Option<&Res<S>>) {
+    match res {
+        Some(Ok(s)) => {
+            println!("{}", s.table());
+            if let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(json) {
+                doc[key] = s.json();
+                if let Ok(text) = serde_json::to_string_pretty(&doc) {
+                    *json = text + "\n";
+                }
+            }
+        }
+        Some(Err(e)) => println!("\n{title}: FAILED: {e}"),
+        None => {}
+    }
 }
 
 /// Runs `cases` in `rounds` rounds: every case once per round, in
