@@ -215,6 +215,26 @@ impl<T, C: Codec> Drop for AsyncReceiver<T, C> {
     }
 }
 
+/// One step of a receiver's `Stream`: a message, or the end of the stream
+/// (`Disconnected` ends it quietly, another error is yielded first). Sets
+/// `done` once the stream has ended. Shared with the queue's async
+/// receiver; not a stable interface.
+#[doc(hidden)]
+pub fn stream_item<T>(done: &mut bool, polled: Poll<Result<T>>) -> Poll<Option<Result<T>>> {
+    match polled {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(Ok(v)) => Poll::Ready(Some(Ok(v))),
+        Poll::Ready(Err(e)) => {
+            *done = true;
+            if e.is_disconnected() {
+                Poll::Ready(None)
+            } else {
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+}
+
 /// The messages until the sender is gone (`Disconnected` ends the stream);
 /// other errors are yielded, then the stream ends.
 impl<T: DeserializeOwned + 'static, C: Codec> futures_core::Stream for AsyncReceiver<T, C> {
@@ -225,18 +245,8 @@ impl<T: DeserializeOwned + 'static, C: Codec> futures_core::Stream for AsyncRece
         if this.done {
             return Poll::Ready(None);
         }
-        match this.poll_recv(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(v)) => Poll::Ready(Some(Ok(v))),
-            Poll::Ready(Err(e)) => {
-                this.done = true;
-                if e.is_disconnected() {
-                    Poll::Ready(None)
-                } else {
-                    Poll::Ready(Some(Err(e)))
-                }
-            }
-        }
+        let polled = this.poll_recv(cx);
+        stream_item(&mut this.done, polled)
     }
 }
 

@@ -127,18 +127,8 @@ impl<T: DeserializeOwned + 'static> futures_core::Stream for AsyncQueueReceiver<
         if this.done {
             return Poll::Ready(None);
         }
-        match this.poll_recv(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(v)) => Poll::Ready(Some(Ok(v))),
-            Poll::Ready(Err(e)) => {
-                this.done = true;
-                if e.is_disconnected() {
-                    Poll::Ready(None)
-                } else {
-                    Poll::Ready(Some(Err(e)))
-                }
-            }
-        }
+        let polled = this.poll_recv(cx);
+        conduit_core::stream_item(&mut this.done, polled)
     }
 }
 
