@@ -9,6 +9,7 @@
 //!
 //! Plain `harness = false` timing: for each case, 15 batches of ~20 ms,
 //! the median ns per message is printed with the min–max over batches.
+//! Words after `--` pick the cases whose title holds one of them.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -88,6 +89,15 @@ fn case<T>(title: &str, value: T)
 where
     T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
 {
+    // `cargo bench -p conduit-core --bench codec -- Pool`: only the cases
+    // whose title holds one of the words given.
+    let words: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if !words.is_empty() && !words.iter().any(|w| title.contains(w.as_str())) {
+        return;
+    }
     let mut reference = Vec::new();
     if ciborium::into_writer(&value, &mut reference).is_err() {
         println!("{title}: ciborium cannot encode it");
@@ -206,6 +216,16 @@ fn main() {
             value: 100_000.0,
             label: "conduit-bench typed sample".into(),
         },
+    );
+    // What a Pool.map of 100,000 tiny tasks decodes: its results
+    // (`x * x`, mostly 9-byte items) and its inputs (0..12,500, 1–3 bytes).
+    case(
+        "Pool results (12,500 u64 squares)",
+        (87_500..100_000u64).map(|x| x * x).collect::<Vec<u64>>(),
+    );
+    case(
+        "Pool inputs (12,500 u64, 0..12,500)",
+        (0..12_500u64).collect::<Vec<u64>>(),
     );
     case(
         "Mixed (enums, Option, bytes, half float, int-keyed map)",

@@ -107,6 +107,40 @@ impl Codec for Cbor {
     }
 }
 
+impl Cbor {
+    /// Decodes one whole CBOR item from `bytes` through a serde
+    /// [`DeserializeSeed`](serde::de::DeserializeSeed), for example to
+    /// decode an array's elements one at a time into a collection that
+    /// already exists instead of a new `Vec`. Trailing bytes are an error,
+    /// as for [`Codec::decode`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use conduit_core::codec::{Cbor, Codec};
+    /// use std::marker::PhantomData;
+    /// let mut buf = Vec::new();
+    /// Cbor::encode(&(1u8, "two"), &mut buf).unwrap();
+    /// let back: (u8, String) = Cbor::decode_seed(&buf, PhantomData).unwrap();
+    /// assert_eq!(back, (1, "two".to_string()));
+    /// ```
+    pub fn decode_seed<'de, S: serde::de::DeserializeSeed<'de>>(
+        bytes: &'de [u8],
+        seed: S,
+    ) -> Result<S::Value> {
+        cbor_de::from_slice_seed(bytes, CBOR_RECURSION_LIMIT, seed).map_err(|e| {
+            Error::with_source(
+                ErrorKind::Decode,
+                format!(
+                    "cannot decode a {} from a cbor frame (do both peers use the same message type?)",
+                    std::any::type_name::<S::Value>()
+                ),
+                e.to_string(),
+            )
+        })
+    }
+}
+
 /// [postcard](https://docs.rs/postcard): a compact, non-self-describing
 /// serde format, id 2 (cargo feature `postcard`). For Rust-to-Rust links
 /// where both ends are built with the same message types: about a third of

@@ -98,12 +98,22 @@ pub(crate) fn from_slice<'de, T: de::Deserialize<'de>>(
     bytes: &'de [u8],
     recursion_limit: usize,
 ) -> Result<T> {
+    from_slice_seed(bytes, recursion_limit, std::marker::PhantomData)
+}
+
+/// Decodes one CBOR item from `bytes` with `seed`; trailing bytes are an
+/// error.
+pub(crate) fn from_slice_seed<'de, S: de::DeserializeSeed<'de>>(
+    bytes: &'de [u8],
+    recursion_limit: usize,
+    seed: S,
+) -> Result<S::Value> {
     let mut de = Deserializer {
         input: bytes,
         pos: 0,
         depth: recursion_limit,
     };
-    let value = T::deserialize(&mut de)?;
+    let value = seed.deserialize(&mut de)?;
     if de.pos != bytes.len() {
         return Err(DeError(format!(
             "{} trailing bytes after a cbor message",
