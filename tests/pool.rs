@@ -53,6 +53,10 @@ fn main() {
         Trial::test("large_inputs_and_results", large_inputs_and_results),
         Trial::test("endpoints_inside_inputs", endpoints_inside_inputs),
         Trial::test("map_async_and_join_async", map_async_and_join_async),
+        Trial::test(
+            "integer_inputs_and_results_at_their_edges",
+            integer_inputs_and_results_at_their_edges,
+        ),
     ];
     conduit_tests::run_with_processes(&args, tests);
 }
@@ -564,4 +568,55 @@ fn map_async_and_join_async() -> Result<(), Failed> {
         .await
     });
     run.map_err(|_| Failed::from("the async pool calls did not finish within 60 s"))?
+}
+
+fn neg_i64(n: i64) -> i64 {
+    n.wrapping_neg()
+}
+
+fn widen_i32(n: i32) -> i64 {
+    i64::from(n) * 3
+}
+
+fn halve_u32(n: u32) -> usize {
+    n as usize / 2
+}
+
+fn flip_u64(n: u64) -> i64 {
+    n as i64
+}
+
+fn isize_sq(n: isize) -> i16 {
+    (n % 100) as i16 * -3
+}
+
+/// Integers take a serde-free path in the pool (both ways): every width
+/// and sign, at the edges of each CBOR head size, must come back exactly
+/// as computed here, in order, through `map` and `imap`.
+fn integer_inputs_and_results_at_their_edges() -> Result<(), Failed> {
+    let pool = Pool::new(2)?;
+    let mut i64s = vec![0i64, -1, 1, i64::MIN, i64::MAX, i64::MIN + 1];
+    for b in [8u32, 16, 32] {
+        let e = 1i64 << b;
+        i64s.extend([e - 1, e, -e, -e - 1, 23, 24, -24, -25]);
+    }
+    let want: Vec<i64> = i64s.iter().map(|&n| n.wrapping_neg()).collect();
+    check(pool.map(neg_i64, i64s.clone())? == want, "i64 -> i64")?;
+    let got: Vec<i64> = pool.imap(neg_i64, i64s)?.collect::<conduit::Result<_>>()?;
+    check(got == want, "i64 -> i64 through imap")?;
+    let i32s = vec![0, -1, i32::MIN, i32::MAX, 255, 256, -256, -257, 65_536];
+    let want: Vec<i64> = i32s.iter().map(|&n| i64::from(n) * 3).collect();
+    check(pool.map(widen_i32, i32s)? == want, "i32 -> i64")?;
+    let u32s = vec![0, 1, 23, 24, 255, 256, 65_535, 65_536, u32::MAX];
+    let want: Vec<usize> = u32s.iter().map(|&n| n as usize / 2).collect();
+    check(pool.map(halve_u32, u32s)? == want, "u32 -> usize")?;
+    let u64s = vec![0, u64::MAX, 1 << 63, (1 << 63) - 1, u64::from(u32::MAX) + 1];
+    let want: Vec<i64> = u64s.iter().map(|&n| n as i64).collect();
+    check(pool.map(flip_u64, u64s)? == want, "u64 -> i64")?;
+    let isizes: Vec<isize> = vec![0, -1, isize::MIN, isize::MAX, 99, -99];
+    let want: Vec<i16> = isizes.iter().map(|&n| (n % 100) as i16 * -3).collect();
+    check(
+        pool.map(isize_sq, isizes)? == want,
+        "isize -> i16 (i16: the serde path)",
+    )
 }

@@ -15,7 +15,20 @@ static RUNTIME: Runtime = Runtime {
 
 /// The link between a pool and a worker: the best duplex transport (shared
 /// memory when it is compiled in).
+///
+/// Shared memory without spinning: either side waits for a whole chunk of
+/// tasks (typically a millisecond), so a spin before parking only takes a
+/// CPU from the workers. Measured on 2 vCPUs, a `map` of 100,000 tiny
+/// tasks over 2 workers: 2.11–2.24 ms with no spin, 2.72–2.87 ms with the
+/// default 50 µs spin.
 fn link_duplex() -> Result<(BoxDuplexEnd, BoxDuplexEnd)> {
+    #[cfg(feature = "shm")]
+    {
+        let cfg = conduit_shm::ShmConfig::from(FrameConfig::default())
+            .with_spin(std::time::Duration::ZERO);
+        conduit_shm::duplex(cfg).map(conduit_core::transport::boxed_duplex)
+    }
+    #[cfg(not(feature = "shm"))]
     Transport::best_duplex()?.raw_duplex(FrameConfig::default())
 }
 

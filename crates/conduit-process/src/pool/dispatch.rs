@@ -129,7 +129,9 @@ impl Chunk {
     /// Encodes one more input into the chunk.
     pub(crate) fn push_encoded<A: Serialize + 'static>(&mut self, a: &A) -> Result<()> {
         let before = self.inputs.len();
-        if let Err(e) = encode_message::<A, Cbor>(a, &mut self.inputs) {
+        if self.packed && super::ints::encode(a, &mut self.inputs) {
+            // An integer: written without serde (see `ints`).
+        } else if let Err(e) = encode_message::<A, Cbor>(a, &mut self.inputs) {
             self.inputs.truncate(before);
             return Err(e);
         }

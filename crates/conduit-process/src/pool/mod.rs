@@ -3,6 +3,7 @@
 //! that die.
 
 mod dispatch;
+mod ints;
 mod results;
 pub(crate) mod worker;
 

@@ -13,7 +13,7 @@ use conduit_core::codec::{decode_message, Cbor, Codec};
 use conduit_core::{Error, ErrorKind, Result};
 
 use super::dispatch::Outcome;
-use super::worker::{split_record, ItemFailure};
+use super::worker::{split_record, Each, ItemFailure};
 
 /// The results of [`Pool::imap`](crate::Pool::imap) (in input order) or
 /// [`Pool::imap_unordered`](crate::Pool::imap_unordered) (as they finish):
@@ -28,9 +28,10 @@ pub struct PoolIter<R> {
     total: usize,
     yielded: usize,
     ordered: bool,
-    /// Ordered: decoded chunks by the input index of their first result,
-    /// waiting for their turn (one map entry per chunk, not per result).
-    waiting: BTreeMap<usize, Batch<R>>,
+    /// Ordered: the chunks that arrived before their turn, by the input
+    /// index of their first result, still encoded (one entry per chunk,
+    /// not per result); decoded when their turn comes.
+    waiting: BTreeMap<usize, Outcome>,
     /// Results ready to yield: ordered, the chunk whose turn it is;
     /// unordered, everything decoded, in arrival order.
     arrived: VecDeque<Batch<R>>,
@@ -108,7 +109,7 @@ impl<R: DeserializeOwned + 'static> PoolIter<R> {
                 // The chunk that starts where the last one ended, if it is
                 // here.
                 let next = self.waiting.remove(&self.yielded)?;
-                self.arrived.push_back(next);
+                self.arrived.push_back(Self::decoded(next));
             }
             let batch = self.arrived.front_mut()?;
             if let Some(r) = batch.next() {
@@ -123,23 +124,24 @@ impl<R: DeserializeOwned + 'static> PoolIter<R> {
         self.arrived.iter().map(ExactSizeIterator::len).sum()
     }
 
-    /// Files the results of the chunk that starts at input `first`.
-    fn put(&mut self, first: usize, results: Batch<R>) {
+    /// Files the results of a chunk: ordered, until their turn; else
+    /// decoded, to yield next.
+    fn absorb(&mut self, outcome: Outcome) {
         if self.ordered {
-            self.waiting.insert(first, results);
+            self.waiting.insert(outcome.first, outcome);
         } else {
-            self.arrived.push_back(results);
+            self.arrived.push_back(Self::decoded(outcome));
         }
     }
 
-    fn absorb(&mut self, outcome: Outcome) {
+    fn decoded(outcome: Outcome) -> Batch<R> {
         let Outcome {
             first,
             count,
             packed,
             body,
         } = outcome;
-        let decoded = match body {
+        match body {
             Ok(body) if packed => Self::decode_packed(first, count, &body),
             Ok(body) => Self::decode(first, count, &body),
             Err(e) => Batch::Results(
@@ -148,15 +150,43 @@ impl<R: DeserializeOwned + 'static> PoolIter<R> {
                     .collect::<VecDeque<_>>()
                     .into_iter(),
             ),
+        }
+    }
+
+    /// Decodes the packed results of a chunk straight onto the end of
+    /// `out` (no `Vec` per chunk: those cost a fresh allocation, and page
+    /// faults, per chunk).
+    fn decode_packed_into(first: usize, count: u32, body: &[u8], out: &mut Vec<R>) -> Result<()> {
+        let end = first + count as usize;
+        let decoded = match super::ints::decode(body, count as usize, |r: R| out.push(r)) {
+            Some(Ok(n)) => Ok(n),
+            Some(Err(e)) => Err(Error::new(ErrorKind::Decode, e)),
+            None => Cbor::decode_seed(body, Each::new(count as usize, |r: R| out.push(r))),
         };
-        self.put(first, decoded);
+        match decoded {
+            Ok(n) if n == count as usize => Ok(()),
+            Ok(n) => Err(Error::protocol(format!(
+                "a pool worker sent {n} results for the {count} tasks {first}..{end}"
+            ))),
+            Err(e) => Err(Error::new(
+                e.kind(),
+                format!("the results of tasks {first}..{end}: {}", e.message()),
+            )),
+        }
     }
 
     /// The packed results (one CBOR array) of the chunk that starts at
     /// input `first`.
     fn decode_packed(first: usize, count: u32, body: &[u8]) -> Batch<R> {
         let end = first + count as usize;
-        let failed: VecDeque<Result<R>> = match Cbor::decode::<Vec<R>>(body) {
+        let mut v = Vec::new();
+        let decoded = match super::ints::decode(body, count as usize, |r: R| v.push(r)) {
+            // Integers: decoded by hand (see `ints`).
+            Some(Ok(_)) => Ok(v),
+            Some(Err(e)) => Err(Error::new(ErrorKind::Decode, e)),
+            None => Cbor::decode::<Vec<R>>(body),
+        };
+        let failed: VecDeque<Result<R>> = match decoded {
             Ok(v) if v.len() == count as usize => return Batch::Values(v.into_iter()),
             Ok(v) => (0..count)
                 .map(|_| {
@@ -235,10 +265,10 @@ impl<R: DeserializeOwned + 'static> PoolIter<R> {
                 gap.push_back(gone());
                 next += 1;
             }
-            next += chunk.len();
+            next += chunk.count as usize;
             self.arrived
                 .push_back(Batch::Results(std::mem::take(&mut gap).into_iter()));
-            self.arrived.push_back(chunk);
+            self.arrived.push_back(Self::decoded(chunk));
         }
         while next < self.total {
             gap.push_back(gone());
@@ -288,7 +318,14 @@ impl<R: DeserializeOwned + 'static> PoolIter<R> {
         loop {
             if self.ordered && self.arrived.is_empty() {
                 if let Some(next) = self.waiting.remove(&self.yielded) {
-                    self.arrived.push_back(next);
+                    match next.body {
+                        Ok(ref body) if next.packed => {
+                            Self::decode_packed_into(next.first, next.count, body, &mut out)?;
+                            self.yielded += next.count as usize;
+                            continue;
+                        }
+                        _ => self.arrived.push_back(Self::decoded(next)),
+                    }
                 }
             }
             if let Some(batch) = self.arrived.pop_front() {
