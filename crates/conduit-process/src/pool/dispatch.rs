@@ -105,6 +105,15 @@ impl Chunk {
         }
     }
 
+    /// Makes room for as many inputs and bytes as `full` holds (the next
+    /// chunk of a map is usually alike): no reallocation while it fills.
+    pub(crate) fn reserve_like(&mut self, full: &Chunk) {
+        if self.packed {
+            self.inputs.reserve(full.inputs.len());
+        }
+        self.ends.reserve(full.ends.len());
+    }
+
     /// Encodes one more input into the chunk. Raw bytes (`Vec<u8>`) that
     /// start a chunk become its buffer, without a copy.
     pub(crate) fn push<A: Serialize + 'static>(&mut self, a: A) -> Result<()> {

@@ -457,12 +457,30 @@ impl Pool {
         // not know it is collected first (the inputs are all encoded up
         // front anyway, as Python's Pool does).
         let (lower, upper) = iter.size_hint();
-        let (n, items): (usize, Box<dyn Iterator<Item = A>>) = if Some(lower) == upper {
-            (lower, Box::new(iter))
+        if Some(lower) == upper {
+            self.start_with::<F, A, R, _>(call, lower, iter, ordered)
         } else {
             let v: Vec<A> = iter.collect();
-            (v.len(), Box::new(v.into_iter()))
-        };
+            self.start_with::<F, A, R, _>(call, v.len(), v.into_iter(), ordered)
+        }
+    }
+
+    /// [`start`](Pool::start) with `n` inputs in `items` (generic, not a
+    /// `dyn Iterator`: a virtual call per input was measurable with tiny
+    /// tasks).
+    fn start_with<F, A, R, I>(
+        &self,
+        call: Arc<Call>,
+        n: usize,
+        items: I,
+        ordered: bool,
+    ) -> Result<PoolIter<R>>
+    where
+        F: Fn(A) -> R + Copy + 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+        I: Iterator<Item = A>,
+    {
         let per_chunk = self.shared.chunk_size(n);
         let (tx, rx) = mpsc::channel();
         let abandoned = Arc::new(AtomicBool::new(false));
@@ -488,7 +506,8 @@ impl Pool {
         let mut total = 0;
         for a in items {
             if chunk.count as usize >= per_chunk || chunk.bytes() >= CHUNK_BYTES {
-                let next = Chunk::new(&call, total, &sink, packed);
+                let mut next = Chunk::new(&call, total, &sink, packed);
+                next.reserve_like(&chunk);
                 let mut full = std::mem::replace(&mut chunk, next);
                 full.seal();
                 queued(self.shared.submit(full))?;
