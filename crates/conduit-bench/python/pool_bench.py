@@ -3,8 +3,8 @@
 Driven by conduit-bench (src/pool.rs) over stdin/stdout so that its rounds
 interleave with the Rust systems' rounds. One `multiprocessing.Pool(W)` is
 started first (W from the command line, default 2) and kept, as the Rust pools are.
-Each input line is `tiny <n>` (Pool.map of `square` over range(n), default
-chunksize) or `big <n> <bytes>` (Pool.map of `blob` over n bytes objects of
+Each input line is `tiny <n> <k>` (k times Pool.map of `square` over
+range(n), default chunksize; the seconds are their sum) or `big <n> <bytes>` (Pool.map of `blob` over n bytes objects of
 that size, made before the clock starts); it prints one JSON line
 {"seconds": s} or {"error": "..."}. `quit` or end of input ends it.
 """
@@ -34,10 +34,13 @@ def main():
             try:
                 if parts[0] == "tiny":
                     n = int(parts[1])
-                    t0 = time.perf_counter()
-                    out = pool.map(square, range(n))
-                    seconds = time.perf_counter() - t0
-                    ok = len(out) == n and out[-1] == (n - 1) ** 2
+                    k = int(parts[2]) if len(parts) > 2 else 1
+                    seconds, ok = 0.0, True
+                    for _ in range(k):
+                        t0 = time.perf_counter()
+                        out = pool.map(square, range(n))
+                        seconds += time.perf_counter() - t0
+                        ok = ok and len(out) == n and out[-1] == (n - 1) ** 2
                 else:
                     n, size = int(parts[1]), int(parts[2])
                     data = [bytes([i % 251]) * size for i in range(n)]
