@@ -69,9 +69,16 @@
 //! ([`QueueConfig::capacity_bytes`]); larger ones are refused with
 //! `TooLarge` (see the platform notes in the README).
 //!
-//! Waiting: a blocked `recv` or `send` sleeps in the kernel (`poll` on Unix,
-//! an event on Windows) and uses no CPU; every consumer wakes for a new
-//! message and the ones that lose the race sleep again.
+//! Waiting: a blocked `recv` or `send` sleeps in the kernel and uses no
+//! CPU. On Linux, `send` and `recv` without a deadline wait inside
+//! `sendmsg`/`recvmsg` themselves: the kernel wakes one waiting consumer
+//! per message, and reports the last producer's end as end-of-file once the
+//! queue is drained (the last consumer's as `EPIPE`), so a message costs
+//! one system call on each side (the queue example: 3.3 → 2.0 calls per
+//! message under `strace -c`). With a deadline, and on macOS, they `poll`
+//! the data and presence sockets, and every waiting consumer wakes for a
+//! new message (the ones that lose the race sleep again); on Windows they
+//! wait on an event.
 
 #![deny(unsafe_code)]
 
