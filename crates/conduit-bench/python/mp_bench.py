@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """Python multiprocessing.Pipe / multiprocessing.Queue between two processes.
 
+`--kind asyncio` is multiprocessing.Pipe with the parent on an asyncio loop
+(`loop.add_reader` on the connection's fd; Unix only), the child blocking;
+byte workloads rtt64 and msgs64 only.
+
 Run by conduit-bench (`cargo xtask bench`), which embeds this file and
 writes it next to its results. It measures one workload and prints one JSON
 line on stdout:
@@ -17,6 +21,8 @@ messages are a 4-field dict (pickled by multiprocessing).
 """
 
 import argparse
+import asyncio
+import collections
 import json
 import multiprocessing as mp
 import os
@@ -117,6 +123,53 @@ class PipeEnd:
         except OSError:
             pass
         self.conn.close()
+
+
+class AsyncPipeEnd:
+    """The parent's end of multiprocessing.Pipe() on an asyncio loop.
+
+    A reader registered once with loop.add_reader on the connection's fd
+    takes each message as it becomes readable (recv_bytes: the child writes
+    a frame with one write, so it is all there) and wakes the task awaiting
+    it; level-triggered, so several queued messages take several callbacks.
+    send_bytes is called as is: a Connection has no non-blocking send, and a
+    64 B write waits only when the socket's buffer is full.
+    """
+
+    def __init__(self, conn, loop):
+        self.conn = conn
+        self.loop = loop
+        self.fd = conn.fileno()
+        self.inbox = collections.deque()
+        self.waiter = None
+        loop.add_reader(self.fd, self._readable)
+
+    def _readable(self):
+        try:
+            m = self.conn.recv_bytes()
+        except (EOFError, OSError):
+            self.loop.remove_reader(self.fd)
+            m = None
+        self.inbox.append(m)
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def send(self, m):
+        self.conn.send_bytes(m)
+
+    async def recv(self):
+        while not self.inbox:
+            self.waiter = self.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return self.inbox.popleft()
+
+    def close(self):
+        self.loop.remove_reader(self.fd)
+        PipeEnd(self.conn, False).close()
 
 
 class QueueEnd:
@@ -290,9 +343,94 @@ def streams(end, typed, size, bandwidth, args):
     return values, None, counts
 
 
+async def round_trips_async(end, args):
+    """round_trips for bytes on an AsyncPipeEnd: the same messages, checks
+    and statistics, each send and receive awaited."""
+    lay = Layout(64)
+    msg = bytearray(64)
+    seq = 0
+
+    async def once():
+        nonlocal seq
+        seq += 1
+        lay.stamp(msg, PING, seq)
+        await end.send(msg)
+        r = await end.recv()
+        if r is None or r[0] != PING or not lay.check(r, seq):
+            raise SystemExit("bad echo")
+
+    start = time.perf_counter()
+    while True:
+        await once()
+        if time.perf_counter() - start >= args.warmup_seconds:
+            break
+    values, p99s, counts = [], [], []
+    rep_ns = int(args.rep_seconds * 1e9)
+    for _ in range(args.reps):
+        samples = []
+        start = prev = time.perf_counter_ns()
+        while prev - start < rep_ns:
+            await once()
+            now = time.perf_counter_ns()
+            samples.append(now - prev)
+            prev = now
+        samples.sort()
+        values.append(percentile(samples, 0.5) * 1e-9)
+        p99s.append(percentile(samples, 0.99) * 1e-9)
+        counts.append(len(samples))
+    return values, p99s, counts
+
+
+async def streams_async(end, args):
+    """streams for 64 B bytes on an AsyncPipeEnd (sends awaited, the
+    receiver's report awaited)."""
+    size = 64
+    lay = Layout(size)
+    buf = bytearray(size)
+
+    async def run(seconds):
+        start = time.perf_counter()
+        n = 0
+        while True:
+            lay.stamp(buf, DATA, n)
+            await end.send(buf)
+            n += 1
+            if n % 64 == 0 and time.perf_counter() - start >= seconds:
+                break
+        lay.stamp(buf, END, n)
+        await end.send(buf)
+        r = await end.recv()
+        elapsed = time.perf_counter() - start
+        if r is None:
+            raise SystemExit("the child closed the connection early")
+        got = int.from_bytes(r[8:16], "little")
+        bad = int.from_bytes(r[16:24], "little")
+        if got != n or bad != 0:
+            raise SystemExit(f"the receiver got {got} messages ({bad} bad) of {n} sent")
+        return n, elapsed
+
+    await run(args.warmup_seconds)
+    values, counts = [], []
+    for _ in range(args.reps):
+        n, elapsed = await run(args.rep_seconds)
+        values.append(n / max(elapsed, 1e-9))
+        counts.append(n)
+    return values, None, counts
+
+
+async def async_parent(mine, args):
+    end = AsyncPipeEnd(mine, asyncio.get_running_loop())
+    try:
+        if args.workload == "rtt64":
+            return await round_trips_async(end, args)
+        return await streams_async(end, args)
+    finally:
+        end.close()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kind", choices=["pipe", "queue"], required=True)
+    p.add_argument("--kind", choices=["pipe", "queue", "asyncio"], required=True)
     p.add_argument("--workload", choices=sorted(SIZES), required=True)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--rep-seconds", type=float, default=0.1)
@@ -308,8 +446,14 @@ def main():
     pin(cpu_parent)
     typed = args.workload.endswith("typed")
     size = SIZES[args.workload]
+    if args.kind == "asyncio" and args.workload not in ("rtt64", "msgs64"):
+        raise SystemExit(f"--kind asyncio measures rtt64 and msgs64, not {args.workload}")
 
-    if args.kind == "pipe":
+    if args.kind == "asyncio":
+        mine, theirs = mp.Pipe()
+        end = None
+        child_ends = theirs
+    elif args.kind == "pipe":
         mine, theirs = mp.Pipe()
         end = PipeEnd(mine, typed)
         child_ends = theirs
@@ -319,22 +463,27 @@ def main():
         to_child, to_parent = mp.Queue(maxsize), mp.Queue(maxsize)
         end = QueueEnd(to_child, to_parent, typed)
         child_ends = (to_child, to_parent)
+    # The asyncio parent's child is the blocking Pipe child.
+    child_kind = "pipe" if args.kind == "asyncio" else args.kind
     proc = mp.Process(
         target=child_main,
-        args=(args.kind, args.workload, child_ends, cpu_child, args.timeout),
+        args=(child_kind, args.workload, child_ends, cpu_child, args.timeout),
         daemon=True,
     )
     proc.start()
-    if args.kind == "pipe":
+    if child_kind == "pipe":
         theirs.close()
 
-    if args.workload.startswith("rtt"):
+    if args.kind == "asyncio":
+        values, p99s, counts = asyncio.run(async_parent(mine, args))
+    elif args.workload.startswith("rtt"):
         values, p99s, counts = round_trips(end, typed, args)
     else:
         values, p99s, counts = streams(
             end, typed, size, args.workload.startswith("bulk"), args
         )
-    end.close()
+    if end is not None:
+        end.close()
     proc.join(5)
     if proc.is_alive():
         proc.terminate()

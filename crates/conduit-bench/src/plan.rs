@@ -185,10 +185,16 @@ pub enum Runner {
     /// A conduit transport, the parent's end async (`into_async` on a
     /// current-thread tokio runtime); the child is the blocking one.
     ConduitAsync(Transport),
+    /// `conduit::named`, the parent's end async (`into_async` on a
+    /// current-thread tokio runtime); the child is the blocking one.
+    ConduitAsyncNamed,
     /// `ipc-channel`.
     IpcChannel,
     /// `interprocess` local socket stream.
     Interprocess,
+    /// `interprocess` tokio local socket stream in the parent (current-thread
+    /// runtime), the blocking stream in the child.
+    InterprocessTokio,
     /// `iceoryx2` publish-subscribe; `loan`: the receiver reads the sample
     /// in place instead of copying it out.
     Iceoryx2 {
@@ -199,6 +205,9 @@ pub enum Runner {
     PythonPipe,
     /// Python `multiprocessing.Queue`.
     PythonQueue,
+    /// Python `multiprocessing.Pipe`, the parent on an asyncio loop
+    /// (`loop.add_reader` on the connection's fd), the child blocking.
+    PythonAsyncio,
 }
 
 /// A thing being measured.
@@ -266,9 +275,12 @@ impl System {
             Runner::Iceoryx2 { .. } | Runner::ConduitPostcard(Transport::Shm) => Some("raw-shm"),
             Runner::ConduitPostcard(_) => None,
             Runner::ConduitNamed
+            | Runner::ConduitAsyncNamed
             | Runner::IpcChannel
             | Runner::Interprocess
-            | Runner::PythonPipe => Some("raw-socketpair"),
+            | Runner::InterprocessTokio
+            | Runner::PythonPipe
+            | Runner::PythonAsyncio => Some("raw-socketpair"),
             Runner::PythonQueue => Some("raw-pipe"),
         }
     }
@@ -374,6 +386,11 @@ pub fn systems() -> Vec<System> {
             .note("conduit::named: Listener::bind + accept in the parent, named::connect in the child (a Unix domain socket / Windows named pipe)"),
     );
     v.push(
+        System::new("conduit-async-named", "conduit async named", Group::Conduit, Runner::ConduitAsyncNamed, &[Rtt, Msgs])
+            .note("conduit named with the accepted connection made async (into_async() on a current-thread tokio runtime, driven like conduit async <transport>); the child's end blocking")
+            .unsupported_unless(cfg!(unix), "async endpoints are Unix only for now"),
+    );
+    v.push(
         System::new("ipc-channel", "ipc-channel", Group::IpcChannel, Runner::IpcChannel, &all)
             .note("IpcBytesSender/IpcBytesReceiver for bytes, IpcSender<T> (postcard) for typed; bootstrap with IpcOneShotServer")
             .unsupported_unless(
@@ -384,6 +401,10 @@ pub fn systems() -> Vec<System> {
     v.push(
         System::new("interprocess", "interprocess", Group::Interprocess, Runner::Interprocess, &all)
             .note("local socket stream, u32 length prefix written by the bench; typed = ciborium CBOR + the same framing"),
+    );
+    v.push(
+        System::new("interprocess-tokio", "interprocess tokio", Group::Interprocess, Runner::InterprocessTokio, &[Rtt, Msgs])
+            .note("the parent's end is interprocess's tokio local socket stream (accept, read_exact/write_all of the same u32-prefixed frames) on a current-thread runtime, each operation polled once and block_on only when it must wait (as conduit async); the child's end is the blocking stream"),
     );
     v.push(
         System::new("iceoryx2", "iceoryx2", Group::Iceoryx2, Runner::Iceoryx2 { loan: false }, &[Rtt, Msgs, Bulk64K, Bulk1M])
@@ -408,6 +429,11 @@ pub fn systems() -> Vec<System> {
             &all,
         )
         .note("two multiprocessing.Queue()s (put/get, pickled); bytes objects or a 4-field dict"),
+    );
+    v.push(
+        System::new("python-asyncio", "Python asyncio Pipe", Group::Python, Runner::PythonAsyncio, &[Rtt, Msgs])
+            .note("multiprocessing.Pipe() with the parent on an asyncio loop: a reader registered once with loop.add_reader(conn.fileno()) takes each message (recv_bytes) and wakes the awaiting task; send_bytes as is (a blocking write: asyncio has no async send for a Connection); the child blocking, as in Python mp.Pipe")
+            .unsupported_unless(cfg!(unix), "loop.add_reader on a Connection's fd is Unix only (Windows' proactor loop has no add_reader)"),
     );
     v
 }
@@ -498,11 +524,14 @@ pub fn run(sys: &System, w: Workload, ctx: &Ctx) -> Res<Vec<Rep>> {
         Runner::ConduitPostcard(t) => crate::sys_conduit::postcard_parent(t, &sys.id, w, ctx),
         Runner::ConduitAsync(t) => crate::sys_conduit::async_parent(t, &sys.id, w, ctx),
         Runner::ConduitNamed => crate::sys_conduit::named_parent(&sys.id, w, ctx),
+        Runner::ConduitAsyncNamed => crate::sys_conduit::async_named_parent(&sys.id, w, ctx),
         Runner::IpcChannel => crate::sys_ipc::parent(&sys.id, w, ctx),
         Runner::Interprocess => crate::sys_interprocess::parent(&sys.id, w, ctx),
+        Runner::InterprocessTokio => crate::sys_interprocess::tokio_parent(&sys.id, w, ctx),
         Runner::Iceoryx2 { .. } => crate::sys_iceoryx2::parent(&sys.id, w, ctx),
         Runner::PythonPipe => crate::sys_python::run("pipe", w, ctx),
         Runner::PythonQueue => crate::sys_python::run("queue", w, ctx),
+        Runner::PythonAsyncio => crate::sys_python::run("asyncio", w, ctx),
     }
 }
 
@@ -515,11 +544,11 @@ pub fn run_child(sys: &System, w: Workload) -> Res<()> {
         Runner::RawFutex => crate::sys_raw::shm_child(w, true),
         Runner::Conduit(_) | Runner::ConduitAsync(_) => crate::sys_conduit::child(w),
         Runner::ConduitPostcard(_) => crate::sys_conduit::postcard_child(),
-        Runner::ConduitNamed => crate::sys_conduit::named_child(w),
+        Runner::ConduitNamed | Runner::ConduitAsyncNamed => crate::sys_conduit::named_child(w),
         Runner::IpcChannel => crate::sys_ipc::child(w),
-        Runner::Interprocess => crate::sys_interprocess::child(w),
+        Runner::Interprocess | Runner::InterprocessTokio => crate::sys_interprocess::child(w),
         Runner::Iceoryx2 { loan } => crate::sys_iceoryx2::child(w, loan),
-        Runner::Memcpy | Runner::PythonPipe | Runner::PythonQueue => {
+        Runner::Memcpy | Runner::PythonPipe | Runner::PythonQueue | Runner::PythonAsyncio => {
             Err(err(format!("{} has no Rust child", sys.id)))
         }
     }
@@ -543,6 +572,28 @@ mod tests {
         assert!(ids.contains(&("memcpy", Workload::Bulk1M)));
         assert!(!ids.iter().any(|(id, _)| *id == "raw-socketpair"));
         assert!(select(&systems, &["nonesuch".to_string()]).is_err());
+        // The async peers: byte rows only, compared with the raw socketpair.
+        for id in [
+            "interprocess-tokio",
+            "python-asyncio",
+            "conduit-async-named",
+        ] {
+            let cases = select(&systems, &[id.to_string()]).unwrap();
+            let got: Vec<(&str, Workload)> = cases
+                .iter()
+                .map(|c| (systems[c.system].id.as_str(), c.workload))
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    ("raw-socketpair", Workload::Rtt),
+                    ("raw-socketpair", Workload::Msgs),
+                    (id, Workload::Rtt),
+                    (id, Workload::Msgs),
+                ],
+                "{id}"
+            );
+        }
         let all = select(&systems, &[]).unwrap();
         assert_eq!(
             all.len(),

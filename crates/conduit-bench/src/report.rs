@@ -381,11 +381,35 @@ fn comparison_pairs(systems: &[System]) -> Vec<(String, Workload, String, Worklo
         v.push((shm.clone(), w, ice.clone(), w));
         v.push((shm.clone(), w, "iceoryx2-loan".to_owned(), w));
     }
+    // Async against blocking on the same system, then conduit's async rows
+    // against the async peers: interprocess's tokio socket (the local socket
+    // like conduit named) and Python asyncio on mp.Pipe (a socketpair).
+    let mut async_pairs: Vec<(String, String)> = systems
+        .iter()
+        .filter_map(|s| {
+            let blocking = s.id.strip_prefix("conduit-async-")?;
+            Some((s.id.clone(), format!("conduit-{blocking}")))
+        })
+        .collect();
+    for (a, b) in [
+        ("interprocess-tokio", "interprocess"),
+        ("python-asyncio", "python-pipe"),
+        ("conduit-async-named", "interprocess-tokio"),
+        ("conduit-async-socketpair", "python-asyncio"),
+    ] {
+        async_pairs.push((a.to_owned(), b.to_owned()));
+    }
+    for (a, b) in async_pairs {
+        for w in [Rtt, Msgs] {
+            v.push((a.clone(), w, b.clone(), w));
+        }
+    }
     v
 }
 
 /// Head-to-head ratios of cases run in the same rounds: typed against bytes
-/// on each conduit transport, conduit shm against iceoryx2.
+/// on each conduit transport, conduit shm against iceoryx2, async against
+/// blocking.
 fn comparisons(systems: &[System], results: &[CaseResult]) -> String {
     let mut lines = Vec::new();
     for (a, aw, b, bw) in comparison_pairs(systems) {

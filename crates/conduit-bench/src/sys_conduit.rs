@@ -107,14 +107,19 @@ pub fn child(w: Workload) -> Res<()> {
 /// Set in the child of a named case: the name to connect to.
 const NAME_ENV: &str = "CONDUIT_BENCH_NAMED";
 
-/// The parent side of workload `w` over `conduit::named`: binds a fresh name,
-/// starts the child, accepts its connection.
-pub fn named_parent(sys_id: &str, w: Workload, ctx: &Ctx) -> Res<Vec<Rep>> {
-    let name = format!(
+/// A `conduit::named` name unique to this case.
+fn fresh_name() -> String {
+    format!(
         "conduit-bench-{}-{:016x}",
         std::process::id(),
         fastrand::u64(..)
-    );
+    )
+}
+
+/// The parent side of workload `w` over `conduit::named`: binds a fresh name,
+/// starts the child, accepts its connection.
+pub fn named_parent(sys_id: &str, w: Workload, ctx: &Ctx) -> Res<Vec<Rep>> {
+    let name = fresh_name();
     let mut cmd = proc::child_command(sys_id, w, ctx)?;
     cmd.env(NAME_ENV, &name);
     let timeout = ctx.budget.case_timeout();
@@ -161,7 +166,7 @@ pub struct AsyncBytes {
 }
 
 /// Polls `fut` once; waits for it on `rt` if it is not ready.
-fn run_async<F: std::future::Future>(rt: &tokio::runtime::Runtime, fut: F) -> F::Output {
+pub fn run_async<F: std::future::Future>(rt: &tokio::runtime::Runtime, fut: F) -> F::Output {
     let _entered = rt.enter();
     let mut fut = std::pin::pin!(fut);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -196,15 +201,42 @@ pub fn async_parent(t: Transport, sys_id: &str, w: Workload, ctx: &Ctx) -> Res<V
     conduit::handoff(&mut cmd, KEY, theirs)?;
     let child = Spawned::spawn(&mut cmd, timeout, false)?;
     drop(cmd);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let res = async_parent_bytes(mine, w, ctx);
+    child.finish(res)
+}
+
+/// Makes `mine` async on a fresh current-thread runtime and runs the parent
+/// side of byte workload `w` over it.
+fn async_parent_bytes(mine: Duplex<Vec<u8>, Vec<u8>>, w: Workload, ctx: &Ctx) -> Res<Vec<Rep>> {
+    let rt = current_thread()?;
     let conn = {
         let _guard = rt.enter();
         mine.into_async()?
     };
     let mut link = AsyncBytes { rt, conn };
-    let res = link::parent_bytes(&mut link, w, &ctx.budget);
-    drop(link);
+    link::parent_bytes(&mut link, w, &ctx.budget)
+}
+
+/// The runtime of the async rows: current-thread, I/O and timers enabled.
+pub fn current_thread() -> Res<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// The parent side of byte workload `w` over `conduit::named`, the accepted
+/// connection made async (the child connects with the blocking API).
+pub fn async_named_parent(sys_id: &str, w: Workload, ctx: &Ctx) -> Res<Vec<Rep>> {
+    let name = fresh_name();
+    let mut cmd = proc::child_command(sys_id, w, ctx)?;
+    cmd.env(NAME_ENV, &name);
+    let timeout = ctx.budget.case_timeout();
+    let listener = conduit::named::Listener::<Vec<u8>, Vec<u8>>::bind(&name)?;
+    let child = Spawned::spawn(&mut cmd, timeout, false)?;
+    let res = listener
+        .accept_timeout(timeout)
+        .map_err(Into::into)
+        .and_then(|conn| async_parent_bytes(conn, w, ctx));
+    drop(listener);
     child.finish(res)
 }

@@ -1,21 +1,26 @@
 //! `interprocess`: a local socket stream (a Unix domain socket, a named pipe
 //! on Windows). It moves bytes, not messages, so the bench frames them the
 //! way a user would: a `u32` little-endian length, then the payload; typed
-//! messages are CBOR from ciborium in the same frames.
+//! messages are CBOR from ciborium in the same frames. The `interprocess
+//! tokio` row makes the parent's end interprocess's tokio stream, driven like
+//! the conduit async rows (`sys_conduit::run_async`).
 
 use std::io::{self, Read, Write};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use interprocess::local_socket::tokio::{prelude::*, Stream as TokioStream};
 use interprocess::local_socket::{
     prelude::*, GenericFilePath, GenericNamespaced, ListenerNonblockingMode, ListenerOptions, Name,
     Stream,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::link::{self, BytesLink, Sample, TypedLink};
 use crate::plan::Workload;
 use crate::proc::{self, Spawned};
 use crate::stats::Rep;
+use crate::sys_conduit::run_async;
 use crate::{err, Ctx, Res};
 
 /// Set in the child: the socket name to connect to.
@@ -106,6 +111,56 @@ impl TypedLink for Framed {
     }
 }
 
+/// The parent's end of the `interprocess tokio` row: the tokio stream on a
+/// current-thread runtime, each operation polled once and waited for with
+/// `block_on` only when it is pending (as the conduit async rows).
+struct TokioFramed {
+    // Before `rt`: dropped while its runtime is still there.
+    s: TokioStream,
+    scratch: Vec<u8>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl BytesLink for TokioFramed {
+    fn send(&mut self, msg: &Vec<u8>) -> Res<()> {
+        let len = u32::try_from(msg.len())?.to_le_bytes();
+        let s = &self.s;
+        if msg.len() <= COALESCE {
+            self.scratch.clear();
+            self.scratch.extend_from_slice(&len);
+            self.scratch.extend_from_slice(msg);
+            let frame = &self.scratch;
+            run_async(&self.rt, async move { (&mut &*s).write_all(frame).await })?;
+        } else {
+            run_async(&self.rt, async move {
+                (&mut &*s).write_all(&len).await?;
+                (&mut &*s).write_all(msg).await
+            })?;
+        }
+        Ok(())
+    }
+
+    fn recv(&mut self, buf: &mut Vec<u8>, _len: usize) -> Res<bool> {
+        let s = &self.s;
+        run_async(&self.rt, async move {
+            let mut len = [0u8; 4];
+            match (&mut &*s).read_exact(&mut len).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+            let len = u32::from_le_bytes(len) as usize;
+            if len > 64 << 20 {
+                return Err(err(format!("frame of {len} bytes is too large")));
+            }
+            buf.resize(len, 0);
+            (&mut &*s).read_exact(buf).await?;
+            Ok(true)
+        })
+    }
+}
+
 /// A socket name unique to this case: abstract where the OS has them,
 /// else a file in the temporary directory.
 fn name_string() -> String {
@@ -166,6 +221,48 @@ pub fn parent(sys_id: &str, w: Workload, ctx: &Ctx) -> Res<Vec<Rep>> {
         }
     })();
     drop(listener);
+    child.finish(res)
+}
+
+/// The parent side of byte workload `w` with interprocess's tokio local
+/// socket: listener, accept and stream all async on a current-thread runtime;
+/// the child connects with the blocking stream ([`child`]).
+pub fn tokio_parent(sys_id: &str, w: Workload, ctx: &Ctx) -> Res<Vec<Rep>> {
+    let rt = crate::sys_conduit::current_thread()?;
+    let name = name_string();
+    let listener = {
+        let _guard = rt.enter();
+        ListenerOptions::new()
+            .name(to_name(&name)?)
+            .create_tokio()?
+    };
+    let mut cmd = proc::child_command(sys_id, w, ctx)?;
+    cmd.env(NAME_ENV, &name);
+    let timeout = ctx.budget.case_timeout();
+    let child = Spawned::spawn(&mut cmd, timeout, false)?;
+    let accepted = (|| {
+        let deadline = Instant::now() + timeout;
+        loop {
+            // Made inside the runtime: the timer needs its context.
+            let tick =
+                async { tokio::time::timeout(Duration::from_millis(50), listener.accept()).await };
+            if let Ok(s) = rt.block_on(tick) {
+                return Ok(s?);
+            }
+            if Instant::now() > deadline || child.has_exited() {
+                return Err(err("the child did not connect"));
+            }
+        }
+    })();
+    drop(listener);
+    let res = accepted.and_then(|s| {
+        let mut link = TokioFramed {
+            s,
+            scratch: Vec::new(),
+            rt,
+        };
+        link::parent_bytes(&mut link, w, &ctx.budget)
+    });
     child.finish(res)
 }
 
