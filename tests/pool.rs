@@ -54,6 +54,10 @@ fn main() {
         Trial::test("endpoints_inside_inputs", endpoints_inside_inputs),
         Trial::test("map_async_and_join_async", map_async_and_join_async),
         Trial::test(
+            "zero_sizes_are_refused_at_build",
+            zero_sizes_are_refused_at_build,
+        ),
+        Trial::test(
             "integer_inputs_and_results_at_their_edges",
             integer_inputs_and_results_at_their_edges,
         ),
@@ -619,4 +623,25 @@ fn integer_inputs_and_results_at_their_edges() -> Result<(), Failed> {
         pool.map(isize_sq, isizes)? == want,
         "isize -> i16 (i16: the serde path)",
     )
+}
+
+/// `workers(0)`, `chunk_size(0)` and `max_tasks_per_worker(0)` are
+/// mistakes (Python raises `ValueError` for the last two): `build` says
+/// which, instead of quietly running with 1.
+fn zero_sizes_are_refused_at_build() -> Result<(), Failed> {
+    for (what, b) in [
+        ("workers(0)", Pool::builder().workers(0)),
+        ("chunk_size(0)", Pool::builder().workers(1).chunk_size(0)),
+        (
+            "max_tasks_per_worker(0)",
+            Pool::builder().workers(1).max_tasks_per_worker(0),
+        ),
+    ] {
+        let e = fails(b.build())?;
+        check(
+            e.kind() == conduit::ErrorKind::InvalidInput && e.to_string().contains(what),
+            format!("{what}: {e}"),
+        )?;
+    }
+    Ok(())
 }

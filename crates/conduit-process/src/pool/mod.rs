@@ -97,7 +97,7 @@ impl PoolBuilder {
     /// is also closed once its encoded inputs reach 1 MiB (so large inputs
     /// go one or a few at a time).
     pub fn chunk_size(mut self, n: usize) -> Self {
-        self.chunk_size = Some(n.max(1));
+        self.chunk_size = Some(n);
         self
     }
 
@@ -105,7 +105,7 @@ impl PoolBuilder {
     /// (Python's `maxtasksperchild`). Chunks are kept to at most `n` tasks.
     /// Default: workers live as long as the pool.
     pub fn max_tasks_per_worker(mut self, n: usize) -> Self {
-        self.max_tasks = Some(n.max(1));
+        self.max_tasks = Some(n);
         self
     }
 
@@ -149,7 +149,8 @@ impl PoolBuilder {
     /// # Errors
     ///
     /// `InvalidInput` when `conduit::init()` has not run in this process or
-    /// `workers(0)` was asked for, `Encode` when the initializer's arguments
+    /// `workers(0)`, `chunk_size(0)` or `max_tasks_per_worker(0)` was asked
+    /// for, `Encode` when the initializer's arguments
     /// do not encode, `Io` when a worker cannot be started.
     pub fn build(self) -> Result<Pool> {
         runtime()?;
@@ -162,6 +163,22 @@ impl PoolBuilder {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
+        for (zero, what) in [
+            (
+                self.chunk_size == Some(0),
+                "chunk_size(0): a chunk holds at least one task",
+            ),
+            (
+                self.max_tasks == Some(0),
+                "max_tasks_per_worker(0): a worker runs at least one task before it is replaced",
+            ),
+        ] {
+            if zero {
+                return Err(Error::invalid_input(format!(
+                    "{what}; leave it unset for the default"
+                )));
+            }
+        }
         let init = self.init.transpose()?;
         let shared = Arc::new(Shared::new(
             workers,
