@@ -28,6 +28,10 @@ fn main() {
             "killed_senders_and_receivers_count_as_gone",
             killed_senders_and_receivers_count_as_gone,
         ),
+        Trial::test(
+            "blocked_send_and_recv_notice_a_killed_peer",
+            blocked_send_and_recv_notice_a_killed_peer,
+        ),
         Trial::test("full_and_empty", full_and_empty),
         Trial::test("joinable_across_processes", joinable_across_processes),
         Trial::test(
@@ -238,6 +242,88 @@ fn killed_senders_and_receivers_count_as_gone() -> Result<(), Failed> {
         started.elapsed() < Duration::from_secs(1),
         format!("took {:?}", started.elapsed()),
     )
+}
+
+/// Sends one item, then waits to be killed.
+fn send_one_then_wait((tx, rx): (QueueSender<Item>, QueueReceiver<Item>)) {
+    if tx.send(&Item::new(7, 0, 16)).is_ok() {
+        wait_forever((tx, rx));
+    }
+}
+
+/// Runs `f` on a thread; its result, or a failure if it takes over 5 s
+/// (a blocked call that never noticed the peer's death).
+fn on_thread<T: Send + 'static>(
+    f: impl FnOnce() -> conduit::Result<T> + Send + 'static,
+) -> impl FnOnce() -> Result<conduit::Result<T>, Failed> {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(f());
+    });
+    move || {
+        done_rx
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| Failed::from("a blocked call did not return within 5 s of the kill"))
+    }
+}
+
+/// `recv()` and `send()` without a deadline (on Linux they wait inside
+/// `recvmsg`/`sendmsg`) return `Disconnected` within 1 s when the process
+/// holding the other side's only ends is killed while they wait.
+fn blocked_send_and_recv_notice_a_killed_peer() -> Result<(), Failed> {
+    // A receiver blocked in recv(): its only producer is killed.
+    let (tx, rx) = conduit::queue::<Item>()?;
+    let (tx2, rx2) = conduit::queue::<Item>()?;
+    let mut p = Process::spawn(send_one_then_wait, (tx, rx2))?;
+    drop(tx2);
+    check(rx.recv()?.producer == 7, "the first item")?;
+    let result = on_thread(move || rx.recv());
+    p.kill()?;
+    let killed = Instant::now();
+    let e = fails(result()?)?;
+    check(
+        e.is_disconnected(),
+        format!("recv: expected Disconnected, got {e}"),
+    )?;
+    check(
+        killed.elapsed() < Duration::from_secs(1),
+        format!("recv: took {:?}", killed.elapsed()),
+    )?;
+    let _ = p.join();
+
+    // A sender blocked in send() on a full queue: its only consumer is killed.
+    let (tx, rx) = conduit::queue_with::<Vec<u8>>(QueueConfig::default().capacity_bytes(4096))?;
+    let (items_tx, items_rx) = conduit::queue::<Item>()?;
+    let mut p = Process::spawn(wait_forever_bytes, (items_tx, items_rx, rx))?;
+    let mut sent = 0;
+    while tx.try_send(&vec![1u8; 100]).is_ok() {
+        sent += 1;
+        check(sent < 100_000, "a 4 KiB queue never filled")?;
+    }
+    let result = on_thread(move || tx.send(&vec![2u8; 100]));
+    p.kill()?;
+    let killed = Instant::now();
+    let e = fails(result()?)?;
+    check(
+        e.is_disconnected(),
+        format!("send: expected Disconnected, got {e}"),
+    )?;
+    check(
+        killed.elapsed() < Duration::from_secs(1),
+        format!("send: took {:?}", killed.elapsed()),
+    )?;
+    let _ = p.join();
+    Ok(())
+}
+
+fn wait_forever_bytes(
+    (tx, rx, _bytes): (
+        QueueSender<Item>,
+        QueueReceiver<Item>,
+        QueueReceiver<Vec<u8>>,
+    ),
+) {
+    wait_forever((tx, rx));
 }
 
 fn full_and_empty() -> Result<(), Failed> {
