@@ -100,6 +100,8 @@ use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod counters;
+#[cfg(target_os = "linux")]
+mod ring;
 mod sys;
 mod wire;
 

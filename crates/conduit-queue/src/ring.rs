@@ -1,0 +1,854 @@
+//! Linux: the queue's messages in shared memory, one byte ring behind two
+//! process-shared robust locks (design: docs/design-notes.md, "A
+//! shared-memory queue").
+//!
+//! - The **producer lock** serializes producers, the **consumer lock**
+//!   consumers; between the two lock holders the ring is single-producer,
+//!   single-consumer. Both are `pthread` mutexes that are process-shared
+//!   and robust: when a holder's process dies, the kernel marks the lock
+//!   and the next locker gets `EOWNERDEAD` and repairs what the dead holder
+//!   left.
+//! - The ring: `head` and `tail` are byte positions (never wrapped, `u64`)
+//!   in the segment's header; records are an 8-byte header (length, kind)
+//!   and the payload, padded to 8 bytes, never split across the end (a
+//!   `PAD` record fills the rest). A message up to [`Ring::piece_max`] is
+//!   one `WHOLE` record; a longer one streams as `FIRST` (its total length,
+//!   then bytes), `MIDDLE`… and `LAST`, written as the consumer frees room.
+//! - A producer writes a record, then moves `tail` (so a record is visible
+//!   whole or not at all); a consumer copies a record out, then moves
+//!   `head`.
+//!
+//! What a crash leaves, and how the next lock holder repairs it:
+//!
+//! - A producer killed holding the producer lock: whatever it had not
+//!   published is not in the ring (`tail` did not move). If it was part-way
+//!   through a streamed message (`P_STREAMING` set), the next producer
+//!   writes an `ABORT` record so that consumers drop the pieces. Lost: the
+//!   one message it was sending.
+//! - A consumer killed holding the consumer lock: if it had not moved
+//!   `head`, the record is still there for the next consumer (it never
+//!   returned the message to anyone: still exactly once). If it was part-way
+//!   through a streamed message (`C_STREAMING` set), the next consumer skips
+//!   the rest of it. Lost: at most the one message it was receiving.
+//! - A consumer waiting for the next piece of a message whose producer died
+//!   takes the producer lock itself at its liveness tick (`EOWNERDEAD`) and
+//!   drops the partial message.
+//!
+//! Every position and length read from the segment is checked against the
+//! ring's bounds before use: a participant that scribbles on the segment
+//! gets the others `Protocol` errors, never out-of-bounds accesses.
+
+#![allow(unsafe_code)]
+
+use std::os::fd::OwnedFd;
+use std::ptr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use conduit_core::{Error, ErrorKind, Result};
+use conduit_shm::segment::Segment;
+use rustix::io::Errno;
+use rustix::thread::futex;
+
+const MAGIC: u64 = u64::from_le_bytes(*b"cqring01");
+/// The header page; the data area starts after it.
+const HEADER: usize = 4096;
+const MAGIC_AT: usize = 0;
+const CAP_AT: usize = 8;
+const P_LOCK_AT: usize = 64;
+const C_LOCK_AT: usize = 192;
+const TAIL_AT: usize = 320;
+const P_STATE_AT: usize = 328;
+const HEAD_AT: usize = 384;
+const C_STATE_AT: usize = 392;
+const DATA_SEQ_AT: usize = 448;
+const DATA_WAITERS_AT: usize = 452;
+const SPACE_SEQ_AT: usize = 512;
+const SPACE_WAITERS_AT: usize = 516;
+
+const _: () = assert!(std::mem::size_of::<libc::pthread_mutex_t>() <= C_LOCK_AT - P_LOCK_AT);
+const _: () = assert!(std::mem::size_of::<libc::pthread_mutex_t>() <= TAIL_AT - C_LOCK_AT);
+
+const REC: u64 = 8;
+const WHOLE: u32 = 1;
+const FIRST: u32 = 2;
+const MIDDLE: u32 = 3;
+const LAST: u32 = 4;
+const ABORT: u32 = 5;
+const PAD: u32 = 6;
+
+/// `P_STATE_AT`: a producer is part-way through a streamed message.
+const P_STREAMING: u32 = 1;
+/// `C_STATE_AT`: a consumer is part-way through a streamed message.
+const C_STREAMING: u32 = 1;
+
+/// How often a waiting call looks at the deadline, the other side's
+/// presence and a dead streaming producer.
+const TICK: Duration = Duration::from_millis(50);
+/// How long a side spins before it sleeps on the futex.
+const SPIN: Duration = Duration::from_micros(20);
+
+/// The smallest and largest ring.
+pub(crate) const MIN_CAPACITY: usize = 4096;
+pub(crate) const MAX_CAPACITY: usize = 1 << 30;
+
+/// A mapped queue ring.
+#[derive(Debug)]
+pub(crate) struct Ring {
+    seg: Segment,
+    cap: u64,
+}
+
+/// What the waiting calls ask the queue: whether the other side is gone.
+pub(crate) type Gone<'a> = &'a dyn Fn() -> Result<bool>;
+
+fn io_err(what: &str, code: i32) -> Error {
+    Error::from_io(what, std::io::Error::from_raw_os_error(code))
+}
+
+fn corrupt(what: &str) -> Error {
+    Error::protocol(format!(
+        "the queue's shared ring is corrupted ({what}); a participant is misbehaving"
+    ))
+}
+
+fn pad8(n: u64) -> u64 {
+    (n + 7) & !7
+}
+
+impl Ring {
+    /// A new ring of `capacity` bytes (rounded up to a power of two within
+    /// bounds), its locks initialised.
+    pub(crate) fn create(capacity: usize) -> Result<Ring> {
+        let cap = capacity
+            .clamp(MIN_CAPACITY, MAX_CAPACITY)
+            .next_power_of_two();
+        let seg = Segment::create(HEADER + cap)?;
+        let ring = Ring {
+            seg,
+            cap: cap as u64,
+        };
+        ring.init_lock(P_LOCK_AT)?;
+        ring.init_lock(C_LOCK_AT)?;
+        ring.u64(CAP_AT).store(cap as u64, SeqCst);
+        ring.u64(MAGIC_AT).store(MAGIC, SeqCst);
+        Ok(ring)
+    }
+
+    /// Maps a handed-over ring.
+    pub(crate) fn open(fd: OwnedFd) -> Result<Ring> {
+        // The header first, to learn the capacity; then the whole segment.
+        let head = Segment::open(fd, HEADER)?;
+        let probe = Ring { seg: head, cap: 0 };
+        if probe.u64(MAGIC_AT).load(SeqCst) != MAGIC {
+            return Err(Error::protocol(
+                "the handed queue ring is not a conduit queue's",
+            ));
+        }
+        let cap = probe.u64(CAP_AT).load(SeqCst);
+        if !(MIN_CAPACITY as u64..=MAX_CAPACITY as u64).contains(&cap) || !cap.is_power_of_two()
+        {
+            return Err(corrupt("capacity"));
+        }
+        let fd = probe
+            .seg
+            .clone_handle()
+            .map_err(|e| Error::from_io("cannot map the queue ring", e))?;
+        drop(probe);
+        Ok(Ring {
+            seg: Segment::open(fd, HEADER + cap as usize)?,
+            cap,
+        })
+    }
+
+    /// A new handle for the same ring, for a handoff.
+    pub(crate) fn handle(&self) -> std::io::Result<OwnedFd> {
+        self.seg.clone_handle()
+    }
+
+    /// The longest message sent as one record; longer ones stream.
+    pub(crate) fn piece_max(&self) -> u64 {
+        self.cap / 4 - REC
+    }
+
+    fn u64(&self, at: usize) -> &AtomicU64 {
+        debug_assert!(at % 8 == 0 && at + 8 <= HEADER);
+        // SAFETY: `at` is one of this module's header offsets: 8-aligned
+        // (the segment is page-aligned) and inside the header page, which
+        // the mapping covers for as long as `self` lives. Only atomic
+        // operations touch these words, in every process.
+        unsafe { &*self.seg.as_ptr().add(at).cast::<AtomicU64>() }
+    }
+
+    fn u32(&self, at: usize) -> &AtomicU32 {
+        debug_assert!(at % 4 == 0 && at + 4 <= HEADER);
+        // SAFETY: as for `u64`, 4-aligned.
+        unsafe { &*self.seg.as_ptr().add(at).cast::<AtomicU32>() }
+    }
+
+    fn mutex(&self, at: usize) -> *mut libc::pthread_mutex_t {
+        // Pointer arithmetic only; see the callers for the accesses.
+        self.seg.as_ptr().wrapping_add(at).cast()
+    }
+
+    fn init_lock(&self, at: usize) -> Result<()> {
+        let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
+        // SAFETY: `attr` is initialised by pthread_mutexattr_init before any
+        // other use and destroyed at the end; the mutex lives at a
+        // 64-aligned offset of our own new segment (no other process has
+        // it yet), in room checked by the const asserts above.
+        unsafe {
+            let a = attr.as_mut_ptr();
+            let rc = libc::pthread_mutexattr_init(a);
+            if rc != 0 {
+                return Err(io_err("cannot initialise the queue's lock", rc));
+            }
+            let mut rc = libc::pthread_mutexattr_setpshared(a, libc::PTHREAD_PROCESS_SHARED);
+            if rc == 0 {
+                rc = libc::pthread_mutexattr_setrobust(a, libc::PTHREAD_MUTEX_ROBUST);
+            }
+            if rc == 0 {
+                rc = libc::pthread_mutex_init(self.mutex(at), a);
+            }
+            libc::pthread_mutexattr_destroy(a);
+            if rc != 0 {
+                return Err(io_err("cannot initialise the queue's lock", rc));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the lock at `at`, waiting until `deadline` (checking `gone`
+    /// at every tick). `Ok(true)` when the last holder died holding it.
+    fn lock(&self, at: usize, deadline: Option<Instant>, gone: Gone<'_>) -> Result<Held<'_>> {
+        loop {
+            let now = Instant::now();
+            let until = match deadline {
+                Some(d) => d.min(now + TICK),
+                None => now + TICK,
+            };
+            let abs = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                + until.saturating_duration_since(now);
+            let ts = libc::timespec {
+                tv_sec: abs.as_secs().min(i64::MAX as u64) as libc::time_t,
+                tv_nsec: abs.subsec_nanos().into(),
+            };
+            // SAFETY: the mutex was initialised process-shared and robust by
+            // the ring's creator; a hostile participant can scribble on it,
+            // which makes glibc return an error or wait, not touch memory
+            // outside the mutex (robust-list pointers live in each thread's
+            // own memory, not in the segment).
+            let rc = unsafe { libc::pthread_mutex_timedlock(self.mutex(at), &ts) };
+            match rc {
+                0 => return Ok(Held { ring: self, at, recovered: false }),
+                libc::EOWNERDEAD => {
+                    // SAFETY: we hold the mutex (EOWNERDEAD means acquired).
+                    unsafe { libc::pthread_mutex_consistent(self.mutex(at)) };
+                    return Ok(Held { ring: self, at, recovered: true });
+                }
+                libc::ETIMEDOUT => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(Error::timeout("the queue stayed busy until the deadline"));
+                    }
+                    if gone()? {
+                        return Err(Error::disconnected("the other side of the queue is gone"));
+                    }
+                }
+                libc::ENOTRECOVERABLE => {
+                    return Err(corrupt("a lock was left unrecoverable"))
+                }
+                rc => return Err(io_err("cannot take the queue's lock", rc)),
+            }
+        }
+    }
+
+    fn try_lock(&self, at: usize) -> Option<Held<'_>> {
+        // SAFETY: as in `lock`.
+        match unsafe { libc::pthread_mutex_trylock(self.mutex(at)) } {
+            0 => Some(Held { ring: self, at, recovered: false }),
+            libc::EOWNERDEAD => {
+                // SAFETY: acquired.
+                unsafe { libc::pthread_mutex_consistent(self.mutex(at)) };
+                Some(Held { ring: self, at, recovered: true })
+            }
+            _ => None,
+        }
+    }
+
+    /// Copies `src` into the data area at ring position `pos` (the caller
+    /// checked that it does not cross the end).
+    fn write_at(&self, pos: u64, src: &[u8]) -> Result<()> {
+        let off = (pos & (self.cap - 1)) as usize;
+        if off + src.len() > self.cap as usize {
+            return Err(corrupt("a record would cross the end of the ring"));
+        }
+        // SAFETY: `off + src.len() <= cap`, so the copy stays inside the
+        // data area of the mapping, which lives as long as `self`. The
+        // destination is shared memory that other processes may read at the
+        // same time: it is only ever accessed through raw copies and
+        // atomics, never through references.
+        unsafe {
+            ptr::copy_nonoverlapping(
+                src.as_ptr(),
+                self.seg.as_ptr().add(HEADER + off),
+                src.len(),
+            )
+        };
+        Ok(())
+    }
+
+    /// Appends `len` bytes at ring position `pos` to `out`, bounds-checked.
+    fn read_at(&self, pos: u64, len: u64, out: &mut Vec<u8>) -> Result<()> {
+        let off = pos & (self.cap - 1);
+        if off + len > self.cap {
+            return Err(corrupt("a record crosses the end of the ring"));
+        }
+        let len = len as usize;
+        out.reserve(len);
+        let start = out.len();
+        // SAFETY: `off + len <= cap`: inside the data area of the mapping;
+        // `out` has room for `len` more bytes (reserved), which the copy
+        // initialises before `set_len`. The source may be written by a
+        // misbehaving process concurrently: raw byte copy, any bytes are
+        // valid `u8`s.
+        unsafe {
+            ptr::copy_nonoverlapping(
+                self.seg.as_ptr().add(HEADER + off as usize),
+                out.as_mut_ptr().add(start),
+                len,
+            );
+            out.set_len(start + len);
+        }
+        Ok(())
+    }
+
+    /// Reads 8 bytes at ring position `pos`, bounds-checked.
+    fn word_at(&self, pos: u64) -> Result<[u8; 8]> {
+        let off = pos & (self.cap - 1);
+        if off + 8 > self.cap {
+            return Err(corrupt("a record header crosses the end of the ring"));
+        }
+        let mut b = [0u8; 8];
+        // SAFETY: `off + 8 <= cap`: inside the data area of the mapping;
+        // raw byte copy of shared memory (see `read_at`).
+        unsafe {
+            ptr::copy_nonoverlapping(
+                self.seg.as_ptr().add(HEADER + off as usize),
+                b.as_mut_ptr(),
+                8,
+            )
+        };
+        Ok(b)
+    }
+
+    fn header_at(&self, pos: u64) -> Result<(u32, u32)> {
+        let b = self.word_at(pos)?;
+        let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let kind = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        Ok((len, kind))
+    }
+
+    fn wake_one(&self, seq: usize, waiters: usize) {
+        self.u32(seq).fetch_add(1, SeqCst);
+        if self.u32(waiters).load(SeqCst) > 0 {
+            // Nothing to do about a failure: the sleeper's wait is bounded
+            // by its tick.
+            let _ = futex::wake(self.u32(seq), futex::Flags::empty(), 1);
+        }
+    }
+
+    /// Spins, then sleeps on the futex `seq` until `ready()`, a tick, or
+    /// `deadline`. True when ready.
+    fn wait(
+        &self,
+        seq: usize,
+        waiters: usize,
+        deadline: Option<Instant>,
+        ready: &dyn Fn() -> bool,
+    ) -> bool {
+        let start = Instant::now();
+        loop {
+            for _ in 0..64 {
+                if ready() {
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            if start.elapsed() >= SPIN {
+                break;
+            }
+        }
+        let now = Instant::now();
+        let mut timeout = TICK;
+        if let Some(d) = deadline {
+            timeout = timeout.min(d.saturating_duration_since(now));
+        }
+        if timeout.is_zero() {
+            return ready();
+        }
+        let seen = self.u32(seq).load(SeqCst);
+        self.u32(waiters).fetch_add(1, SeqCst);
+        if !ready() {
+            let ts = futex::Timespec {
+                tv_sec: timeout.as_secs() as i64,
+                tv_nsec: timeout.subsec_nanos().into(),
+            };
+            match futex::wait(self.u32(seq), futex::Flags::empty(), seen, Some(&ts)) {
+                Ok(()) | Err(Errno::AGAIN | Errno::INTR | Errno::TIMEDOUT) => {}
+                Err(_) => {}
+            }
+        }
+        self.u32(waiters).fetch_sub(1, SeqCst);
+        ready()
+    }
+
+    /// Room for `need` bytes at the tail, waiting until `deadline`.
+    fn room(&self, need: u64, deadline: Option<Instant>, gone: Gone<'_>) -> Result<()> {
+        let tail = self.u64(TAIL_AT).load(SeqCst);
+        loop {
+            let head = self.u64(HEAD_AT).load(SeqCst);
+            let used = tail.wrapping_sub(head);
+            if used > self.cap {
+                return Err(corrupt("head is ahead of tail"));
+            }
+            if self.cap - used >= need {
+                return Ok(());
+            }
+            let ready = || {
+                let head = self.u64(HEAD_AT).load(SeqCst);
+                self.cap.saturating_sub(tail.wrapping_sub(head)) >= need
+            };
+            if self.wait(SPACE_SEQ_AT, SPACE_WAITERS_AT, deadline, &ready) {
+                continue;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::new(ErrorKind::Full, "the queue is full"));
+            }
+            if gone()? {
+                return Err(Error::disconnected(
+                    "every receiver of the queue is gone (dropped, exited or killed)",
+                ));
+            }
+        }
+    }
+
+    /// Writes one record at the tail (with a `PAD` first if it would cross
+    /// the end) and publishes it.
+    fn put(&self, kind: u32, parts: &[&[u8]], deadline: Option<Instant>, gone: Gone<'_>) -> Result<()> {
+        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        let size = REC + pad8(len);
+        let tail = self.u64(TAIL_AT).load(SeqCst);
+        let left = self.cap - (tail & (self.cap - 1));
+        let pad = if left < size { left } else { 0 };
+        self.room(pad + size, deadline, gone)?;
+        let mut at = tail;
+        if pad > 0 {
+            let mut h = [0u8; 8];
+            h[..4].copy_from_slice(&((pad - REC) as u32).to_le_bytes());
+            h[4..].copy_from_slice(&PAD.to_le_bytes());
+            self.write_at(at, &h)?;
+            at += pad;
+        }
+        let mut h = [0u8; 8];
+        h[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        h[4..].copy_from_slice(&kind.to_le_bytes());
+        self.write_at(at, &h)?;
+        let mut p = at + REC;
+        for part in parts {
+            self.write_at(p, part)?;
+            p += part.len() as u64;
+        }
+        self.u64(TAIL_AT).store(at + size, SeqCst);
+        self.wake_one(DATA_SEQ_AT, DATA_WAITERS_AT);
+        Ok(())
+    }
+
+    /// Sends `msg`, waiting for the producer lock and for room until
+    /// `deadline`. `gone` tells whether every receiver is gone.
+    pub(crate) fn send(&self, msg: &[u8], deadline: Option<Instant>, gone: Gone<'_>) -> Result<()> {
+        let held = self.lock(P_LOCK_AT, deadline, gone)?;
+        if held.recovered && self.u32(P_STATE_AT).load(SeqCst) == P_STREAMING {
+            // The last holder died streaming: end its message.
+            self.put(ABORT, &[], None, gone)?;
+            self.u32(P_STATE_AT).store(0, SeqCst);
+        }
+        let piece = self.piece_max() as usize;
+        if msg.len() <= piece {
+            return self.put(WHOLE, &[msg], deadline, gone);
+        }
+        // Streamed: FIRST (total length + bytes), MIDDLE..., LAST. Once the
+        // first piece is in, the rest waits without a deadline (a half
+        // message must be finished or aborted), still ending if every
+        // receiver goes.
+        let total = (msg.len() as u64).to_le_bytes();
+        let (first, mut rest) = msg.split_at(piece - 8);
+        // Marked before the first piece: a producer that dies after it is
+        // published is always seen streaming (an abort with no stream
+        // begun is ignored by consumers).
+        self.u32(P_STATE_AT).store(P_STREAMING, SeqCst);
+        if let Err(e) = self.put(FIRST, &[&total, first], deadline, gone) {
+            self.u32(P_STATE_AT).store(0, SeqCst);
+            return Err(e);
+        }
+        while !rest.is_empty() {
+            let (p, r) = rest.split_at(rest.len().min(piece));
+            rest = r;
+            let kind = if rest.is_empty() { LAST } else { MIDDLE };
+            if let Err(e) = self.put(kind, &[p], None, gone) {
+                // Receivers gone: nobody reads the ring any more.
+                self.u32(P_STATE_AT).store(0, SeqCst);
+                return Err(e);
+            }
+        }
+        self.u32(P_STATE_AT).store(0, SeqCst);
+        drop(held);
+        Ok(())
+    }
+
+    /// The record at the head, waiting for one until `deadline`: `(kind,
+    /// payload length, position)`.
+    fn next(&self, deadline: Option<Instant>, gone: Gone<'_>, streaming: bool) -> Result<(u32, u64, u64)> {
+        loop {
+            let head = self.u64(HEAD_AT).load(SeqCst);
+            let tail = self.u64(TAIL_AT).load(SeqCst);
+            let avail = tail.wrapping_sub(head);
+            if avail > self.cap {
+                return Err(corrupt("head is ahead of tail"));
+            }
+            if avail >= REC {
+                let (len, kind) = self.header_at(head)?;
+                let size = REC + pad8(u64::from(len));
+                if size > avail || (head & (self.cap - 1)) + size > self.cap {
+                    return Err(corrupt("a record is longer than what was published"));
+                }
+                if kind == PAD {
+                    self.advance(head, size);
+                    continue;
+                }
+                return Ok((kind, u64::from(len), head));
+            }
+            let ready = || {
+                let t = self.u64(TAIL_AT).load(SeqCst);
+                t != tail
+            };
+            if self.wait(DATA_SEQ_AT, DATA_WAITERS_AT, deadline, &ready) {
+                continue;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::timeout("no message arrived in time"));
+            }
+            if streaming {
+                // A producer that died part-way through this message: its
+                // lock says so.
+                if let Some(held) = self.try_lock(P_LOCK_AT) {
+                    let dead = held.recovered
+                        && self.u32(P_STATE_AT).load(SeqCst) == P_STREAMING;
+                    if dead {
+                        self.u32(P_STATE_AT).store(0, SeqCst);
+                        return Ok((ABORT, 0, u64::MAX));
+                    }
+                }
+            }
+            if gone()? && self.u64(TAIL_AT).load(SeqCst) == head {
+                return Err(Error::disconnected(
+                    "the queue is empty and every sender is gone (dropped, exited or killed)",
+                ));
+            }
+        }
+    }
+
+    fn advance(&self, head: u64, size: u64) {
+        self.u64(HEAD_AT).store(head + size, SeqCst);
+        self.wake_one(SPACE_SEQ_AT, SPACE_WAITERS_AT);
+    }
+
+    /// Receives one message, waiting for the consumer lock and for a
+    /// message until `deadline`. `gone` tells whether every sender is gone.
+    pub(crate) fn recv(&self, deadline: Option<Instant>, gone: Gone<'_>, max: u64) -> Result<Vec<u8>> {
+        let empty_and_gone = || Ok(self.used() == 0 && gone()?);
+        let held = self.lock(C_LOCK_AT, deadline, &empty_and_gone)?;
+        // The last holder died part-way through a streamed message: skip
+        // the rest of it (that message is lost).
+        let mut skipping = held.recovered && self.u32(C_STATE_AT).load(SeqCst) == C_STREAMING;
+        self.u32(C_STATE_AT).store(0, SeqCst);
+        let mut out = Vec::new();
+        let mut total = 0u64;
+        let mut assembling = false;
+        loop {
+            let in_stream = assembling || skipping;
+            let (kind, len, at) =
+                self.next(if in_stream { None } else { deadline }, gone, in_stream)?;
+            if skipping && (kind == WHOLE || kind == FIRST) {
+                // The dead consumer had finished its stream (or not begun
+                // taking this one): nothing left to skip.
+                skipping = false;
+            }
+            let in_stream = assembling || skipping;
+            match kind {
+                WHOLE if !in_stream => {
+                    self.read_at(at + REC, len, &mut out)?;
+                    self.advance(at, REC + pad8(len));
+                    drop(held);
+                    return Ok(out);
+                }
+                FIRST if !in_stream => {
+                    if len < 8 {
+                        return Err(corrupt("a first piece without its length"));
+                    }
+                    total = u64::from_le_bytes(self.word_at(at + REC)?);
+                    if total > max {
+                        return Err(corrupt("a streamed message longer than the maximum"));
+                    }
+                    out.reserve(total as usize);
+                    self.read_at(at + REC + 8, len - 8, &mut out)?;
+                    self.u32(C_STATE_AT).store(C_STREAMING, SeqCst);
+                    self.advance(at, REC + pad8(len));
+                    assembling = true;
+                }
+                MIDDLE | LAST if in_stream => {
+                    if assembling {
+                        if out.len() as u64 + len > total {
+                            return Err(corrupt("a streamed message longer than announced"));
+                        }
+                        self.read_at(at + REC, len, &mut out)?;
+                    }
+                    self.advance(at, REC + pad8(len));
+                    if kind == LAST {
+                        self.u32(C_STATE_AT).store(0, SeqCst);
+                        if skipping {
+                            skipping = false;
+                            continue;
+                        }
+                        if out.len() as u64 != total {
+                            return Err(corrupt("a streamed message shorter than announced"));
+                        }
+                        drop(held);
+                        return Ok(out);
+                    }
+                }
+                ABORT => {
+                    if at != u64::MAX {
+                        self.advance(at, REC + pad8(len));
+                    }
+                    self.u32(C_STATE_AT).store(0, SeqCst);
+                    out.clear();
+                    assembling = false;
+                    skipping = false;
+                }
+                // A whole message or a new stream where a stream's pieces
+                // were expected: the stream's producer died and this one
+                // was written after its abort... which is not how producers
+                // write; or a piece with no stream.
+                _ => return Err(corrupt("records out of order")),
+            }
+        }
+    }
+
+    /// Bytes queued (approximate).
+    pub(crate) fn used(&self) -> u64 {
+        let head = self.u64(HEAD_AT).load(SeqCst);
+        self.u64(TAIL_AT).load(SeqCst).wrapping_sub(head).min(self.cap)
+    }
+}
+
+/// A held lock; released on drop.
+struct Held<'a> {
+    ring: &'a Ring,
+    at: usize,
+    recovered: bool,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        // SAFETY: this thread holds the mutex (`Held` is only made on a
+        // successful lock).
+        unsafe { libc::pthread_mutex_unlock(self.ring.mutex(self.at)) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn never() -> Result<bool> {
+        Ok(false)
+    }
+
+    fn msg(producer: u8, seq: u32, len: usize) -> Vec<u8> {
+        let mut m = vec![producer; len.max(5)];
+        m[1..5].copy_from_slice(&seq.to_le_bytes());
+        m.truncate(len.max(5));
+        m
+    }
+
+    #[test]
+    fn whole_and_streamed_messages_in_order() {
+        let ring = Arc::new(Ring::create(MIN_CAPACITY * 4).unwrap());
+        let piece = ring.piece_max() as usize;
+        let sizes = [5, 8, piece, piece + 1, piece * 3 + 7, 100_000, 9];
+        let r = Arc::clone(&ring);
+        let reader = std::thread::spawn(move || {
+            (0..sizes.len())
+                .map(|_| r.recv(None, &never, 1 << 20).unwrap())
+                .collect::<Vec<_>>()
+        });
+        for (i, &n) in sizes.iter().enumerate() {
+            ring.send(&msg(1, i as u32, n), None, &never).unwrap();
+        }
+        let got = reader.join().unwrap();
+        for (i, &n) in sizes.iter().enumerate() {
+            assert_eq!(got[i], msg(1, i as u32, n), "message {i} of {n} bytes");
+        }
+        assert_eq!(ring.used(), 0);
+    }
+
+    #[test]
+    fn timeouts_full_and_empty() {
+        let ring = Ring::create(MIN_CAPACITY).unwrap();
+        let now = Some(Instant::now());
+        let e = ring.recv(now, &never, 1 << 20).unwrap_err();
+        assert!(e.is_timeout(), "{e}");
+        let mut n = 0;
+        loop {
+            match ring.send(&[7u8; 100], Some(Instant::now()), &never) {
+                Ok(()) => n += 1,
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::Full, "{e}");
+                    break;
+                }
+            }
+            assert!(n < 1000);
+        }
+        assert!(n > 10);
+        for _ in 0..n {
+            assert_eq!(ring.recv(None, &never, 1 << 20).unwrap(), vec![7u8; 100]);
+        }
+    }
+
+    #[test]
+    fn every_message_once_with_four_producers_and_four_consumers() {
+        let ring = Arc::new(Ring::create(MIN_CAPACITY * 16).unwrap());
+        let per = 5000u32;
+        let consumers: Vec<_> = (0..4)
+            .map(|_| {
+                let r = Arc::clone(&ring);
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    loop {
+                        let m = r.recv(None, &never, 1 << 20).unwrap();
+                        if m.len() == 1 {
+                            return got;
+                        }
+                        got.push(m);
+                    }
+                })
+            })
+            .collect();
+        let producers: Vec<_> = (0..4u8)
+            .map(|p| {
+                let r = Arc::clone(&ring);
+                std::thread::spawn(move || {
+                    for i in 0..per {
+                        let len = if i % 97 == 0 { 20_000 } else { 16 + (i as usize % 50) };
+                        r.send(&msg(p + 10, i, len), None, &never).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for p in producers {
+            p.join().unwrap();
+        }
+        for _ in 0..4 {
+            ring.send(&[0], None, &never).unwrap();
+        }
+        let mut last = [None::<u32>; 4];
+        let mut count = 0;
+        for c in consumers {
+            let got = c.join().unwrap();
+            // Per consumer, each producer's messages arrive in order.
+            let mut seen = [None::<u32>; 4];
+            for m in got {
+                let p = (m[0] - 10) as usize;
+                let seq = u32::from_le_bytes([m[1], m[2], m[3], m[4]]);
+                let len = if seq % 97 == 0 { 20_000 } else { 16 + (seq as usize % 50) };
+                assert_eq!(m, msg(p as u8 + 10, seq, len));
+                assert!(seen[p].is_none_or(|s| s < seq), "reordered");
+                seen[p] = Some(seq);
+                last[p] = Some(last[p].map_or(seq, |l: u32| l.max(seq)));
+                count += 1;
+            }
+        }
+        assert_eq!(count, 4 * per as usize);
+    }
+
+    #[test]
+    fn a_producer_that_dies_mid_stream_is_aborted() {
+        let ring = Arc::new(Ring::create(MIN_CAPACITY).unwrap());
+        let piece = ring.piece_max() as usize;
+        // A thread that takes the producer lock, starts a streamed message
+        // and ends holding the lock (a robust mutex: its death marks it).
+        let r = Arc::clone(&ring);
+        std::thread::spawn(move || {
+            let held = r.lock(P_LOCK_AT, None, &never).unwrap();
+            r.u32(P_STATE_AT).store(P_STREAMING, SeqCst);
+            let total = (piece as u64 * 3).to_le_bytes();
+            r.put(FIRST, &[&total, &vec![1u8; piece - 8]], None, &never)
+                .unwrap();
+            std::mem::forget(held);
+        })
+        .join()
+        .unwrap();
+        // A consumer waiting for the rest notices, and the next message is
+        // whole.
+        let r = Arc::clone(&ring);
+        let reader = std::thread::spawn(move || r.recv(None, &never, 1 << 20).unwrap());
+        ring.send(b"after", None, &never).unwrap();
+        assert_eq!(reader.join().unwrap(), b"after");
+    }
+
+    #[test]
+    fn a_consumer_that_dies_mid_stream_loses_only_that_message() {
+        let ring = Arc::new(Ring::create(MIN_CAPACITY).unwrap());
+        let piece = ring.piece_max() as usize;
+        let big = vec![3u8; piece * 2];
+        let r = Arc::clone(&ring);
+        let writer = std::thread::spawn(move || {
+            r.send(&big, None, &never).unwrap();
+            r.send(b"next", None, &never).unwrap();
+        });
+        // Take the first piece the way `recv` does, then die holding the
+        // consumer lock.
+        let r = Arc::clone(&ring);
+        std::thread::spawn(move || {
+            let held = r.lock(C_LOCK_AT, None, &never).unwrap();
+            let (kind, len, at) = r.next(None, &never, false).unwrap();
+            assert_eq!(kind, FIRST);
+            r.u32(C_STATE_AT).store(C_STREAMING, SeqCst);
+            r.advance(at, REC + pad8(len));
+            std::mem::forget(held);
+        })
+        .join()
+        .unwrap();
+        assert_eq!(ring.recv(None, &never, 1 << 20).unwrap(), b"next");
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn scribbled_positions_are_errors() {
+        let ring = Ring::create(MIN_CAPACITY).unwrap();
+        ring.send(b"hello", None, &never).unwrap();
+        ring.u64(HEAD_AT).store(u64::MAX / 2, SeqCst);
+        let e = ring.recv(Some(Instant::now()), &never, 1 << 20).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+        let e = ring.send(b"x", Some(Instant::now()), &never).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+        ring.u64(HEAD_AT).store(0, SeqCst);
+        // A record header claiming more than was published.
+        ring.write_at(0, &[0xff, 0xff, 0, 0, 1, 0, 0, 0]).unwrap();
+        let e = ring.recv(Some(Instant::now()), &never, 1 << 20).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+    }
+}
