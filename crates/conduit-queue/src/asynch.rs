@@ -77,6 +77,8 @@ impl<T: DeserializeOwned + 'static> QueueReceiver<T> {
         }
         let handles: Vec<_> = handles.into_iter().map(|h| (h, WaitFor::Read)).collect();
         let reg = Registration::new(&handles).map_err(reactor_error)?;
+        #[cfg(target_os = "linux")]
+        self.inner.end.arm();
         Ok(AsyncQueueReceiver {
             inner: self.inner,
             reg,
@@ -139,6 +141,21 @@ pub struct AsyncQueueSender<T> {
     _t: PhantomData<fn(&T)>,
 }
 
+/// The doorbell registrations (Linux) end with the async ends.
+impl<T> Drop for AsyncQueueReceiver<T> {
+    fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        self.inner.end.disarm();
+    }
+}
+
+impl<T> Drop for AsyncQueueSender<T> {
+    fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        self.inner.end.disarm();
+    }
+}
+
 impl<T> fmt::Debug for AsyncQueueSender<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncQueueSender").finish_non_exhaustive()
@@ -155,6 +172,8 @@ impl<T: Serialize + 'static> QueueSender<T> {
             return Err(unsupported());
         }
         let reg = Registration::new(&handles).map_err(reactor_error)?;
+        #[cfg(target_os = "linux")]
+        self.inner.end.arm();
         Ok(AsyncQueueSender {
             inner: self.inner,
             reg,
@@ -174,6 +193,10 @@ impl<T: Serialize + 'static> AsyncQueueSender<T> {
 
     fn poll_send_bytes(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<Result<()>> {
         for _ in 0..TRIES_PER_POLL {
+            // Take the doorbells first, so that room freed after this
+            // attempt rings anew.
+            #[cfg(target_os = "linux")]
+            self.inner.end.drain();
             match self.inner.send_bytes(bytes, Some(Instant::now())) {
                 Err(e) if e.is_timeout() || e.kind() == ErrorKind::Full => {}
                 out => return Poll::Ready(out),

@@ -492,15 +492,32 @@ impl<T> QueueReceiver<T> {
 /// A queue receiver's part in a `conduit::wait`.
 struct QueueWait<'a> {
     end: &'a RxEnd,
+    /// Registered for doorbells (Linux: the messages are in shared memory,
+    /// the descriptors only signal when producers ring).
+    armed: bool,
 }
 
 impl conduit_core::WaitSource for QueueWait<'_> {
     fn arm(&mut self) -> Result<bool> {
+        #[cfg(target_os = "linux")]
+        if !self.armed {
+            self.end.arm();
+        }
+        self.armed = true;
         self.end.poll(Some(Instant::now()))
     }
 
     fn handles<'a>(&'a self, out: &mut Vec<conduit_core::WaitHandle<'a>>) {
         self.end.wait_handles(out);
+    }
+}
+
+impl Drop for QueueWait<'_> {
+    fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        if self.armed {
+            self.end.disarm();
+        }
     }
 }
 
@@ -511,6 +528,7 @@ impl<T> conduit_core::Waitable for QueueReceiver<T> {
     fn wait_source(&self) -> Result<Box<dyn conduit_core::WaitSource + '_>> {
         Ok(Box::new(QueueWait {
             end: &self.inner.end,
+            armed: false,
         }))
     }
 }

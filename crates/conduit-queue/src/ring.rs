@@ -65,6 +65,12 @@ const DATA_SEQ_AT: usize = 448;
 const DATA_WAITERS_AT: usize = 452;
 const SPACE_SEQ_AT: usize = 512;
 const SPACE_WAITERS_AT: usize = 516;
+/// Async receivers and `conduit::wait`s registered for doorbells.
+const RX_ARMED_AT: usize = 576;
+/// Async senders registered for doorbells.
+const TX_ARMED_AT: usize = 580;
+/// Consumer ends alive (a hint: a killed process's ends stay counted).
+const RX_ENDS_AT: usize = 640;
 
 const _: () = assert!(std::mem::size_of::<libc::pthread_mutex_t>() <= C_LOCK_AT - P_LOCK_AT);
 const _: () = assert!(std::mem::size_of::<libc::pthread_mutex_t>() <= TAIL_AT - C_LOCK_AT);
@@ -146,8 +152,7 @@ impl Ring {
             ));
         }
         let cap = probe.u64(CAP_AT).load(SeqCst);
-        if !(MIN_CAPACITY as u64..=MAX_CAPACITY as u64).contains(&cap) || !cap.is_power_of_two()
-        {
+        if !(MIN_CAPACITY as u64..=MAX_CAPACITY as u64).contains(&cap) || !cap.is_power_of_two() {
             return Err(corrupt("capacity"));
         }
         let fd = probe
@@ -242,23 +247,31 @@ impl Ring {
             // own memory, not in the segment).
             let rc = unsafe { libc::pthread_mutex_timedlock(self.mutex(at), &ts) };
             match rc {
-                0 => return Ok(Held { ring: self, at, recovered: false }),
+                0 => {
+                    return Ok(Held {
+                        ring: self,
+                        at,
+                        recovered: false,
+                    })
+                }
                 libc::EOWNERDEAD => {
                     // SAFETY: we hold the mutex (EOWNERDEAD means acquired).
                     unsafe { libc::pthread_mutex_consistent(self.mutex(at)) };
-                    return Ok(Held { ring: self, at, recovered: true });
+                    return Ok(Held {
+                        ring: self,
+                        at,
+                        recovered: true,
+                    });
                 }
                 libc::ETIMEDOUT => {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Err(Error::timeout("the queue stayed busy until the deadline"));
-                    }
                     if gone()? {
                         return Err(Error::disconnected("the other side of the queue is gone"));
                     }
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(Error::timeout("the queue stayed busy until the deadline"));
+                    }
                 }
-                libc::ENOTRECOVERABLE => {
-                    return Err(corrupt("a lock was left unrecoverable"))
-                }
+                libc::ENOTRECOVERABLE => return Err(corrupt("a lock was left unrecoverable")),
                 rc => return Err(io_err("cannot take the queue's lock", rc)),
             }
         }
@@ -267,11 +280,19 @@ impl Ring {
     fn try_lock(&self, at: usize) -> Option<Held<'_>> {
         // SAFETY: as in `lock`.
         match unsafe { libc::pthread_mutex_trylock(self.mutex(at)) } {
-            0 => Some(Held { ring: self, at, recovered: false }),
+            0 => Some(Held {
+                ring: self,
+                at,
+                recovered: false,
+            }),
             libc::EOWNERDEAD => {
                 // SAFETY: acquired.
                 unsafe { libc::pthread_mutex_consistent(self.mutex(at)) };
-                Some(Held { ring: self, at, recovered: true })
+                Some(Held {
+                    ring: self,
+                    at,
+                    recovered: true,
+                })
             }
             _ => None,
         }
@@ -290,11 +311,7 @@ impl Ring {
         // same time: it is only ever accessed through raw copies and
         // atomics, never through references.
         unsafe {
-            ptr::copy_nonoverlapping(
-                src.as_ptr(),
-                self.seg.as_ptr().add(HEADER + off),
-                src.len(),
-            )
+            ptr::copy_nonoverlapping(src.as_ptr(), self.seg.as_ptr().add(HEADER + off), src.len())
         };
         Ok(())
     }
@@ -423,20 +440,26 @@ impl Ring {
             if self.wait(SPACE_SEQ_AT, SPACE_WAITERS_AT, deadline, &ready) {
                 continue;
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(Error::new(ErrorKind::Full, "the queue is full"));
-            }
             if gone()? {
                 return Err(Error::disconnected(
                     "every receiver of the queue is gone (dropped, exited or killed)",
                 ));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::new(ErrorKind::Full, "the queue is full"));
             }
         }
     }
 
     /// Writes one record at the tail (with a `PAD` first if it would cross
     /// the end) and publishes it.
-    fn put(&self, kind: u32, parts: &[&[u8]], deadline: Option<Instant>, gone: Gone<'_>) -> Result<()> {
+    fn put(
+        &self,
+        kind: u32,
+        parts: &[&[u8]],
+        deadline: Option<Instant>,
+        gone: Gone<'_>,
+    ) -> Result<()> {
         let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
         let size = REC + pad8(len);
         let tail = self.u64(TAIL_AT).load(SeqCst);
@@ -509,7 +532,12 @@ impl Ring {
 
     /// The record at the head, waiting for one until `deadline`: `(kind,
     /// payload length, position)`.
-    fn next(&self, deadline: Option<Instant>, gone: Gone<'_>, streaming: bool) -> Result<(u32, u64, u64)> {
+    fn next(
+        &self,
+        deadline: Option<Instant>,
+        gone: Gone<'_>,
+        streaming: bool,
+    ) -> Result<(u32, u64, u64)> {
         loop {
             let head = self.u64(HEAD_AT).load(SeqCst);
             let tail = self.u64(TAIL_AT).load(SeqCst);
@@ -536,15 +564,11 @@ impl Ring {
             if self.wait(DATA_SEQ_AT, DATA_WAITERS_AT, deadline, &ready) {
                 continue;
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(Error::timeout("no message arrived in time"));
-            }
             if streaming {
                 // A producer that died part-way through this message: its
                 // lock says so.
                 if let Some(held) = self.try_lock(P_LOCK_AT) {
-                    let dead = held.recovered
-                        && self.u32(P_STATE_AT).load(SeqCst) == P_STREAMING;
+                    let dead = held.recovered && self.u32(P_STATE_AT).load(SeqCst) == P_STREAMING;
                     if dead {
                         self.u32(P_STATE_AT).store(0, SeqCst);
                         return Ok((ABORT, 0, u64::MAX));
@@ -556,6 +580,9 @@ impl Ring {
                     "the queue is empty and every sender is gone (dropped, exited or killed)",
                 ));
             }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::timeout("no message arrived in time"));
+            }
         }
     }
 
@@ -566,7 +593,12 @@ impl Ring {
 
     /// Receives one message, waiting for the consumer lock and for a
     /// message until `deadline`. `gone` tells whether every sender is gone.
-    pub(crate) fn recv(&self, deadline: Option<Instant>, gone: Gone<'_>, max: u64) -> Result<Vec<u8>> {
+    pub(crate) fn recv(
+        &self,
+        deadline: Option<Instant>,
+        gone: Gone<'_>,
+        max: u64,
+    ) -> Result<Vec<u8>> {
         let empty_and_gone = || Ok(self.used() == 0 && gone()?);
         let held = self.lock(C_LOCK_AT, deadline, &empty_and_gone)?;
         // The last holder died part-way through a streamed message: skip
@@ -646,10 +678,55 @@ impl Ring {
         }
     }
 
+    /// Counts a doorbell registration of a consumer in (`true`) or out.
+    pub(crate) fn arm_rx(&self, on: bool) {
+        self.arm(RX_ARMED_AT, on);
+    }
+
+    /// Counts a doorbell registration of a producer in (`true`) or out.
+    pub(crate) fn arm_tx(&self, on: bool) {
+        self.arm(TX_ARMED_AT, on);
+    }
+
+    fn arm(&self, at: usize, on: bool) {
+        let w = self.u32(at);
+        if on {
+            w.fetch_add(1, SeqCst);
+        } else {
+            let _ = w.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
+        }
+    }
+
+    /// Counts a consumer end in (`true`) or out.
+    pub(crate) fn count_rx(&self, on: bool) {
+        self.arm(RX_ENDS_AT, on);
+    }
+
+    /// Consumer ends alive as counted (a killed process's ends stay in the
+    /// count: zero means gone, more proves nothing).
+    pub(crate) fn rx_ends(&self) -> u32 {
+        self.u32(RX_ENDS_AT).load(SeqCst)
+    }
+
+    /// Whether a consumer is registered for doorbells (a process killed
+    /// while registered leaves the count up: producers then ring for
+    /// nothing, which costs a system call per message, nothing else).
+    pub(crate) fn rx_armed(&self) -> u32 {
+        self.u32(RX_ARMED_AT).load(SeqCst)
+    }
+
+    /// Whether a producer is registered for doorbells.
+    pub(crate) fn tx_armed(&self) -> u32 {
+        self.u32(TX_ARMED_AT).load(SeqCst)
+    }
+
     /// Bytes queued (approximate).
     pub(crate) fn used(&self) -> u64 {
         let head = self.u64(HEAD_AT).load(SeqCst);
-        self.u64(TAIL_AT).load(SeqCst).wrapping_sub(head).min(self.cap)
+        self.u64(TAIL_AT)
+            .load(SeqCst)
+            .wrapping_sub(head)
+            .min(self.cap)
     }
 }
 
@@ -752,7 +829,11 @@ mod tests {
                 let r = Arc::clone(&ring);
                 std::thread::spawn(move || {
                     for i in 0..per {
-                        let len = if i % 97 == 0 { 20_000 } else { 16 + (i as usize % 50) };
+                        let len = if i % 97 == 0 {
+                            20_000
+                        } else {
+                            16 + (i as usize % 50)
+                        };
                         r.send(&msg(p + 10, i, len), None, &never).unwrap();
                     }
                 })
@@ -773,7 +854,11 @@ mod tests {
             for m in got {
                 let p = (m[0] - 10) as usize;
                 let seq = u32::from_le_bytes([m[1], m[2], m[3], m[4]]);
-                let len = if seq % 97 == 0 { 20_000 } else { 16 + (seq as usize % 50) };
+                let len = if seq % 97 == 0 {
+                    20_000
+                } else {
+                    16 + (seq as usize % 50)
+                };
                 assert_eq!(m, msg(p as u8 + 10, seq, len));
                 assert!(seen[p].is_none_or(|s| s < seq), "reordered");
                 seen[p] = Some(seq);
@@ -841,14 +926,18 @@ mod tests {
         let ring = Ring::create(MIN_CAPACITY).unwrap();
         ring.send(b"hello", None, &never).unwrap();
         ring.u64(HEAD_AT).store(u64::MAX / 2, SeqCst);
-        let e = ring.recv(Some(Instant::now()), &never, 1 << 20).unwrap_err();
+        let e = ring
+            .recv(Some(Instant::now()), &never, 1 << 20)
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
         let e = ring.send(b"x", Some(Instant::now()), &never).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
         ring.u64(HEAD_AT).store(0, SeqCst);
         // A record header claiming more than was published.
         ring.write_at(0, &[0xff, 0xff, 0, 0, 1, 0, 0, 0]).unwrap();
-        let e = ring.recv(Some(Instant::now()), &never, 1 << 20).unwrap_err();
+        let e = ring
+            .recv(Some(Instant::now()), &never, 1 << 20)
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
     }
 }

@@ -374,6 +374,73 @@ impl RxEnd {
     }
 }
 
+/// Doorbells for the Linux shared-memory ring (`sys/linux.rs`): the data
+/// socket pair carries no messages there, only one-byte datagrams that
+/// wake async and `conduit::wait` waiters (the pair is two-way: producers
+/// ring consumers on it, consumers ring producers waiting for room).
+#[cfg(target_os = "linux")]
+pub(crate) mod bells {
+    use super::*;
+
+    /// Rings the other side: one byte, never waiting (a full socket has
+    /// rung already; a gone side needs no ringing).
+    pub(crate) fn ring(data: BorrowedFd<'_>) {
+        let _ = rustix::net::send(data, &[1], SEND_FLAGS);
+    }
+
+    /// Takes every waiting doorbell off `data`.
+    pub(crate) fn drain(data: BorrowedFd<'_>) {
+        let mut b = [0u8; 16];
+        // Bounded: a participant that keeps ringing cannot hold us here.
+        for _ in 0..1024 {
+            match rustix::net::recv(data, &mut b, RecvFlags::DONTWAIT) {
+                Ok((n, _)) if n > 0 => {}
+                _ => return,
+            }
+        }
+    }
+
+    /// True once the other side's presence socket is closed everywhere.
+    pub(crate) fn gone(presence: BorrowedFd<'_>) -> Result<bool> {
+        peer_gone(presence)
+    }
+
+    /// Waits until `data` or `presence` is readable (true) or `deadline`
+    /// passes (false).
+    pub(crate) fn wait_readable(
+        data: BorrowedFd<'_>,
+        presence: BorrowedFd<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<bool> {
+        Ok(!matches!(
+            wait_two(data, PollFlags::IN, presence, deadline)?,
+            Ready::Timeout
+        ))
+    }
+
+    /// Checks a handed data or presence socket.
+    pub(crate) fn check(fd: &OwnedFd, stream: bool) -> Result<()> {
+        check_socket(
+            fd,
+            if stream {
+                SocketType::STREAM
+            } else {
+                DATA_TYPE
+            },
+        )
+    }
+
+    /// A new queue's data and presence socket pairs: `((data, presence)
+    /// for producers, (data, presence) for consumers)`.
+    pub(crate) fn sockets() -> Result<((OwnedFd, OwnedFd), (OwnedFd, OwnedFd))> {
+        let (data_tx, data_rx) = core_sys::socketpair_of(DATA_TYPE)
+            .map_err(|e| io_err("cannot create the queue's socket pair", e))?;
+        let (pres_tx, pres_rx) = core_sys::socketpair()
+            .map_err(|e| io_err("cannot create the queue's presence sockets", e))?;
+        Ok(((data_tx, pres_tx), (data_rx, pres_rx)))
+    }
+}
+
 fn receivers_gone() -> Error {
     Error::disconnected("every receiver of the queue is gone (dropped, exited or killed)")
 }
