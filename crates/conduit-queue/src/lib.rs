@@ -428,9 +428,32 @@ impl<T> QueueSender<T> {
 
 impl<T: Serialize + 'static> QueueSender<T> {
     fn send_until(&self, msg: &T, deadline: Option<Instant>) -> Result<()> {
-        let mut buf = Vec::with_capacity(64);
-        encode_message::<T, Cbor>(msg, &mut buf)?;
-        self.inner.send_bytes(&buf, deadline)
+        // Raw bytes go as they are; other messages are encoded into a
+        // buffer kept per thread (an allocation per send was measurable
+        // next to the shared-memory ring).
+        if let Some(bytes) = (msg as &dyn std::any::Any).downcast_ref::<Vec<u8>>() {
+            return self.inner.send_bytes(bytes, deadline);
+        }
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        BUF.with(|b| {
+            // A send from inside a send (a Serialize impl that sends)
+            // cannot borrow it: it gets a buffer of its own.
+            let mut own = Vec::new();
+            let mut held = b.try_borrow_mut();
+            let buf = match held.as_deref_mut() {
+                Ok(buf) => buf,
+                Err(_) => &mut own,
+            };
+            buf.clear();
+            encode_message::<T, Cbor>(msg, buf)?;
+            let out = self.inner.send_bytes(buf, deadline);
+            if buf.capacity() > 1 << 20 {
+                *buf = Vec::new();
+            }
+            out
+        })
     }
 
     /// Sends `msg`, waiting while the queue is full. `Disconnected` when

@@ -71,6 +71,14 @@ const RX_ARMED_AT: usize = 576;
 const TX_ARMED_AT: usize = 580;
 /// Consumer ends alive (a hint: a killed process's ends stay counted).
 const RX_ENDS_AT: usize = 640;
+/// The head as producers last read it, on a line of their own (a hint,
+/// so that a send reads the consumers' line only when the ring looks
+/// full).
+const HEAD_SEEN_AT: usize = 704;
+/// The tail as consumers last read it, on a line of their own (a hint, so
+/// that a receive reads the producers' line only when the ring looks
+/// empty).
+const TAIL_SEEN_AT: usize = 768;
 
 const _: () = assert!(std::mem::size_of::<libc::pthread_mutex_t>() <= C_LOCK_AT - P_LOCK_AT);
 const _: () = assert!(std::mem::size_of::<libc::pthread_mutex_t>() <= TAIL_AT - C_LOCK_AT);
@@ -226,6 +234,10 @@ impl Ring {
     /// Takes the lock at `at`, waiting until `deadline` (checking `gone`
     /// at every tick). `Ok(true)` when the last holder died holding it.
     fn lock(&self, at: usize, deadline: Option<Instant>, gone: Gone<'_>) -> Result<Held<'_>> {
+        // Uncontended: no clock reads.
+        if let Some(held) = self.try_lock(at) {
+            return Ok(held);
+        }
         loop {
             let now = Instant::now();
             let until = match deadline {
@@ -367,9 +379,14 @@ impl Ring {
         Ok((len, kind))
     }
 
+    /// Wakes the side sleeping on `seq`, if any. The caller's store (tail
+    /// or head, `SeqCst`) comes first; a sleeper counts itself in
+    /// `waiters` (`SeqCst`) before its last look: so either it sees the
+    /// store, or this sees it counted and bumps `seq` (which fails or ends
+    /// its futex wait).
     fn wake_one(&self, seq: usize, waiters: usize) {
-        self.u32(seq).fetch_add(1, SeqCst);
         if self.u32(waiters).load(SeqCst) > 0 {
+            self.u32(seq).fetch_add(1, SeqCst);
             // Nothing to do about a failure: the sleeper's wait is bounded
             // by its tick.
             let _ = futex::wake(self.u32(seq), futex::Flags::empty(), 1);
@@ -424,8 +441,17 @@ impl Ring {
     /// Room for `need` bytes at the tail, waiting until `deadline`.
     fn room(&self, need: u64, deadline: Option<Instant>, gone: Gone<'_>) -> Result<()> {
         let tail = self.u64(TAIL_AT).load(SeqCst);
+        // The head last seen: room then is room now (the head only moves
+        // on), unless a participant scribbled on the hint, which is caught
+        // below like a scribbled head.
+        let seen = self.u64(HEAD_SEEN_AT).load(SeqCst);
+        let used = tail.wrapping_sub(seen);
+        if used <= self.cap && self.cap - used >= need {
+            return Ok(());
+        }
         loop {
             let head = self.u64(HEAD_AT).load(SeqCst);
+            self.u64(HEAD_SEEN_AT).store(head, SeqCst);
             let used = tail.wrapping_sub(head);
             if used > self.cap {
                 return Err(corrupt("head is ahead of tail"));
@@ -540,7 +566,14 @@ impl Ring {
     ) -> Result<(u32, u64, u64)> {
         loop {
             let head = self.u64(HEAD_AT).load(SeqCst);
-            let tail = self.u64(TAIL_AT).load(SeqCst);
+            // The tail last seen: records before it are published (the
+            // tail only moves on); the producers' line is read only when
+            // that says empty.
+            let mut tail = self.u64(TAIL_SEEN_AT).load(SeqCst);
+            if tail.wrapping_sub(head) < REC || tail.wrapping_sub(head) > self.cap {
+                tail = self.u64(TAIL_AT).load(SeqCst);
+                self.u64(TAIL_SEEN_AT).store(tail, SeqCst);
+            }
             let avail = tail.wrapping_sub(head);
             if avail > self.cap {
                 return Err(corrupt("head is ahead of tail"));
