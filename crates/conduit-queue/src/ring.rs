@@ -963,6 +963,8 @@ mod tests {
             .recv(Some(Instant::now()), &never, 1 << 20)
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+        // A producer reads the head when its hint does not vouch for room.
+        ring.u64(HEAD_SEEN_AT).store(u64::MAX / 3, SeqCst);
         let e = ring.send(b"x", Some(Instant::now()), &never).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
         ring.u64(HEAD_AT).store(0, SeqCst);
