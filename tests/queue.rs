@@ -458,7 +458,14 @@ fn random_kills_lose_at_most_the_message_in_hand() -> Result<(), Failed> {
 
 fn kill_round(seed: u64) -> Result<(), String> {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let (tx, rx) = conduit::queue::<Item>().map_err(|e| e.to_string())?;
+    // Linux: a small ring, so that the 70,000-byte items stream through it
+    // in pieces and the kills also land part-way through streamed items.
+    let cfg = if cfg!(target_os = "linux") {
+        QueueConfig::default().capacity_bytes(64 << 10)
+    } else {
+        QueueConfig::default()
+    };
+    let (tx, rx) = conduit::queue_with::<Item>(cfg).map_err(|e| e.to_string())?;
     let per = 2000u64;
     let n_prod = 3u32;
     let n_cons = 3usize;
