@@ -20,48 +20,63 @@
 //!
 //! # Design
 //!
-//! The queue is a kernel object, not a data structure in shared memory:
-//!
-//! - **Unix**: a datagram socket pair (`SOCK_SEQPACKET` on Linux,
-//!   `SOCK_DGRAM` on macOS). Producers hold descriptors of its sending
-//!   socket, consumers of its receiving socket. Each message is one
-//!   datagram; messages above 64 KiB travel as an anonymous memory file
-//!   whose descriptor is inside the datagram.
+//! - **Linux: shared memory.** The messages go through one byte ring in a
+//!   sealed `memfd` behind two robust, process-shared locks: one serializes
+//!   producers, the other consumers, and between the two holders the ring
+//!   is single-producer single-consumer (module `ring`). A message costs no
+//!   system call unless a side has to sleep (futexes in the ring); messages
+//!   longer than a quarter of the ring stream through it in pieces.
+//! - **macOS**: a datagram socket pair (`SOCK_DGRAM`). Producers hold
+//!   descriptors of its sending socket, consumers of its receiving socket.
+//!   Each message is one datagram; messages above 64 KiB travel as an
+//!   anonymous memory file whose descriptor is inside the datagram.
 //! - **Windows**: a message-mode pipe. Producers hold handles of its client
 //!   (writing) end, consumers of its server (reading) end; each message is
 //!   one pipe message.
 //! - A **presence** object per side (Unix: a stream socket pair nobody
 //!   writes to; Windows: the pipe's own ends) tells each side when the
-//!   other side's last handle closed.
+//!   other side's last handle closed. On Linux the data socket pair stays
+//!   too, as the doorbell of async ends and `conduit::wait` (one byte per
+//!   message while one is registered).
 //! - A **counters page** (shared memory, atomics only) holds the
 //!   approximate length and the number of unfinished tasks.
 //!
 //! Invariants, and why a crash cannot break them:
 //!
-//! 1. *A message is queued whole or not at all.* The kernel appends a
-//!    datagram (pipe message) in one step; a producer killed during `send`
-//!    either queued its message or did not. There is no shared index, slot
-//!    or lock that a dead process could leave half-updated or held.
-//! 2. *A queued message is taken by exactly one receive, whole.* The kernel
-//!    removes a datagram in one step for one reader. A consumer killed
-//!    during `recv` either took one message (which is then lost: it is the
-//!    only message a crash can lose, see below) or none.
-//! 3. *Per-producer order.* One socket (pipe) queue is FIFO, and a
+//! 1. *A message is queued whole or not at all.* Linux: a producer writes a
+//!    record, then moves the ring's tail; a streamed message is ended by an
+//!    abort record when its producer dies part-way (the next holder of the
+//!    producer lock, which the kernel marks `EOWNERDEAD`, writes it; a
+//!    consumer waiting for the next piece takes that lock itself). Elsewhere
+//!    the kernel appends a datagram (pipe message) in one step.
+//! 2. *A queued message is taken by exactly one receive, whole.* Linux: a
+//!    consumer copies a message out under the consumer lock, then moves the
+//!    head; one killed before moving it leaves the message to the next
+//!    consumer (it never returned it), one killed part-way through a
+//!    streamed message makes the next consumer skip the rest of it.
+//!    Elsewhere the kernel removes a datagram in one step for one reader.
+//! 3. *Per-producer order.* The ring (socket, pipe) is FIFO and a
 //!    producer's sends are ordered; messages of different producers
 //!    interleave, never mix.
 //! 4. *Disconnection counts ends across processes.* The kernel closes a
 //!    process's handles when it exits or is killed, so the presence objects
 //!    see the last producer (consumer) go within microseconds, whatever the
-//!    cause.
+//!    cause. (Linux: a producer looks at the presence socket when the
+//!    count of consumer ends in the ring says zero, and every 5 ms.)
 //!
 //! What a kill loses: a producer killed inside `send` loses the message it
-//! was sending if the kernel had not queued it yet (nothing else); a
-//! consumer killed inside `recv` (or after it, before handling the message)
-//! loses the one message it took. Every other message of every live
-//! producer is delivered exactly once. The counters may be off by one per
-//! such kill: `len()` is approximate (like Python's `qsize()`), and a killed
-//! consumer's message is never marked done, so `join` waits for it: use
-//! `join_timeout` when consumers may die.
+//! was sending if it was not published yet (nothing else); a consumer
+//! killed inside `recv` (or after it, before handling the message) loses
+//! at most the one message it was taking. Every other message of every
+//! live producer is delivered exactly once. The counters may be off by one
+//! per such kill: `len()` is approximate (like Python's `qsize()`), and a
+//! killed consumer's message is never marked done, so `join` waits for it:
+//! use `join_timeout` when consumers may die.
+//!
+//! A participant that scribbles on the shared memory can make the others'
+//! calls fail (`Protocol` errors: every position and length is checked) or
+//! stall them as a participant that never sends would; never undefined
+//! behaviour.
 //!
 //! Messages up to [`QueueConfig::max_message`] (default 64 MiB) are
 //! delivered; a larger one is refused up front with `TooLarge`, nothing
@@ -69,16 +84,12 @@
 //! ([`QueueConfig::capacity_bytes`]); larger ones are refused with
 //! `TooLarge` (see the platform notes in the README).
 //!
-//! Waiting: a blocked `recv` or `send` sleeps in the kernel and uses no
-//! CPU. On Linux, `send` and `recv` without a deadline wait inside
-//! `sendmsg`/`recvmsg` themselves: the kernel wakes one waiting consumer
-//! per message, and reports the last producer's end as end-of-file once the
-//! queue is drained (the last consumer's as `EPIPE`), so a message costs
-//! one system call on each side (the queue example: 3.3 → 2.0 calls per
-//! message under `strace -c`). With a deadline, and on macOS, they `poll`
-//! the data and presence sockets, and every waiting consumer wakes for a
-//! new message (the ones that lose the race sleep again); on Windows they
-//! wait on an event.
+//! Waiting: a blocked `recv` or `send` sleeps and uses no CPU. Linux: a
+//! bounded spin, then a futex in the ring; the consumer lock's holder is
+//! the only consumer waiting on the ring (the others sleep in the lock), so
+//! one consumer wakes per message. macOS: `poll` on the data and presence
+//! sockets (every waiting consumer wakes; the ones that lose the race sleep
+//! again). Windows: an event.
 
 #![deny(unsafe_code)]
 
