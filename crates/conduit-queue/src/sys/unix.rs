@@ -79,15 +79,6 @@ const RECV_FLAGS: RecvFlags = RecvFlags::DONTWAIT.union(RecvFlags::CMSG_CLOEXEC)
 #[cfg(target_vendor = "apple")]
 const RECV_FLAGS: RecvFlags = RecvFlags::DONTWAIT;
 
-/// Whether a `send`/`recv` without a deadline blocks inside `sendmsg` /
-/// `recvmsg` (Linux `SOCK_SEQPACKET`) instead of `poll` + a non-blocking
-/// call. The kernel then wakes exactly one of the waiting receivers per
-/// datagram (an exclusive wait; `poll` wakes them all), reports the last
-/// producer's end as end-of-file after the queue is drained, and the last
-/// consumer's as `EPIPE`: one system call per message instead of up to
-/// four. (macOS datagram sockets have no end-of-file: they keep `poll`.)
-const BLOCK_IN_KERNEL: bool = cfg!(target_os = "linux");
-
 fn io_err(what: &str, e: impl Into<io::Error>) -> Error {
     Error::from_io(what, e.into())
 }
@@ -162,14 +153,8 @@ impl TxEnd {
         file: Option<&OwnedFd>,
         deadline: Option<Instant>,
     ) -> Result<std::result::Result<(), Errno>> {
-        let flags = match deadline {
-            None if BLOCK_IN_KERNEL => SEND_FLAGS.difference(SendFlags::DONTWAIT),
-            _ => SEND_FLAGS,
-        };
         loop {
-            // EAGAIN without DONTWAIT: a participant made the socket
-            // non-blocking (it is shared); fall back to `poll` then.
-            match send_datagram(self.data.as_fd(), header, body, file, flags) {
+            match send_datagram(self.data.as_fd(), header, body, file) {
                 Ok(()) => return Ok(Ok(())),
                 Err(Errno::AGAIN) => {}
                 Err(Errno::PIPE | Errno::CONNREFUSED | Errno::NOTCONN | Errno::CONNRESET) => {
@@ -246,22 +231,14 @@ impl RxEnd {
     }
 
     fn recv_with(&self, buf: &mut Vec<u8>, deadline: Option<Instant>) -> Result<Vec<u8>> {
-        let flags = match deadline {
-            None if BLOCK_IN_KERNEL => RECV_FLAGS.difference(RecvFlags::DONTWAIT),
-            _ => RECV_FLAGS,
-        };
         loop {
-            // Blocking: returns with a datagram, or end-of-file once every
-            // producer is gone (or an empty datagram, or EAGAIN if a
-            // participant made the shared socket non-blocking: both are
-            // sorted out below, without spinning).
-            if let Some(msg) = self.take(buf, flags)? {
+            if let Some(msg) = self.take(buf)? {
                 return Ok(msg);
             }
             if peer_gone(self.presence.as_fd())? {
                 // Producers send before they close: whatever they sent is
                 // queued by now. Drain it, then report the end.
-                return match self.take(buf, RECV_FLAGS)? {
+                return match self.take(buf)? {
                     Some(msg) => Ok(msg),
                     None => Err(senders_gone()),
                 };
@@ -309,15 +286,14 @@ impl RxEnd {
         out.push(self.presence.as_fd());
     }
 
-    /// One datagram if one is queued (`flags` without `DONTWAIT`: waits
-    /// for one, or for end-of-file).
-    fn take(&self, buf: &mut Vec<u8>, flags: RecvFlags) -> Result<Option<Vec<u8>>> {
+    /// One datagram if one is queued.
+    fn take(&self, buf: &mut Vec<u8>) -> Result<Option<Vec<u8>>> {
         buf.resize(HEADER_LEN + INLINE_MAX + 1, 0);
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let (n, truncated) = loop {
             let mut iov = [IoSliceMut::new(buf)];
-            match rustix::net::recvmsg(&self.data, &mut iov, &mut control, flags) {
+            match rustix::net::recvmsg(&self.data, &mut iov, &mut control, RECV_FLAGS) {
                 Ok(r) => break (r.bytes, r.flags.contains(rustix::net::ReturnFlags::TRUNC)),
                 Err(Errno::AGAIN) => return Ok(None),
                 Err(Errno::INTR) => continue,
@@ -463,7 +439,6 @@ fn send_datagram(
     header: &[u8],
     body: &[u8],
     file: Option<&OwnedFd>,
-    flags: SendFlags,
 ) -> std::result::Result<(), Errno> {
     let iov = [IoSlice::new(header), IoSlice::new(body)];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
@@ -476,7 +451,7 @@ fn send_datagram(
         }
     }
     loop {
-        match rustix::net::sendmsg(fd, &iov, &mut control, flags) {
+        match rustix::net::sendmsg(fd, &iov, &mut control, SEND_FLAGS) {
             Ok(_) => return Ok(()),
             Err(Errno::INTR) => {}
             Err(e) => return Err(e),
