@@ -325,7 +325,7 @@ fn run(opts: &Opts) -> Res<ExitCode> {
             &current,
             "queue: 1P/1C, 4P/1C, 4P/4C against Python mp.Queue and the shm channel",
             budget.case_timeout() * 8 + Duration::from_secs(120),
-            || queue::run(&ctx, opts.quick),
+            || queue::run(&ctx, budget.reps, opts.quick),
         )
     });
     let spawned = with_spawn.then(|| {

@@ -425,8 +425,10 @@ fn calibration_n(sys: Sys, quick: bool) -> u64 {
     }
 }
 
-/// Measures every row; `quick` only shortens the calibration.
-pub fn run(ctx: &Ctx, quick: bool) -> Res<QueueResults> {
+/// Measures every row in `rounds` interleaved rounds (the run's rounds:
+/// `ctx.budget` says one repetition per case and round); `quick` only
+/// shortens the calibration.
+pub fn run(ctx: &Ctx, rounds: usize, quick: bool) -> Res<QueueResults> {
     let budget = &ctx.budget;
     ctx.pinning.enter_parent(false);
     let mut driver = match &ctx.python {
@@ -457,7 +459,7 @@ pub fn run(ctx: &Ctx, quick: bool) -> Res<QueueResults> {
         .collect();
     let target = budget.rep.as_secs_f64();
     // Round 0 calibrates (and warms up).
-    for round in 0..=budget.reps {
+    for round in 0..=rounds {
         let n_rows = rows.len();
         // Rotate within each (shape, payload) group: conduit, Python, shm.
         let mut order: Vec<usize> = Vec::with_capacity(n_rows);
@@ -522,7 +524,7 @@ pub fn run(ctx: &Ctx, quick: bool) -> Res<QueueResults> {
     }
     Ok(QueueResults {
         rows,
-        rounds: budget.reps,
+        rounds,
         rep: budget.rep,
         start_method,
     })
