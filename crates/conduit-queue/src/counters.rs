@@ -18,11 +18,15 @@ use conduit_core::{Error, ErrorKind, Result};
 use conduit_shm::segment::Segment;
 
 const LEN: usize = 4096;
-const MAGIC: u64 = u64::from_le_bytes(*b"cqcount1");
+const MAGIC: u64 = u64::from_le_bytes(*b"cqcount2");
 const MAGIC_AT: usize = 0;
-// One cache line each, away from the magic.
-const QUEUED_AT: usize = 64;
-const UNFINISHED_AT: usize = 128;
+// One cache line each, away from the magic: producers add to `ENQUEUED`,
+// consumers to `DEQUEUED` (the queued count is the difference), so that a
+// message does not move one line between a producer's and a consumer's
+// CPU (that cost the Linux ring a third of its rate).
+const ENQUEUED_AT: usize = 64;
+const DEQUEUED_AT: usize = 128;
+const UNFINISHED_AT: usize = 192;
 
 /// A mapped counters page.
 #[derive(Debug)]
@@ -72,24 +76,26 @@ impl Counters {
 
     /// Before a message is sent: one more queued, one more unfinished.
     pub(crate) fn sending(&self) {
-        self.word(QUEUED_AT).fetch_add(1, Ordering::Relaxed);
+        self.word(ENQUEUED_AT).fetch_add(1, Ordering::Relaxed);
         self.word(UNFINISHED_AT).fetch_add(1, Ordering::AcqRel);
     }
 
     /// A send that [`sending`](Self::sending) announced failed.
     pub(crate) fn not_sent(&self) {
-        self.word(QUEUED_AT).fetch_sub(1, Ordering::Relaxed);
+        self.word(ENQUEUED_AT).fetch_sub(1, Ordering::Relaxed);
         self.word(UNFINISHED_AT).fetch_sub(1, Ordering::AcqRel);
     }
 
     /// A message was taken off the queue.
     pub(crate) fn received(&self) {
-        self.word(QUEUED_AT).fetch_sub(1, Ordering::Relaxed);
+        self.word(DEQUEUED_AT).fetch_add(1, Ordering::Relaxed);
     }
 
     /// Approximate number of queued messages (never negative).
     pub(crate) fn queued(&self) -> usize {
-        let v = self.word(QUEUED_AT).load(Ordering::Relaxed) as i64;
+        let dequeued = self.word(DEQUEUED_AT).load(Ordering::Relaxed);
+        let enqueued = self.word(ENQUEUED_AT).load(Ordering::Relaxed);
+        let v = enqueued.wrapping_sub(dequeued) as i64;
         usize::try_from(v.max(0)).unwrap_or(usize::MAX)
     }
 

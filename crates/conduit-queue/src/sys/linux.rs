@@ -127,12 +127,14 @@ impl TxEnd {
     }
 
     /// Registers an async sender (consumers ring when they free room).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn arm(&self) {
         self.armed.fetch_add(1, SeqCst);
         self.ring.arm_tx(true);
     }
 
     /// Ends a registration made with [`arm`](Self::arm).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn disarm(&self) {
         if self
             .armed
@@ -145,6 +147,7 @@ impl TxEnd {
 
     /// Takes the doorbells rung for this side (async senders, before they
     /// look for room).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn drain(&self) {
         bells::drain(self.data.as_fd());
     }
