@@ -14,7 +14,6 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use conduit_core::codec::{decode_message_owned, encode_message};
 use conduit_core::transport::sys::reactor::Registration;
@@ -98,7 +97,7 @@ impl<T: DeserializeOwned + 'static> AsyncQueueReceiver<T> {
     /// Polls for the next message (the poll behind [`recv`](Self::recv)).
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<T>> {
         for _ in 0..TRIES_PER_POLL {
-            match self.inner.recv_bytes(Some(Instant::now())) {
+            match self.inner.recv_bytes(crate::no_wait()) {
                 Err(e) if e.is_timeout() => {}
                 Err(e) => return Poll::Ready(Err(e)),
                 Ok(bytes) => return Poll::Ready(decode_message_owned::<T, Cbor>(bytes)),
@@ -197,7 +196,7 @@ impl<T: Serialize + 'static> AsyncQueueSender<T> {
             // attempt rings anew.
             #[cfg(target_os = "linux")]
             self.inner.end.drain();
-            match self.inner.send_bytes(bytes, Some(Instant::now())) {
+            match self.inner.send_bytes(bytes, crate::no_wait()) {
                 Err(e) if e.is_timeout() || e.kind() == ErrorKind::Full => {}
                 out => return Poll::Ready(out),
             }
