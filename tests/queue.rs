@@ -42,6 +42,22 @@ fn main() {
             "random_kills_lose_at_most_the_message_in_hand",
             random_kills_lose_at_most_the_message_in_hand,
         ),
+        Trial::test(
+            "try_send_of_a_streamed_message_does_not_block",
+            try_send_of_a_streamed_message_does_not_block,
+        ),
+        Trial::test(
+            "async_receiver_gets_a_streamed_message",
+            async_receiver_gets_a_streamed_message,
+        ),
+        Trial::test(
+            "try_recv_does_not_wait_for_a_stopped_streaming_producer",
+            try_recv_does_not_wait_for_a_stopped_streaming_producer,
+        ),
+        Trial::test(
+            "poll_wakes_for_a_streamed_message",
+            poll_wakes_for_a_streamed_message,
+        ),
     ];
     conduit_tests::run_with_processes(&args, tests);
 }
@@ -557,4 +573,163 @@ fn kill_round(seed: u64) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------
+// Adversarial review (Linux shared-memory ring): streamed messages
+// (longer than a quarter of the ring) and the deadlines / wake-ups around
+// them.
+// ---------------------------------------------------------------------
+
+/// Runs `f` on a thread and waits for it at most `limit`: `None` when it
+/// is still blocked (the thread is left behind; the test then drops the
+/// ends that release it).
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(f());
+    });
+    done_rx.recv_timeout(limit).ok()
+}
+
+/// `try_send` and `send_timeout` of a message longer than the ring never
+/// fit while no consumer receives: they must come back (`Full` /
+/// `Timeout`), not wait for consumers without a deadline.
+fn try_send_of_a_streamed_message_does_not_block() -> Result<(), Failed> {
+    let (tx, rx) = conduit::queue_with::<Vec<u8>>(QueueConfig::default().capacity_bytes(4096))?;
+    // A queue of its own: the blocked try_send above keeps the producer lock.
+    let (tx2, rx2) = conduit::queue_with::<Vec<u8>>(QueueConfig::default().capacity_bytes(4096))?;
+    let tried = within(Duration::from_secs(5), move || {
+        tx.try_send(&vec![7u8; 20_000]).map_err(|e| e.kind())
+    });
+    let timed = within(Duration::from_secs(5), move || {
+        tx2.send_timeout(&vec![7u8; 20_000], Duration::from_millis(100))
+            .map_err(|e| e.kind())
+    });
+    // Releases the blocked threads (every receiver gone).
+    drop(rx);
+    drop(rx2);
+    check(
+        tried.is_some(),
+        "try_send of a 20000-byte message into an idle 4096-byte queue (consumer alive) \
+         was still blocked after 5 s",
+    )?;
+    check(
+        timed.is_some(),
+        "send_timeout(100 ms) of a 20000-byte message into an idle 4096-byte queue was still blocked after 5 s",
+    )
+}
+
+/// An async receiver waiting on an empty queue gets a message longer than
+/// the ring: the producer streams it as the consumer frees room, so the
+/// consumer has to be woken by the first piece, not by the whole message.
+fn async_receiver_gets_a_streamed_message() -> Result<(), Failed> {
+    let (tx, rx) = conduit::queue_with::<Item>(QueueConfig::default().capacity_bytes(4096))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio: {e}"))?;
+    let got = rt.block_on(async move {
+        let mut arx = rx.into_async()?;
+        let mut fut = Box::pin(arx.recv());
+        // The receive runs until it waits for a doorbell on the empty
+        // queue (if it were still busy-polling, it would find the first
+        // piece itself and the test would pass: it cannot fail wrongly).
+        let first = tokio::select! {
+            _ = &mut fut => false,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => true,
+        };
+        let sender = std::thread::spawn(move || tx.send(&Item::new(3, 0, 20_000)));
+        // The timer first: a timeout that polls the receive when it fires
+        // would hide a receive that nothing woke.
+        let got = tokio::select! {
+            biased;
+            _ = tokio::time::sleep(Duration::from_secs(5)) => None,
+            r = &mut fut => Some(r),
+        };
+        drop(fut);
+        drop(arx); // releases a blocked sender
+        let sent = sender.join();
+        Ok::<_, conduit::Error>((first, got.map(|r| r.map(|i| i.intact())), sent.is_ok()))
+    })?;
+    let (first_pending, got, _) = got;
+    check(
+        first_pending,
+        "the first poll found a message in an empty queue",
+    )?;
+    match got {
+        Some(Ok(true)) => Ok(()),
+        Some(Ok(false)) => Err("the streamed message arrived corrupted".into()),
+        Some(Err(e)) => Err(format!("recv failed: {e}").into()),
+        None => Err(
+            "an async receiver waiting on an empty queue did not get a 20000-byte \
+             message (4096-byte ring) within 5 s: the producer waits for room, the \
+             receiver for a doorbell that is rung only after the whole message"
+                .into(),
+        ),
+    }
+}
+
+fn signal(pid: u32, sig: &str) -> Result<(), Failed> {
+    let st = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .map_err(|e| format!("kill {sig}: {e}"))?;
+    check(st.success(), format!("kill {sig} {pid} failed"))
+}
+
+/// `try_recv` (and `recv_timeout`) must not wait past their deadline for
+/// the rest of a streamed message whose producer is alive but stopped (a
+/// silent participant).
+fn try_recv_does_not_wait_for_a_stopped_streaming_producer() -> Result<(), Failed> {
+    let (tx, rx) = conduit::queue_with::<Item>(QueueConfig::default().capacity_bytes(4096))?;
+    let mut p = Process::spawn(produce, (tx, 1, 1, 50_000))?;
+    // The first piece is in the ring: the producer is part-way through.
+    // (Polled in short rounds: `poll` is not woken by a streamed message,
+    // see `poll_wakes_for_a_streamed_message`.)
+    let started = Instant::now();
+    while !rx.poll(Duration::from_millis(50))? {
+        check(
+            started.elapsed() < Duration::from_secs(10),
+            "the producer sent nothing",
+        )?;
+    }
+    signal(p.pid(), "-STOP")?;
+    let rx = std::sync::Arc::new(rx);
+    let rx2 = std::sync::Arc::clone(&rx);
+    let out = within(Duration::from_secs(3), move || {
+        rx2.try_recv().map(|i| i.intact()).map_err(|e| e.kind())
+    });
+    // Lets the producer finish (the blocked try_recv then gets the message).
+    signal(p.pid(), "-CONT")?;
+    let _ = p.join();
+    check(
+        out.is_some(),
+        "try_recv was still blocked 3 s later waiting for the rest of a streamed \
+         message whose producer is stopped",
+    )
+}
+
+/// `QueueReceiver::poll` (what `conduit::wait` uses) on an empty queue
+/// wakes when a producer starts a message longer than the ring (the
+/// producer cannot finish it until a consumer takes the first pieces).
+fn poll_wakes_for_a_streamed_message() -> Result<(), Failed> {
+    let (tx, rx) = conduit::queue_with::<Item>(QueueConfig::default().capacity_bytes(4096))?;
+    // A child: it starts after this process is asleep in `poll` (if it
+    // were quicker, `poll` would return at once and the test pass).
+    let mut p = Process::spawn(produce, (tx, 1, 1, 20_000))?;
+    let started = Instant::now();
+    let ready = rx.poll(Duration::from_secs(5))?;
+    let took = started.elapsed();
+    let got = rx.recv_timeout(Duration::from_secs(5)).map(|i| i.intact());
+    let _ = p.join();
+    check(ready, "poll(5 s) said nothing arrived")?;
+    check(matches!(got, Ok(true)), format!("recv after poll: {got:?}"))?;
+    check(
+        took < Duration::from_secs(1),
+        format!(
+            "poll on an empty queue took {took:?} to notice a 20000-byte message \
+             (4096-byte ring): the doorbell rings only after the whole message"
+        ),
+    )
 }
