@@ -975,4 +975,89 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
     }
+
+    /// Runs `f` on a thread; `None` when it is still running after 2 s.
+    fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(Duration::from_secs(2)).ok()
+    }
+
+    /// A consumer killed after it took a stream's last piece but before it
+    /// cleared `C_STATE` (kill -9 lands between `advance` and the store):
+    /// the next consumer's `try_recv` on the then empty ring must not wait
+    /// without a deadline for pieces to skip.
+    #[test]
+    fn a_consumer_killed_after_its_stream_leaves_try_recv_non_blocking() {
+        let ring = Arc::new(Ring::create(MIN_CAPACITY).unwrap());
+        let r = Arc::clone(&ring);
+        std::thread::spawn(move || {
+            let held = r.lock(C_LOCK_AT, None, &never).unwrap();
+            r.u32(C_STATE_AT).store(C_STREAMING, SeqCst);
+            std::mem::forget(held);
+        })
+        .join()
+        .unwrap();
+        let r = Arc::clone(&ring);
+        let out = within(move || {
+            r.recv(Some(Instant::now()), &never, 1 << 20)
+                .map_err(|e| e.kind())
+        });
+        // Releases a blocked receive.
+        ring.send(b"x", None, &never).unwrap();
+        let out = out.expect("try_recv on an empty ring was still blocked 2 s later");
+        assert_eq!(out, Err(ErrorKind::Timeout));
+    }
+
+    /// Every size around the piece boundaries, at every alignment the
+    /// records can take in the ring, arrives whole and in order.
+    #[test]
+    fn sizes_around_piece_boundaries_at_every_offset() {
+        let ring = Arc::new(Ring::create(MIN_CAPACITY).unwrap());
+        let piece = ring.piece_max() as usize;
+        let mut sizes = vec![0usize, 1, 7, 8, 9];
+        for k in 1..=5 {
+            for d in [-9i64, -8, -1, 0, 1, 8, 9] {
+                sizes.push((piece as i64 * k + d) as usize);
+                sizes.push((piece as i64 * k - 8 + d) as usize);
+            }
+        }
+        sizes.push(MIN_CAPACITY);
+        sizes.push(MIN_CAPACITY * 3 + 5);
+        let mut all = Vec::new();
+        for shift in (0..64).step_by(8) {
+            all.push(shift);
+            all.extend(sizes.iter().copied());
+        }
+        let want: Vec<Vec<u8>> = all
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|j| (i * 13 + j) as u8).collect())
+            .collect();
+        let r = Arc::clone(&ring);
+        let n = want.len();
+        let reader = std::thread::spawn(move || {
+            (0..n)
+                .map(|_| {
+                    r.recv(
+                        Some(Instant::now() + Duration::from_secs(20)),
+                        &never,
+                        1 << 20,
+                    )
+                    .unwrap()
+                })
+                .collect::<Vec<_>>()
+        });
+        for m in &want {
+            ring.send(m, Some(Instant::now() + Duration::from_secs(20)), &never)
+                .unwrap();
+        }
+        let got = reader.join().unwrap();
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(g == w, "message {i} of {} bytes", w.len());
+        }
+        assert_eq!(ring.used(), 0);
+    }
 }
