@@ -58,6 +58,10 @@ fn main() {
             "poll_wakes_for_a_streamed_message",
             poll_wakes_for_a_streamed_message,
         ),
+        Trial::test(
+            "async_receiver_sharing_with_a_blocking_one_gets_the_other_item",
+            async_receiver_sharing_with_a_blocking_one_gets_the_other_item,
+        ),
     ];
     conduit_tests::run_with_processes(&args, tests);
 }
@@ -732,4 +736,101 @@ fn poll_wakes_for_a_streamed_message() -> Result<(), Failed> {
              (4096-byte ring): the doorbell rings only after the whole message"
         ),
     )
+}
+
+/// Child: at each ask, says it is about to receive, takes one item (a
+/// blocking `recv`, which holds the consumer lock while it waits) and
+/// reports it.
+fn take_one_per_ask(
+    (rx, asks, ready, got): (
+        QueueReceiver<Item>,
+        QueueReceiver<u32>,
+        QueueSender<u32>,
+        QueueSender<u64>,
+    ),
+) {
+    while asks.recv().is_ok() {
+        if ready.send(&0).is_err() {
+            return;
+        }
+        match rx.recv() {
+            Ok(i) => {
+                if got.send(&i.seq).is_err() {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// An async receiver shares a queue with a blocking receiver in another
+/// process. Two items are sent while both wait: the blocking one takes one
+/// (it holds the consumer lock while it waits), the async one must get the
+/// other. Its attempt can land while the blocking receiver still holds the
+/// lock (`Timeout`) after it took both doorbells: it then sleeps with an
+/// item queued (fails within a few hundred rounds here).
+fn async_receiver_sharing_with_a_blocking_one_gets_the_other_item() -> Result<(), Failed> {
+    let (tx, rx) = conduit::queue::<Item>()?;
+    let (asks_tx, asks_rx) = conduit::queue::<u32>()?;
+    let (ready_tx, ready_rx) = conduit::queue::<u32>()?;
+    let (got_tx, got_rx) = conduit::queue::<u64>()?;
+    let mut p = Process::spawn(take_one_per_ask, (rx.clone(), asks_rx, ready_tx, got_tx))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio: {e}"))?;
+    let out: Result<(), Failed> = rt.block_on(async {
+        let mut arx = rx.into_async()?;
+        for round in 0..1000u64 {
+            // The async receive waits first (the usual case).
+            let mut fut = Box::pin(arx.recv());
+            tokio::select! {
+                _ = &mut fut => return Err("an item in an empty queue".into()),
+                _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
+            asks_tx.send(&0)?;
+            ready_rx.recv_timeout(Duration::from_secs(10))?;
+            // The items go from another thread, while this one waits in
+            // the runtime (as the async receiver's process would). The
+            // pause is not synchronisation: it lets the blocking receiver
+            // get past its spin into the futex sleep (the case that loses
+            // the wake-up); a round where it did not cannot fail.
+            let tx2 = tx.clone();
+            let sender = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(2));
+                tx2.send(&Item::new(1, 2 * round, 8))?;
+                tx2.send(&Item::new(1, 2 * round + 1, 8))
+            });
+            let mine = tokio::select! {
+                biased;
+                _ = tokio::time::sleep(Duration::from_secs(2)) => None,
+                r = &mut fut => Some(r?.seq),
+            };
+            drop(fut);
+            sender.join().map_err(|_| "the sender thread panicked")??;
+            let theirs = got_rx.recv_timeout(Duration::from_secs(10))?;
+            let Some(mine) = mine else {
+                // Was it there? A fresh receive tries at once.
+                let there = tokio::select! {
+                    biased;
+                    r = arx.recv() => Some(r?.seq),
+                    _ = tokio::time::sleep(Duration::from_millis(1)) => None,
+                };
+                return Err(format!(
+                    "round {round}: the blocking receiver took {theirs}; the async \
+                     receiver was not woken for 2 s (a fresh receive then found {there:?})"
+                )
+                .into());
+            };
+            check(
+                mine / 2 == round && theirs / 2 == round && mine != theirs,
+                format!("round {round}: got {mine} and {theirs}"),
+            )?;
+        }
+        Ok(())
+    });
+    drop(asks_tx);
+    let _ = p.join();
+    out
 }
