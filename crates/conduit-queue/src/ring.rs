@@ -1060,4 +1060,43 @@ mod tests {
         }
         assert_eq!(ring.used(), 0);
     }
+
+    /// A participant that scribbles on a lock word's neighbours while
+    /// another process holds the lock: glibc keeps a robust mutex on its
+    /// holder's robust list through the `__list` pointers *inside the
+    /// mutex* (shared memory), and `pthread_mutex_unlock` writes through
+    /// them (`next->__prev = prev; prev->__next = next`). The holder then
+    /// writes scribbler-chosen values at scribbler-chosen addresses of its
+    /// own memory: the documented "never undefined behaviour" does not hold.
+    /// Here the addresses point into a buffer of the holder's, so the test
+    /// only shows the writes.
+    #[test]
+    #[cfg(all(target_arch = "x86_64", target_env = "gnu"))]
+    fn scribbled_lock_makes_the_holder_write_its_own_memory() {
+        let ring = Arc::new(Ring::create(MIN_CAPACITY).unwrap());
+        let r = Arc::clone(&ring);
+        let buf = std::thread::spawn(move || {
+            let mut buf = Box::new([0u64; 8]);
+            let base = buf.as_mut_ptr() as usize;
+            let held = r.lock(P_LOCK_AT, None, &never).unwrap();
+            // The scribbler: glibc x86_64 `struct __pthread_mutex_s` has
+            // `__list.__prev` at 24 and `__list.__next` at 32.
+            let m = r.seg.as_ptr().wrapping_add(P_LOCK_AT);
+            // SAFETY: inside the header page of the mapping; what a hostile
+            // process with the segment mapped can do at any time.
+            unsafe {
+                ptr::write_unaligned(m.add(24).cast::<usize>(), base + 5 * 8);
+                ptr::write_unaligned(m.add(32).cast::<usize>(), base + 2 * 8);
+            }
+            drop(held);
+            *buf
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            buf, [0u64; 8],
+            "unlocking the scribbled lock wrote into the holder's own memory"
+        );
+        drop(ring);
+    }
 }
