@@ -4,10 +4,10 @@
 //!
 //! - The **producer lock** serializes producers, the **consumer lock**
 //!   consumers; between the two lock holders the ring is single-producer,
-//!   single-consumer. Both are `pthread` mutexes that are process-shared
-//!   and robust: when a holder's process dies, the kernel marks the lock
-//!   and the next locker gets `EOWNERDEAD` and repairs what the dead holder
-//!   left.
+//!   single-consumer. A lock word holds its holder's pid: a waiter that
+//!   finds the holder's process gone (`kill(pid, 0)`, at its tick) takes
+//!   the lock over and repairs what the dead holder left (see `lock` for
+//!   why not a robust `pthread` mutex).
 //! - The ring: `head` and `tail` are byte positions (never wrapped, `u64`)
 //!   in the segment's header; records are an 8-byte header (length, kind)
 //!   and the payload, padded to 8 bytes, never split across the end (a
@@ -43,7 +43,7 @@
 use std::os::fd::OwnedFd;
 use std::ptr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use conduit_core::{Error, ErrorKind, Result};
 use conduit_shm::segment::Segment;
@@ -80,9 +80,6 @@ const HEAD_SEEN_AT: usize = 704;
 /// empty).
 const TAIL_SEEN_AT: usize = 768;
 
-const _: () = assert!(std::mem::size_of::<libc::pthread_mutex_t>() <= C_LOCK_AT - P_LOCK_AT);
-const _: () = assert!(std::mem::size_of::<libc::pthread_mutex_t>() <= TAIL_AT - C_LOCK_AT);
-
 const REC: u64 = 8;
 const WHOLE: u32 = 1;
 const FIRST: u32 = 2;
@@ -115,10 +112,8 @@ pub(crate) struct Ring {
 
 /// What the waiting calls ask the queue: whether the other side is gone.
 pub(crate) type Gone<'a> = &'a dyn Fn() -> Result<bool>;
-
-fn io_err(what: &str, code: i32) -> Error {
-    Error::from_io(what, std::io::Error::from_raw_os_error(code))
-}
+/// Rings the other side's doorbell (async ends, `conduit::wait`).
+pub(crate) type Bell<'a> = &'a dyn Fn();
 
 fn corrupt(what: &str) -> Error {
     Error::protocol(format!(
@@ -142,8 +137,6 @@ impl Ring {
             seg,
             cap: cap as u64,
         };
-        ring.init_lock(P_LOCK_AT)?;
-        ring.init_lock(C_LOCK_AT)?;
         ring.u64(CAP_AT).store(cap as u64, SeqCst);
         ring.u64(MAGIC_AT).store(MAGIC, SeqCst);
         Ok(ring)
@@ -199,115 +192,112 @@ impl Ring {
         unsafe { &*self.seg.as_ptr().add(at).cast::<AtomicU32>() }
     }
 
-    fn mutex(&self, at: usize) -> *mut libc::pthread_mutex_t {
-        // Pointer arithmetic only; see the callers for the accesses.
-        self.seg.as_ptr().wrapping_add(at).cast()
-    }
-
-    fn init_lock(&self, at: usize) -> Result<()> {
-        let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
-        // SAFETY: `attr` is initialised by pthread_mutexattr_init before any
-        // other use and destroyed at the end; the mutex lives at a
-        // 64-aligned offset of our own new segment (no other process has
-        // it yet), in room checked by the const asserts above.
-        unsafe {
-            let a = attr.as_mut_ptr();
-            let rc = libc::pthread_mutexattr_init(a);
-            if rc != 0 {
-                return Err(io_err("cannot initialise the queue's lock", rc));
-            }
-            let mut rc = libc::pthread_mutexattr_setpshared(a, libc::PTHREAD_PROCESS_SHARED);
-            if rc == 0 {
-                rc = libc::pthread_mutexattr_setrobust(a, libc::PTHREAD_MUTEX_ROBUST);
-            }
-            if rc == 0 {
-                rc = libc::pthread_mutex_init(self.mutex(at), a);
-            }
-            libc::pthread_mutexattr_destroy(a);
-            if rc != 0 {
-                return Err(io_err("cannot initialise the queue's lock", rc));
-            }
-        }
-        Ok(())
-    }
-
-    /// Takes the lock at `at`, waiting until `deadline` (checking `gone`
-    /// at every tick). `Ok(true)` when the last holder died holding it.
+    /// Takes the lock whose word is at `at` (the owner's pid, 0 when free;
+    /// the waiters count in the next word), waiting until `deadline`
+    /// (checking `gone` at every tick). `recovered` when its holder's
+    /// process was found dead and the lock taken over.
+    ///
+    /// Hand-written rather than a robust `pthread` mutex: glibc keeps a
+    /// robust mutex on its holder's robust list through pointers stored
+    /// inside the mutex, which here is shared memory: a participant that
+    /// scribbled on them would make the holder's unlock write where it
+    /// chose. This lock keeps nothing but a pid in shared memory. A holder
+    /// whose process is gone is noticed at the waiters' tick (`kill(pid,
+    /// 0)` says no such process); a pid reused by a new process within the
+    /// tick would look alive: a stall, never a wrong result.
     fn lock(&self, at: usize, deadline: Option<Instant>, gone: Gone<'_>) -> Result<Held<'_>> {
-        // Uncontended: no clock reads.
+        // Uncontended: one CAS, no clock reads.
         if let Some(held) = self.try_lock(at) {
             return Ok(held);
         }
+        let me = own_pid();
+        let word = self.u32(at);
+        let waiters = self.u32(at + 4);
         loop {
-            let now = Instant::now();
-            let until = match deadline {
-                Some(d) => d.min(now + TICK),
-                None => now + TICK,
-            };
-            let abs = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                + until.saturating_duration_since(now);
-            let ts = libc::timespec {
-                tv_sec: abs.as_secs().min(i64::MAX as u64) as libc::time_t,
-                tv_nsec: abs.subsec_nanos().into(),
-            };
-            // SAFETY: the mutex was initialised process-shared and robust by
-            // the ring's creator; a hostile participant can scribble on it,
-            // which makes glibc return an error or wait, not touch memory
-            // outside the mutex (robust-list pointers live in each thread's
-            // own memory, not in the segment).
-            let rc = unsafe { libc::pthread_mutex_timedlock(self.mutex(at), &ts) };
-            match rc {
-                0 => {
-                    return Ok(Held {
-                        ring: self,
-                        at,
-                        recovered: false,
-                    })
+            for _ in 0..256 {
+                if let Some(held) = self.try_lock(at) {
+                    return Ok(held);
                 }
-                libc::EOWNERDEAD => {
-                    // SAFETY: we hold the mutex (EOWNERDEAD means acquired).
-                    unsafe { libc::pthread_mutex_consistent(self.mutex(at)) };
-                    return Ok(Held {
-                        ring: self,
-                        at,
-                        recovered: true,
-                    });
+                std::hint::spin_loop();
+            }
+            let owner = word.load(SeqCst);
+            if owner != 0 {
+                let mut timeout = TICK;
+                if let Some(d) = deadline {
+                    timeout = timeout.min(d.saturating_duration_since(Instant::now()));
                 }
-                libc::ETIMEDOUT => {
-                    if gone()? {
-                        return Err(Error::disconnected("the other side of the queue is gone"));
+                if !timeout.is_zero() {
+                    waiters.fetch_add(1, SeqCst);
+                    let ts = futex::Timespec {
+                        tv_sec: timeout.as_secs() as i64,
+                        tv_nsec: timeout.subsec_nanos().into(),
+                    };
+                    // Returns when woken, when the word is no longer
+                    // `owner`, or at the timeout; all are looked at below.
+                    let _ = futex::wait(word, futex::Flags::empty(), owner, Some(&ts));
+                    waiters.fetch_sub(1, SeqCst);
+                }
+                if let Some(held) = self.try_lock(at) {
+                    return Ok(held);
+                }
+                let owner = word.load(SeqCst);
+                if owner != 0 && owner != me && !alive(owner) {
+                    // Its holder's process is gone: take the lock over.
+                    if word.compare_exchange(owner, me, SeqCst, SeqCst).is_ok() {
+                        return Ok(Held {
+                            ring: self,
+                            at,
+                            recovered: true,
+                        });
                     }
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Err(Error::timeout("the queue stayed busy until the deadline"));
-                    }
+                    continue;
                 }
-                libc::ENOTRECOVERABLE => return Err(corrupt("a lock was left unrecoverable")),
-                rc => return Err(io_err("cannot take the queue's lock", rc)),
+            }
+            if gone()? {
+                return Err(Error::disconnected("the other side of the queue is gone"));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::timeout("the queue stayed busy until the deadline"));
             }
         }
     }
 
+    /// The lock at `at` if it is free now, or held by a process that is
+    /// gone (then `recovered`).
     fn try_lock(&self, at: usize) -> Option<Held<'_>> {
-        // SAFETY: as in `lock`.
-        match unsafe { libc::pthread_mutex_trylock(self.mutex(at)) } {
-            0 => Some(Held {
+        let me = own_pid();
+        let word = self.u32(at);
+        match word.compare_exchange(0, me, SeqCst, SeqCst) {
+            Ok(_) => Some(Held {
                 ring: self,
                 at,
                 recovered: false,
             }),
-            libc::EOWNERDEAD => {
-                // SAFETY: acquired.
-                unsafe { libc::pthread_mutex_consistent(self.mutex(at)) };
-                Some(Held {
-                    ring: self,
-                    at,
-                    recovered: true,
-                })
-            }
-            _ => None,
+            Err(_) => None,
         }
+    }
+
+    /// [`try_lock`](Self::try_lock), also taking over a lock whose holder's
+    /// process is gone (one system call: only off the hot path).
+    fn try_lock_or_recover(&self, at: usize) -> Option<Held<'_>> {
+        if let Some(held) = self.try_lock(at) {
+            return Some(held);
+        }
+        let word = self.u32(at);
+        let owner = word.load(SeqCst);
+        let me = own_pid();
+        if owner != 0
+            && owner != me
+            && !alive(owner)
+            && word.compare_exchange(owner, me, SeqCst, SeqCst).is_ok()
+        {
+            return Some(Held {
+                ring: self,
+                at,
+                recovered: true,
+            });
+        }
+        None
     }
 
     /// Copies `src` into the data area at ring position `pos` (the caller
@@ -479,19 +469,23 @@ impl Ring {
 
     /// Writes one record at the tail (with a `PAD` first if it would cross
     /// the end) and publishes it.
+    /// `extra`: room to leave free after it (for an abort record), `bell`:
+    /// rings async receivers once it is published.
     fn put(
         &self,
         kind: u32,
         parts: &[&[u8]],
         deadline: Option<Instant>,
         gone: Gone<'_>,
+        extra: u64,
+        bell: Bell<'_>,
     ) -> Result<()> {
         let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
         let size = REC + pad8(len);
         let tail = self.u64(TAIL_AT).load(SeqCst);
         let left = self.cap - (tail & (self.cap - 1));
         let pad = if left < size { left } else { 0 };
-        self.room(pad + size, deadline, gone)?;
+        self.room(pad + size + extra, deadline, gone)?;
         let mut at = tail;
         if pad > 0 {
             let mut h = [0u8; 8];
@@ -511,33 +505,73 @@ impl Ring {
         }
         self.u64(TAIL_AT).store(at + size, SeqCst);
         self.wake_one(DATA_SEQ_AT, DATA_WAITERS_AT);
+        if self.rx_armed() > 0 {
+            bell();
+        }
         Ok(())
+    }
+
+    /// Ring bytes the records of a streamed message of `n` bytes take, with
+    /// room for one padding record at the end of the ring.
+    fn stream_bytes(&self, n: u64) -> u64 {
+        let piece = self.piece_max();
+        let first = piece - 8;
+        let rest = n.saturating_sub(first);
+        let records = 1 + rest.div_ceil(piece);
+        records * (REC + pad8(piece)) + REC + pad8(piece)
+    }
+
+    /// Whether a streamed message of `n` bytes fits in the ring whole (with
+    /// room for an abort record): it is then written, and taken, all at
+    /// once, so deadlines hold for it; a longer one has to move through
+    /// the ring while it is written.
+    fn fits(&self, n: u64) -> bool {
+        self.stream_bytes(n) <= self.cap - REC
     }
 
     /// Sends `msg`, waiting for the producer lock and for room until
     /// `deadline`. `gone` tells whether every receiver is gone.
+    #[cfg(test)]
     pub(crate) fn send(&self, msg: &[u8], deadline: Option<Instant>, gone: Gone<'_>) -> Result<()> {
+        self.send_with(msg, deadline, gone, &|| {})
+    }
+
+    /// [`send`](Self::send), calling `bell` after each record it publishes
+    /// while an async receiver is registered.
+    pub(crate) fn send_with(
+        &self,
+        msg: &[u8],
+        deadline: Option<Instant>,
+        gone: Gone<'_>,
+        bell: Bell<'_>,
+    ) -> Result<()> {
         let held = self.lock(P_LOCK_AT, deadline, gone)?;
         if held.recovered && self.u32(P_STATE_AT).load(SeqCst) == P_STREAMING {
-            // The last holder died streaming: end its message.
-            self.put(ABORT, &[], None, gone)?;
+            // The last holder died streaming: end its message (it kept
+            // room for this record).
+            self.put(ABORT, &[], None, gone, 0, bell)?;
             self.u32(P_STATE_AT).store(0, SeqCst);
         }
         let piece = self.piece_max() as usize;
         if msg.len() <= piece {
-            return self.put(WHOLE, &[msg], deadline, gone);
+            return self.put(WHOLE, &[msg], deadline, gone, 0, bell);
         }
-        // Streamed: FIRST (total length + bytes), MIDDLE..., LAST. Once the
-        // first piece is in, the rest waits without a deadline (a half
-        // message must be finished or aborted), still ending if every
-        // receiver goes.
-        let total = (msg.len() as u64).to_le_bytes();
+        // Streamed: FIRST (total length + bytes), MIDDLE..., LAST.
+        let n = msg.len() as u64;
+        let fits = self.fits(n);
+        if fits {
+            // All of it at once: room for every record first (within the
+            // deadline), then no waiting.
+            self.room(self.stream_bytes(n), deadline, gone)?;
+        }
+        let total = n.to_le_bytes();
         let (first, mut rest) = msg.split_at(piece - 8);
         // Marked before the first piece: a producer that dies after it is
         // published is always seen streaming (an abort with no stream
         // begun is ignored by consumers).
         self.u32(P_STATE_AT).store(P_STREAMING, SeqCst);
-        if let Err(e) = self.put(FIRST, &[&total, first], deadline, gone) {
+        // Every piece leaves room for an abort record behind it.
+        if let Err(e) = self.put(FIRST, &[&total, first], deadline, gone, REC, bell) {
             self.u32(P_STATE_AT).store(0, SeqCst);
             return Err(e);
         }
@@ -545,15 +579,74 @@ impl Ring {
             let (p, r) = rest.split_at(rest.len().min(piece));
             rest = r;
             let kind = if rest.is_empty() { LAST } else { MIDDLE };
-            if let Err(e) = self.put(kind, &[p], None, gone) {
-                // Receivers gone: nobody reads the ring any more.
-                self.u32(P_STATE_AT).store(0, SeqCst);
-                return Err(e);
+            let extra = if kind == LAST { 0 } else { REC };
+            match self.put(kind, &[p], deadline, gone, extra, bell) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Full => {
+                    // The deadline passed part-way (a message longer than
+                    // the ring, which consumers did not take in time):
+                    // nothing is sent, the pieces in the ring are dropped.
+                    let aborted = self.put(ABORT, &[], None, gone, 0, bell);
+                    self.u32(P_STATE_AT).store(0, SeqCst);
+                    aborted?;
+                    return Err(e);
+                }
+                Err(e) => {
+                    // Receivers gone: nobody reads the ring any more.
+                    self.u32(P_STATE_AT).store(0, SeqCst);
+                    return Err(e);
+                }
             }
         }
         self.u32(P_STATE_AT).store(0, SeqCst);
         drop(held);
         Ok(())
+    }
+
+    /// Whether the streamed message whose first piece is at `head` is all
+    /// published (its last piece, or an abort, is before the tail).
+    fn complete(&self, head: u64) -> Result<bool> {
+        let tail = self.u64(TAIL_AT).load(SeqCst);
+        let mut pos = head;
+        // Bounded: records are at least 8 bytes, so at most cap / 8 of them.
+        for _ in 0..self.cap / REC {
+            if tail.wrapping_sub(pos) < REC || tail.wrapping_sub(pos) > self.cap {
+                return Ok(false);
+            }
+            let (len, kind) = self.header_at(pos)?;
+            match kind {
+                LAST | ABORT | WHOLE => return Ok(true),
+                _ => pos += REC + pad8(u64::from(len)),
+            }
+        }
+        Err(corrupt("a streamed message without an end"))
+    }
+
+    /// Waits until the streamed message at `head` is all published (true),
+    /// or `deadline` passes (false). A producer found dead part-way (its
+    /// lock says so) gets the abort record it owed.
+    fn wait_complete(&self, head: u64, deadline: Option<Instant>, gone: Gone<'_>) -> Result<bool> {
+        loop {
+            if self.complete(head)? {
+                return Ok(true);
+            }
+            let tail = self.u64(TAIL_AT).load(SeqCst);
+            let ready = || self.u64(TAIL_AT).load(SeqCst) != tail;
+            if self.wait(DATA_SEQ_AT, DATA_WAITERS_AT, deadline, &ready) {
+                continue;
+            }
+            if let Some(held) = self.try_lock_or_recover(P_LOCK_AT) {
+                if held.recovered && self.u32(P_STATE_AT).load(SeqCst) == P_STREAMING {
+                    // The writer kept room for this record.
+                    self.put(ABORT, &[], None, gone, 0, &|| {})?;
+                    self.u32(P_STATE_AT).store(0, SeqCst);
+                    continue;
+                }
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(false);
+            }
+        }
     }
 
     /// The record at the head, waiting for one until `deadline`: `(kind,
@@ -563,6 +656,7 @@ impl Ring {
         deadline: Option<Instant>,
         gone: Gone<'_>,
         streaming: bool,
+        bell: Bell<'_>,
     ) -> Result<(u32, u64, u64)> {
         loop {
             let head = self.u64(HEAD_AT).load(SeqCst);
@@ -585,7 +679,7 @@ impl Ring {
                     return Err(corrupt("a record is longer than what was published"));
                 }
                 if kind == PAD {
-                    self.advance(head, size);
+                    self.advance(head, size, bell);
                     continue;
                 }
                 return Ok((kind, u64::from(len), head));
@@ -600,7 +694,7 @@ impl Ring {
             if streaming {
                 // A producer that died part-way through this message: its
                 // lock says so.
-                if let Some(held) = self.try_lock(P_LOCK_AT) {
+                if let Some(held) = self.try_lock_or_recover(P_LOCK_AT) {
                     let dead = held.recovered && self.u32(P_STATE_AT).load(SeqCst) == P_STREAMING;
                     if dead {
                         self.u32(P_STATE_AT).store(0, SeqCst);
@@ -619,18 +713,34 @@ impl Ring {
         }
     }
 
-    fn advance(&self, head: u64, size: u64) {
+    fn advance(&self, head: u64, size: u64, bell: Bell<'_>) {
         self.u64(HEAD_AT).store(head + size, SeqCst);
         self.wake_one(SPACE_SEQ_AT, SPACE_WAITERS_AT);
+        if self.tx_armed() > 0 {
+            bell();
+        }
     }
 
     /// Receives one message, waiting for the consumer lock and for a
     /// message until `deadline`. `gone` tells whether every sender is gone.
+    #[cfg(test)]
     pub(crate) fn recv(
         &self,
         deadline: Option<Instant>,
         gone: Gone<'_>,
         max: u64,
+    ) -> Result<Vec<u8>> {
+        self.recv_with(deadline, gone, max, &|| {})
+    }
+
+    /// [`recv`](Self::recv), calling `bell` after each record it frees
+    /// while an async sender is registered.
+    pub(crate) fn recv_with(
+        &self,
+        deadline: Option<Instant>,
+        gone: Gone<'_>,
+        max: u64,
+        bell: Bell<'_>,
     ) -> Result<Vec<u8>> {
         let empty_and_gone = || Ok(self.used() == 0 && gone()?);
         let held = self.lock(C_LOCK_AT, deadline, &empty_and_gone)?;
@@ -642,9 +752,16 @@ impl Ring {
         let mut total = 0u64;
         let mut assembling = false;
         loop {
-            let in_stream = assembling || skipping;
-            let (kind, len, at) =
-                self.next(if in_stream { None } else { deadline }, gone, in_stream)?;
+            // Skipping the rest of a dead consumer's message holds nothing
+            // of ours: the caller's deadline applies. Assembling a message
+            // longer than the ring does (its producer is streaming it and
+            // frees nothing else until it is taken).
+            let (kind, len, at) = self.next(
+                if assembling { None } else { deadline },
+                gone,
+                assembling || skipping,
+                bell,
+            )?;
             if skipping && (kind == WHOLE || kind == FIRST) {
                 // The dead consumer had finished its stream (or not begun
                 // taking this one): nothing left to skip.
@@ -654,7 +771,7 @@ impl Ring {
             match kind {
                 WHOLE if !in_stream => {
                     self.read_at(at + REC, len, &mut out)?;
-                    self.advance(at, REC + pad8(len));
+                    self.advance(at, REC + pad8(len), bell);
                     drop(held);
                     return Ok(out);
                 }
@@ -666,10 +783,16 @@ impl Ring {
                     if total > max {
                         return Err(corrupt("a streamed message longer than the maximum"));
                     }
+                    // A message that fits the ring is taken once it is all
+                    // there, so the deadline holds; a longer one is taken
+                    // as it comes (its producer needs the room).
+                    if self.fits(total) && !self.wait_complete(at, deadline, gone)? {
+                        return Err(Error::timeout("no message arrived in time"));
+                    }
                     out.reserve(total as usize);
                     self.read_at(at + REC + 8, len - 8, &mut out)?;
                     self.u32(C_STATE_AT).store(C_STREAMING, SeqCst);
-                    self.advance(at, REC + pad8(len));
+                    self.advance(at, REC + pad8(len), bell);
                     assembling = true;
                 }
                 MIDDLE | LAST if in_stream => {
@@ -679,7 +802,7 @@ impl Ring {
                         }
                         self.read_at(at + REC, len, &mut out)?;
                     }
-                    self.advance(at, REC + pad8(len));
+                    self.advance(at, REC + pad8(len), bell);
                     if kind == LAST {
                         self.u32(C_STATE_AT).store(0, SeqCst);
                         if skipping {
@@ -695,7 +818,7 @@ impl Ring {
                 }
                 ABORT => {
                     if at != u64::MAX {
-                        self.advance(at, REC + pad8(len));
+                        self.advance(at, REC + pad8(len), bell);
                     }
                     self.u32(C_STATE_AT).store(0, SeqCst);
                     out.clear();
@@ -772,9 +895,42 @@ struct Held<'a> {
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        // SAFETY: this thread holds the mutex (`Held` is only made on a
-        // successful lock).
-        unsafe { libc::pthread_mutex_unlock(self.ring.mutex(self.at)) };
+        self.ring.u32(self.at).store(0, SeqCst);
+        if self.ring.u32(self.at + 4).load(SeqCst) > 0 {
+            // A failure leaves the sleeper to its tick.
+            let _ = futex::wake(self.ring.u32(self.at), futex::Flags::empty(), 1);
+        }
+    }
+}
+
+/// This process's id, the owner value of the locks.
+fn own_pid() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}
+
+/// Whether process `pid` is running: it exists (`kill(pid, 0)`; a process
+/// of another user counts) and is not a zombie (a killed process stays one
+/// until its parent reaps it, and holds nothing any more).
+fn alive(pid: u32) -> bool {
+    let Some(p) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    if matches!(rustix::process::test_kill_process(p), Err(Errno::SRCH)) {
+        return false;
+    }
+    // The state is the field after the command name's closing parenthesis.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next()),
+            Some('Z' | 'X')
+        ),
+        // Gone between the two looks, or no /proc: trust `kill`.
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
     }
 }
 
@@ -785,6 +941,14 @@ mod tests {
 
     fn never() -> Result<bool> {
         Ok(false)
+    }
+
+    /// The pid of a process that has exited (what a killed holder leaves
+    /// in a lock word).
+    fn dead_pid() -> u32 {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        c.wait().unwrap();
+        c.id()
     }
 
     fn msg(producer: u8, seq: u32, len: usize) -> Vec<u8> {
@@ -913,9 +1077,17 @@ mod tests {
             let held = r.lock(P_LOCK_AT, None, &never).unwrap();
             r.u32(P_STATE_AT).store(P_STREAMING, SeqCst);
             let total = (piece as u64 * 3).to_le_bytes();
-            r.put(FIRST, &[&total, &vec![1u8; piece - 8]], None, &never)
-                .unwrap();
+            r.put(
+                FIRST,
+                &[&total, &vec![1u8; piece - 8]],
+                None,
+                &never,
+                REC,
+                &|| {},
+            )
+            .unwrap();
             std::mem::forget(held);
+            r.u32(P_LOCK_AT).store(dead_pid(), SeqCst);
         })
         .join()
         .unwrap();
@@ -942,11 +1114,12 @@ mod tests {
         let r = Arc::clone(&ring);
         std::thread::spawn(move || {
             let held = r.lock(C_LOCK_AT, None, &never).unwrap();
-            let (kind, len, at) = r.next(None, &never, false).unwrap();
+            let (kind, len, at) = r.next(None, &never, false, &|| {}).unwrap();
             assert_eq!(kind, FIRST);
             r.u32(C_STATE_AT).store(C_STREAMING, SeqCst);
-            r.advance(at, REC + pad8(len));
+            r.advance(at, REC + pad8(len), &|| {});
             std::mem::forget(held);
+            r.u32(C_LOCK_AT).store(dead_pid(), SeqCst);
         })
         .join()
         .unwrap();
@@ -997,6 +1170,7 @@ mod tests {
             let held = r.lock(C_LOCK_AT, None, &never).unwrap();
             r.u32(C_STATE_AT).store(C_STREAMING, SeqCst);
             std::mem::forget(held);
+            r.u32(C_LOCK_AT).store(dead_pid(), SeqCst);
         })
         .join()
         .unwrap();

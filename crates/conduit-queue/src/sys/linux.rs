@@ -58,6 +58,9 @@ fn since_epoch() -> u64 {
 pub(crate) struct RxEnd {
     presence: OwnedFd,
     data: OwnedFd,
+    /// The producers' end of the doorbell pair: a consumer that leaves
+    /// messages in the ring rings the other consumers with it.
+    others: OwnedFd,
     ring: Arc<Ring>,
     /// Registrations of this end (async receivers, `conduit::wait`),
     /// undone on drop.
@@ -67,6 +70,9 @@ pub(crate) struct RxEnd {
 /// A new queue: the producers' and the consumers' first ends.
 pub(crate) fn pair(capacity: usize) -> Result<(TxEnd, RxEnd)> {
     let ((data_tx, pres_tx), (data_rx, pres_rx)) = bells::sockets()?;
+    let others = data_tx
+        .try_clone()
+        .map_err(|e| Error::from_io("cannot duplicate the queue's doorbell", e))?;
     let ring = Arc::new(Ring::create(capacity)?);
     Ok((
         TxEnd {
@@ -76,17 +82,30 @@ pub(crate) fn pair(capacity: usize) -> Result<(TxEnd, RxEnd)> {
             armed: AtomicU32::new(0),
             checked: AtomicU64::new(0),
         },
-        RxEnd::new(pres_rx, data_rx, ring),
+        RxEnd::new(pres_rx, data_rx, others, ring),
     ))
 }
 
-fn from_handles(handles: Vec<OwnedFd>, who: &str) -> Result<(OwnedFd, OwnedFd, Arc<Ring>)> {
+fn from_handles(
+    mut handles: Vec<OwnedFd>,
+    who: &str,
+    n: usize,
+) -> Result<(OwnedFd, OwnedFd, Arc<Ring>, Option<OwnedFd>)> {
+    if handles.len() != n {
+        return Err(Error::protocol(format!(
+            "a queue {who} is made of {n} descriptors"
+        )));
+    }
+    let others = (n == 4).then(|| handles.remove(3));
     let [data, presence, ring]: [OwnedFd; 3] = handles
         .try_into()
-        .map_err(|_| Error::protocol(format!("a queue {who} is made of 3 descriptors")))?;
+        .map_err(|_| Error::protocol(format!("a queue {who} is made of {n} descriptors")))?;
     bells::check(&data, false)?;
     bells::check(&presence, true)?;
-    Ok((data, presence, Arc::new(Ring::open(ring)?)))
+    if let Some(o) = &others {
+        bells::check(o, false)?;
+    }
+    Ok((data, presence, Arc::new(Ring::open(ring)?), others))
 }
 
 impl TxEnd {
@@ -108,7 +127,8 @@ impl TxEnd {
                 ));
             }
         }
-        match self.ring.send(payload, deadline, &gone) {
+        let bell = || bells::ring(self.data.as_fd());
+        match self.ring.send_with(payload, deadline, &gone, &bell) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::Full => {
                 return Err(Error::timeout("the queue stayed full until the deadline"))
@@ -119,9 +139,6 @@ impl TxEnd {
                 ))
             }
             Err(e) => return Err(e),
-        }
-        if self.ring.rx_armed() > 0 {
-            bells::ring(self.data.as_fd());
         }
         Ok(())
     }
@@ -179,7 +196,7 @@ impl TxEnd {
 
     /// Rebuilds a producer's end from [`TxEnd::handles`].
     pub(crate) fn from_handles(handles: Vec<OwnedFd>) -> Result<TxEnd> {
-        let (data, presence, ring) = from_handles(handles, "sender")?;
+        let (data, presence, ring, _) = from_handles(handles, "sender", 3)?;
         Ok(TxEnd {
             presence,
             data,
@@ -199,11 +216,12 @@ impl Drop for TxEnd {
 }
 
 impl RxEnd {
-    fn new(presence: OwnedFd, data: OwnedFd, ring: Arc<Ring>) -> RxEnd {
+    fn new(presence: OwnedFd, data: OwnedFd, others: OwnedFd, ring: Arc<Ring>) -> RxEnd {
         ring.count_rx(true);
         RxEnd {
             presence,
             data,
+            others,
             ring,
             armed: AtomicU32::new(0),
         }
@@ -217,9 +235,13 @@ impl RxEnd {
             bells::drain(self.data.as_fd());
         }
         let gone = || bells::gone(self.presence.as_fd());
-        let msg = self.ring.recv(deadline, &gone, max as u64)?;
-        if self.ring.tx_armed() > 0 {
-            bells::ring(self.data.as_fd());
+        let bell = || bells::ring(self.data.as_fd());
+        let msg = self.ring.recv_with(deadline, &gone, max as u64, &bell)?;
+        // Messages left behind while other consumers may sleep on the
+        // doorbell (one that found the consumer lock taken, say): pass it
+        // on.
+        if self.ring.rx_armed() > 0 && self.ring.used() > 0 {
+            bells::ring(self.others.as_fd());
         }
         Ok(msg)
     }
@@ -275,19 +297,22 @@ impl RxEnd {
         out.push(self.presence.as_fd());
     }
 
-    /// New descriptors for a handoff: `[data, presence, ring]`.
+    /// New descriptors for a handoff: `[data, presence, ring, others]`.
     pub(crate) fn handles(&self) -> io::Result<Vec<OwnedFd>> {
         Ok(vec![
             self.data.try_clone()?,
             self.presence.try_clone()?,
             self.ring.handle()?,
+            self.others.try_clone()?,
         ])
     }
 
     /// Rebuilds a consumer's end from [`RxEnd::handles`].
     pub(crate) fn from_handles(handles: Vec<OwnedFd>) -> Result<RxEnd> {
-        let (data, presence, ring) = from_handles(handles, "receiver")?;
-        Ok(RxEnd::new(presence, data, ring))
+        let (data, presence, ring, others) = from_handles(handles, "receiver", 4)?;
+        let others =
+            others.ok_or_else(|| Error::protocol("a queue receiver without its doorbell"))?;
+        Ok(RxEnd::new(presence, data, others, ring))
     }
 }
 
