@@ -1273,4 +1273,50 @@ mod tests {
         );
         drop(ring);
     }
+
+    /// Two consumers killed in a row inside one streamed message: the
+    /// first after taking its first piece, the second right after it took
+    /// the consumer lock over (`recv` clears `C_STATE` at once, before it
+    /// skipped anything). The third must still skip the rest of that
+    /// message and get the next one, not fail on its middle pieces (which
+    /// every later consumer would hit too: the queue is wedged).
+    #[test]
+    fn two_consumers_killed_in_one_stream_lose_only_that_message() {
+        let ring = Arc::new(Ring::create(MIN_CAPACITY).unwrap());
+        let piece = ring.piece_max() as usize;
+        let big = vec![3u8; piece * 3];
+        let r = Arc::clone(&ring);
+        let writer = std::thread::spawn(move || {
+            r.send(&big, None, &never).unwrap();
+            r.send(b"next", None, &never).unwrap();
+        });
+        // The first consumer: takes the first piece, dies holding the lock.
+        let r = Arc::clone(&ring);
+        std::thread::spawn(move || {
+            let held = r.lock(C_LOCK_AT, None, &never).unwrap();
+            let (kind, len, at) = r.next(None, &never, false).unwrap();
+            assert_eq!(kind, FIRST);
+            r.u32(C_STATE_AT).store(C_STREAMING, SeqCst);
+            r.advance(at, REC + pad8(len));
+            std::mem::forget(held);
+        })
+        .join()
+        .unwrap();
+        // The second: takes the lock over as `recv` does (recovered, clears
+        // the state) and dies before it skipped a piece.
+        let r = Arc::clone(&ring);
+        std::thread::spawn(move || {
+            let held = r.lock(C_LOCK_AT, None, &never).unwrap();
+            assert!(held.recovered);
+            assert_eq!(r.u32(C_STATE_AT).load(SeqCst), C_STREAMING);
+            r.u32(C_STATE_AT).store(0, SeqCst); // what `recv` does first
+            std::mem::forget(held);
+        })
+        .join()
+        .unwrap();
+        let r = Arc::clone(&ring);
+        let got = within(move || r.recv(None, &never, 1 << 20).map_err(|e| e.to_string()));
+        writer.join().unwrap();
+        assert_eq!(got, Some(Ok(b"next".to_vec())));
+    }
 }
