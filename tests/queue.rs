@@ -59,6 +59,10 @@ fn main() {
             poll_wakes_for_a_streamed_message,
         ),
         Trial::test(
+            "wait_wakes_for_a_streamed_message",
+            wait_wakes_for_a_streamed_message,
+        ),
+        Trial::test(
             "async_receiver_sharing_with_a_blocking_one_gets_the_other_item",
             async_receiver_sharing_with_a_blocking_one_gets_the_other_item,
         ),
@@ -836,4 +840,24 @@ fn async_receiver_sharing_with_a_blocking_one_gets_the_other_item() -> Result<()
     drop(asks_tx);
     let _ = p.join();
     out
+}
+
+/// The same through `conduit::wait`.
+fn wait_wakes_for_a_streamed_message() -> Result<(), Failed> {
+    let (tx, rx) = conduit::queue_with::<Item>(QueueConfig::default().capacity_bytes(4096))?;
+    let mut p = Process::spawn(produce, (tx, 1, 1, 20_000))?;
+    let started = Instant::now();
+    let ready = conduit::wait(&[&rx], Some(Duration::from_secs(5)))?;
+    let took = started.elapsed();
+    let got = rx.recv_timeout(Duration::from_secs(5)).map(|i| i.intact());
+    let _ = p.join();
+    check(ready == [0], format!("wait(5 s) said {ready:?}"))?;
+    check(matches!(got, Ok(true)), format!("recv after wait: {got:?}"))?;
+    check(
+        took < Duration::from_secs(1),
+        format!(
+            "conduit::wait on an empty queue took {took:?} to notice a 20000-byte \
+             message (4096-byte ring)"
+        ),
+    )
 }
