@@ -63,6 +63,10 @@ fn main() {
             wait_wakes_for_a_streamed_message,
         ),
         Trial::test(
+            "async_sender_sharing_with_a_blocking_one_gets_room",
+            async_sender_sharing_with_a_blocking_one_gets_room,
+        ),
+        Trial::test(
             "async_receiver_sharing_with_a_blocking_one_gets_the_other_item",
             async_receiver_sharing_with_a_blocking_one_gets_the_other_item,
         ),
@@ -860,4 +864,85 @@ fn wait_wakes_for_a_streamed_message() -> Result<(), Failed> {
              message (4096-byte ring)"
         ),
     )
+}
+
+/// Child: at each ask, says it is about to send, then sends one small
+/// item (a blocking `send`, which holds the producer lock while it waits
+/// for room).
+fn send_one_per_ask((tx, asks, ready): (QueueSender<Item>, QueueReceiver<u64>, QueueSender<u32>)) {
+    while let Ok(seq) = asks.recv() {
+        if ready.send(&0).is_err() || tx.send(&Item::new(2, seq, 8)).is_err() {
+            return;
+        }
+    }
+}
+
+/// An async sender shares a full queue with a blocking sender in another
+/// process (which waits for room holding the producer lock). One large
+/// item is received, which makes room for both small items: the async
+/// sender must be woken and send. It is rung once, when the item is
+/// taken; if its attempt finds the producer lock still held by the
+/// blocking sender (woken by the same receive), it sleeps with room in
+/// the queue and nothing rings again.
+fn async_sender_sharing_with_a_blocking_one_gets_room() -> Result<(), Failed> {
+    let (tx, rx) = conduit::queue_with::<Item>(QueueConfig::default().capacity_bytes(4096))?;
+    let (asks_tx, asks_rx) = conduit::queue::<u64>()?;
+    let (ready_tx, ready_rx) = conduit::queue::<u32>()?;
+    let mut p = Process::spawn(send_one_per_ask, (tx.clone(), asks_rx, ready_tx))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio: {e}"))?;
+    let out: Result<(), Failed> = rt.block_on(async {
+        let mut atx = tx.clone().into_async()?;
+        for round in 0..200u64 {
+            // Empty the queue, then fill it with large items.
+            while rx.try_recv().is_ok() {}
+            let mut big = 0;
+            while tx.try_send(&Item::new(1, round, 900)).is_ok() {
+                big += 1;
+            }
+            check(big >= 2, format!("round {round}: only {big} large items fit"))?;
+            // And the rest with items as small as the ones to come.
+            while tx.try_send(&Item::new(1, round, 8)).is_ok() {}
+            // The blocking sender waits for room (holding the lock).
+            asks_tx.send(&round)?;
+            ready_rx.recv_timeout(Duration::from_secs(10))?;
+            // The async sender waits for room too.
+            let item = Item::new(3, round, 8);
+            let mut fut = Box::pin(atx.send(&item));
+            tokio::select! {
+                r = &mut fut => return Err(format!("round {round}: sent into a full queue: {r:?}").into()),
+                // Not synchronisation: lets the blocking sender reach its
+                // futex sleep; a round where it did not cannot fail.
+                _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+            }
+            // One large item taken: room for both small ones.
+            check(rx.recv()?.producer == 1, "a large item first")?;
+            let sent = tokio::select! {
+                biased;
+                _ = tokio::time::sleep(Duration::from_secs(2)) => None,
+                r = &mut fut => Some(r),
+            };
+            drop(fut);
+            match sent {
+                Some(r) => r?,
+                None => {
+                    // Was there room? A fresh attempt tries at once.
+                    let fresh = tx.try_send(&Item::new(3, round, 8));
+                    return Err(format!(
+                        "round {round}: the async sender was not woken for 2 s although \
+                         a large item was taken (room for its 8-byte item); a fresh \
+                         try_send then: {fresh:?}"
+                    )
+                    .into());
+                }
+            }
+        }
+        Ok(())
+    });
+    drop(asks_tx);
+    drop(rx);
+    let _ = p.join();
+    out
 }
