@@ -1275,21 +1275,37 @@ mod tests {
     }
 
     /// Two consumers killed in a row inside one streamed message: the
-    /// first after taking its first piece, the second right after it took
-    /// the consumer lock over (`recv` clears `C_STATE` at once, before it
-    /// skipped anything). The third must still skip the rest of that
-    /// message and get the next one, not fail on its middle pieces (which
-    /// every later consumer would hit too: the queue is wedged).
+    /// first after taking its first piece, the second (a real `recv` in a
+    /// forked process) while it skips the rest, after it skipped a piece.
+    /// The third must still skip the rest of that message and get the next
+    /// one, not fail on its remaining pieces (which every later consumer
+    /// would hit too: the queue is wedged). `recv` clears `C_STATE` as soon
+    /// as it takes the lock over, before it skipped anything.
     #[test]
     fn two_consumers_killed_in_one_stream_lose_only_that_message() {
         let ring = Arc::new(Ring::create(MIN_CAPACITY).unwrap());
         let piece = ring.piece_max() as usize;
-        let big = vec![3u8; piece * 3];
+        // A producer part-way through a stream: FIRST and one MIDDLE out,
+        // holding the producer lock until told to go on.
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (out_tx, out_rx) = std::sync::mpsc::channel::<()>();
         let r = Arc::clone(&ring);
         let writer = std::thread::spawn(move || {
-            r.send(&big, None, &never).unwrap();
+            let held = r.lock(P_LOCK_AT, None, &never).unwrap();
+            r.u32(P_STATE_AT).store(P_STREAMING, SeqCst);
+            let total = (piece as u64 * 3).to_le_bytes();
+            r.put(FIRST, &[&total, &vec![1u8; piece - 8]], None, &never)
+                .unwrap();
+            r.put(MIDDLE, &[&vec![2u8; piece]], None, &never).unwrap();
+            out_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            r.put(MIDDLE, &[&vec![2u8; piece]], None, &never).unwrap();
+            r.put(LAST, &[&vec![3u8; piece]], None, &never).unwrap();
+            r.u32(P_STATE_AT).store(0, SeqCst);
+            drop(held);
             r.send(b"next", None, &never).unwrap();
         });
+        out_rx.recv().unwrap();
         // The first consumer: takes the first piece, dies holding the lock.
         let r = Arc::clone(&ring);
         std::thread::spawn(move || {
@@ -1302,18 +1318,33 @@ mod tests {
         })
         .join()
         .unwrap();
-        // The second: takes the lock over as `recv` does (recovered, clears
-        // the state) and dies before it skipped a piece.
-        let r = Arc::clone(&ring);
-        std::thread::spawn(move || {
-            let held = r.lock(C_LOCK_AT, None, &never).unwrap();
-            assert!(held.recovered);
-            assert_eq!(r.u32(C_STATE_AT).load(SeqCst), C_STREAMING);
-            r.u32(C_STATE_AT).store(0, SeqCst); // what `recv` does first
-            std::mem::forget(held);
-        })
-        .join()
-        .unwrap();
+        // The second: a real receive in a child process, which skips the
+        // middle piece and waits for the rest; killed there.
+        let tail = ring.u64(TAIL_AT).load(SeqCst);
+        // SAFETY: the child only runs `Ring::recv` on the shared mapping
+        // (no allocation while skipping) and then `_exit`s.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let _ = ring.recv(None, &never, 1 << 20);
+            // SAFETY: ends the forked child without running the parent's
+            // destructors or test harness.
+            unsafe { libc::_exit(0) };
+        }
+        let started = Instant::now();
+        while ring.u64(HEAD_AT).load(SeqCst) != tail {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the second consumer skipped nothing"
+            );
+            std::thread::yield_now();
+        }
+        // SAFETY: `pid` is our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        go_tx.send(()).unwrap();
         let r = Arc::clone(&ring);
         let got = within(move || r.recv(None, &never, 1 << 20).map_err(|e| e.to_string()));
         writer.join().unwrap();
