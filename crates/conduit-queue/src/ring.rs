@@ -693,12 +693,13 @@ impl Ring {
             }
             if streaming {
                 // A producer that died part-way through this message: its
-                // lock says so.
+                // lock says so. Its stream gets the abort record it owed,
+                // after whatever it published (it kept room for it).
                 if let Some(held) = self.try_lock_or_recover(P_LOCK_AT) {
-                    let dead = held.recovered && self.u32(P_STATE_AT).load(SeqCst) == P_STREAMING;
-                    if dead {
+                    if held.recovered && self.u32(P_STATE_AT).load(SeqCst) == P_STREAMING {
+                        self.put(ABORT, &[], None, gone, 0, bell)?;
                         self.u32(P_STATE_AT).store(0, SeqCst);
-                        return Ok((ABORT, 0, u64::MAX));
+                        continue;
                     }
                 }
             }
@@ -744,10 +745,10 @@ impl Ring {
     ) -> Result<Vec<u8>> {
         let empty_and_gone = || Ok(self.used() == 0 && gone()?);
         let held = self.lock(C_LOCK_AT, deadline, &empty_and_gone)?;
-        // The last holder died part-way through a streamed message: skip
-        // the rest of it (that message is lost).
-        let mut skipping = held.recovered && self.u32(C_STATE_AT).load(SeqCst) == C_STREAMING;
-        self.u32(C_STATE_AT).store(0, SeqCst);
+        // A holder died part-way through a streamed message: skip the rest
+        // of it (that message is lost). The mark stays until the skip ends,
+        // so that a consumer killed while skipping leaves it to the next.
+        let mut skipping = self.u32(C_STATE_AT).load(SeqCst) == C_STREAMING;
         let mut out = Vec::new();
         let mut total = 0u64;
         let mut assembling = false;
@@ -766,6 +767,7 @@ impl Ring {
                 // The dead consumer had finished its stream (or not begun
                 // taking this one): nothing left to skip.
                 skipping = false;
+                self.u32(C_STATE_AT).store(0, SeqCst);
             }
             let in_stream = assembling || skipping;
             match kind {
@@ -903,11 +905,21 @@ impl Drop for Held<'_> {
     }
 }
 
-/// This process's id, the owner value of the locks.
+/// This process's id, the owner value of the locks (cached: a process
+/// forked without `exec` must not use queue ends it inherited, as with
+/// every conduit endpoint).
 fn own_pid() -> u32 {
-    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *PID.get_or_init(std::process::id)
+    match PID.load(SeqCst) {
+        0 => {
+            let pid = std::process::id();
+            PID.store(pid, SeqCst);
+            pid
+        }
+        pid => pid,
+    }
 }
+
+static PID: AtomicU32 = AtomicU32::new(0);
 
 /// Whether process `pid` is running: it exists (`kill(pid, 0)`; a process
 /// of another user counts) and is not a zombie (a killed process stays one
@@ -1294,13 +1306,24 @@ mod tests {
             let held = r.lock(P_LOCK_AT, None, &never).unwrap();
             r.u32(P_STATE_AT).store(P_STREAMING, SeqCst);
             let total = (piece as u64 * 3).to_le_bytes();
-            r.put(FIRST, &[&total, &vec![1u8; piece - 8]], None, &never)
+            let no = &|| {};
+            r.put(
+                FIRST,
+                &[&total, &vec![1u8; piece - 8]],
+                None,
+                &never,
+                REC,
+                no,
+            )
+            .unwrap();
+            r.put(MIDDLE, &[&vec![2u8; piece]], None, &never, REC, no)
                 .unwrap();
-            r.put(MIDDLE, &[&vec![2u8; piece]], None, &never).unwrap();
             out_tx.send(()).unwrap();
             go_rx.recv().unwrap();
-            r.put(MIDDLE, &[&vec![2u8; piece]], None, &never).unwrap();
-            r.put(LAST, &[&vec![3u8; piece]], None, &never).unwrap();
+            r.put(MIDDLE, &[&vec![2u8; piece]], None, &never, REC, no)
+                .unwrap();
+            r.put(LAST, &[&vec![3u8; piece]], None, &never, 0, no)
+                .unwrap();
             r.u32(P_STATE_AT).store(0, SeqCst);
             drop(held);
             r.send(b"next", None, &never).unwrap();
@@ -1310,11 +1333,12 @@ mod tests {
         let r = Arc::clone(&ring);
         std::thread::spawn(move || {
             let held = r.lock(C_LOCK_AT, None, &never).unwrap();
-            let (kind, len, at) = r.next(None, &never, false).unwrap();
+            let (kind, len, at) = r.next(None, &never, false, &|| {}).unwrap();
             assert_eq!(kind, FIRST);
             r.u32(C_STATE_AT).store(C_STREAMING, SeqCst);
-            r.advance(at, REC + pad8(len));
+            r.advance(at, REC + pad8(len), &|| {});
             std::mem::forget(held);
+            r.u32(C_LOCK_AT).store(dead_pid(), SeqCst);
         })
         .join()
         .unwrap();
@@ -1326,6 +1350,8 @@ mod tests {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
+            // A process of its own for the locks (see `own_pid`).
+            PID.store(0, SeqCst);
             let _ = ring.recv(None, &never, 1 << 20);
             // SAFETY: ends the forked child without running the parent's
             // destructors or test harness.

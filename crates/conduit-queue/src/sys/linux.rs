@@ -33,6 +33,9 @@ pub(crate) struct TxEnd {
     // Dropped first, so that consumers see the end and drain the ring.
     presence: OwnedFd,
     data: OwnedFd,
+    /// The consumers' end of the doorbell pair: a producer that leaves the
+    /// producer lock rings the other producers with it.
+    others: OwnedFd,
     ring: Arc<Ring>,
     /// Registrations of this end (async senders), undone on drop.
     armed: AtomicU32,
@@ -70,14 +73,18 @@ pub(crate) struct RxEnd {
 /// A new queue: the producers' and the consumers' first ends.
 pub(crate) fn pair(capacity: usize) -> Result<(TxEnd, RxEnd)> {
     let ((data_tx, pres_tx), (data_rx, pres_rx)) = bells::sockets()?;
-    let others = data_tx
-        .try_clone()
-        .map_err(|e| Error::from_io("cannot duplicate the queue's doorbell", e))?;
+    let dup = |fd: &OwnedFd| {
+        fd.try_clone()
+            .map_err(|e| Error::from_io("cannot duplicate the queue's doorbell", e))
+    };
+    let others = dup(&data_tx)?;
+    let producers = dup(&data_rx)?;
     let ring = Arc::new(Ring::create(capacity)?);
     Ok((
         TxEnd {
             presence: pres_tx,
             data: data_tx,
+            others: producers,
             ring: Arc::clone(&ring),
             armed: AtomicU32::new(0),
             checked: AtomicU64::new(0),
@@ -140,6 +147,11 @@ impl TxEnd {
             }
             Err(e) => return Err(e),
         }
+        // An async sender may have lost the producer lock to this send
+        // after its doorbell rang: pass it on.
+        if self.ring.tx_armed() > 0 {
+            bells::ring(self.others.as_fd());
+        }
         Ok(())
     }
 
@@ -185,21 +197,25 @@ impl TxEnd {
         bells::gone(self.presence.as_fd())
     }
 
-    /// New descriptors for a handoff: `[data, presence, ring]`.
+    /// New descriptors for a handoff: `[data, presence, ring, others]`.
     pub(crate) fn handles(&self) -> io::Result<Vec<OwnedFd>> {
         Ok(vec![
             self.data.try_clone()?,
             self.presence.try_clone()?,
             self.ring.handle()?,
+            self.others.try_clone()?,
         ])
     }
 
     /// Rebuilds a producer's end from [`TxEnd::handles`].
     pub(crate) fn from_handles(handles: Vec<OwnedFd>) -> Result<TxEnd> {
-        let (data, presence, ring, _) = from_handles(handles, "sender", 3)?;
+        let (data, presence, ring, others) = from_handles(handles, "sender", 4)?;
+        let others =
+            others.ok_or_else(|| Error::protocol("a queue sender without its doorbell"))?;
         Ok(TxEnd {
             presence,
             data,
+            others,
             ring,
             armed: AtomicU32::new(0),
             checked: AtomicU64::new(0),
