@@ -21,7 +21,8 @@
 //! # Design
 //!
 //! - **Linux: shared memory.** The messages go through one byte ring in a
-//!   sealed `memfd` behind two robust, process-shared locks: one serializes
+//!   sealed `memfd` behind two process-shared locks that survive their
+//!   holder's death (the lock word holds the holder's pid): one serializes
 //!   producers, the other consumers, and between the two holders the ring
 //!   is single-producer single-consumer (module `ring`). A message costs no
 //!   system call unless a side has to sleep (futexes in the ring); messages
@@ -46,7 +47,7 @@
 //! 1. *A message is queued whole or not at all.* Linux: a producer writes a
 //!    record, then moves the ring's tail; a streamed message is ended by an
 //!    abort record when its producer dies part-way (the next holder of the
-//!    producer lock, which the kernel marks `EOWNERDEAD`, writes it; a
+//!    producer lock, which finds its holder's process gone, writes it; a
 //!    consumer waiting for the next piece takes that lock itself). Elsewhere
 //!    the kernel appends a datagram (pipe message) in one step.
 //! 2. *A queued message is taken by exactly one receive, whole.* Linux: a

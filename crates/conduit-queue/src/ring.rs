@@ -1,5 +1,6 @@
 //! Linux: the queue's messages in shared memory, one byte ring behind two
-//! process-shared robust locks (design: docs/design-notes.md, "A
+//! process-shared locks that survive their holder's death (design:
+//! docs/design-notes.md, "A
 //! shared-memory queue").
 //!
 //! - The **producer lock** serializes producers, the **consumer lock**
@@ -31,7 +32,8 @@
 //!   through a streamed message (`C_STREAMING` set), the next consumer skips
 //!   the rest of it. Lost: at most the one message it was receiving.
 //! - A consumer waiting for the next piece of a message whose producer died
-//!   takes the producer lock itself at its liveness tick (`EOWNERDEAD`) and
+//!   takes the producer lock over at its tick (its holder's process is gone)
+//!   and
 //!   drops the partial message.
 //!
 //! Every position and length read from the segment is checked against the
@@ -1083,7 +1085,7 @@ mod tests {
         let ring = Arc::new(Ring::create(MIN_CAPACITY).unwrap());
         let piece = ring.piece_max() as usize;
         // A thread that takes the producer lock, starts a streamed message
-        // and ends holding the lock (a robust mutex: its death marks it).
+        // and ends holding the lock (its pid then names no live process).
         let r = Arc::clone(&ring);
         std::thread::spawn(move || {
             let held = r.lock(P_LOCK_AT, None, &never).unwrap();

@@ -1,5 +1,5 @@
 //! Linux: the messages go through a shared-memory ring (`crate::ring`: one
-//! byte ring behind two robust process-shared locks), so a message costs
+//! byte ring behind two process-shared locks), so a message costs
 //! no system call when nobody waits; the sockets of `unix.rs` stay for
 //! what the kernel does best:
 //!
