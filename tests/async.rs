@@ -26,27 +26,26 @@ fn runtime() -> tokio::runtime::Runtime {
     }
 }
 
-#[cfg_attr(windows, allow(dead_code))]
 const LONG: Duration = Duration::from_secs(10);
 
-#[cfg(windows)]
-mod imp {
-    use super::*;
-
-    pub(super) fn tests() -> Vec<Trial> {
-        vec![Trial::test("into_async_is_unsupported", || {
-            runtime().block_on(async {
-                let (tx, rx) = conduit::channel::<u32>()?;
-                let e = rx.into_async().err().ok_or("into_async succeeded")?;
-                check(e.kind() == conduit::ErrorKind::Unsupported, format!("{e}"))?;
-                let e = tx.into_async().err().ok_or("into_async succeeded")?;
-                check(e.kind() == conduit::ErrorKind::Unsupported, format!("{e}"))
-            })
-        })]
-    }
+/// The transports whose endpoints can be made async on this platform: every
+/// one on Unix; on Windows those with a waitable handle (the anonymous pipes
+/// under `pipe` and `socketpair` signal none).
+fn async_transports() -> Vec<conduit::Transport> {
+    conduit::Transport::enabled()
+        .into_iter()
+        .filter(|t| async_on(t.name()))
+        .collect()
 }
 
-#[cfg(unix)]
+/// Whether a transport (or `"queue"`) has async endpoints here.
+fn async_on(name: &str) -> bool {
+    cfg!(unix) || WINDOWS_ASYNC.contains(&name)
+}
+
+/// The transports (and `"queue"`) with async endpoints on Windows.
+const WINDOWS_ASYNC: &[&str] = &["shm"];
+
 mod imp {
     use super::*;
 
@@ -60,7 +59,6 @@ mod imp {
     pub(super) fn tests() -> Vec<Trial> {
         let mut v = vec![
             Trial::test("blocking_child_async_parent", blocking_child_async_parent),
-            Trial::test("queue_async", queue_async),
             Trial::test("join_async", join_async),
             Trial::test("peer_death_is_disconnected_within_1s", peer_death),
             Trial::test("cancelled_recv_loses_nothing", cancelled_recv_loses_nothing),
@@ -69,13 +67,23 @@ mod imp {
                 cancelled_send_whole_or_nothing,
             ),
         ];
+        #[cfg(windows)]
+        v.push(Trial::test(
+            "windows_unsupported_transports_say_so",
+            windows_unsupported_transports_say_so,
+        ));
         #[cfg(target_os = "linux")]
         v.push(Trial::test(
             "thousand_idle_receivers_no_threads",
             thousand_idle_receivers_no_threads,
         ));
+        if async_on("queue") {
+            v.push(Trial::test("queue_async", queue_async));
+        }
         #[cfg(feature = "named")]
-        v.push(Trial::test("named_async", named_async));
+        if async_on("named") {
+            v.push(Trial::test("named_async", named_async));
+        }
         // Children talk to the parent over an anonymous channel.
         let anonymous = !conduit::Transport::enabled().is_empty();
         v.into_iter()
@@ -115,9 +123,44 @@ mod imp {
         n
     }
 
-    fn blocking_child_async_parent() -> Result<(), Failed> {
+    /// Windows: a transport without async endpoints fails `into_async` with
+    /// `Unsupported`, naming the transports that have them.
+    #[cfg(windows)]
+    fn windows_unsupported_transports_say_so() -> Result<(), Failed> {
         runtime().block_on(async {
             for t in conduit::Transport::enabled() {
+                if async_on(t.name()) {
+                    continue;
+                }
+                let (tx, rx) = t.channel::<u32>()?;
+                for e in [
+                    rx.into_async().err().ok_or("into_async succeeded")?,
+                    tx.into_async().err().ok_or("into_async succeeded")?,
+                ] {
+                    check(
+                        e.kind() == conduit::ErrorKind::Unsupported,
+                        format!("{}: {e}", t.name()),
+                    )?;
+                    check(
+                        e.to_string().contains("shm"),
+                        format!("{}: {e} names no transport that works", t.name()),
+                    )?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn blocking_child_async_parent() -> Result<(), Failed> {
+        if cfg!(feature = "shm") {
+            // The default transport: never skipped.
+            check(
+                async_transports().iter().any(|t| t.name() == "shm"),
+                "shm is not among the async transports",
+            )?;
+        }
+        runtime().block_on(async {
+            for t in async_transports() {
                 let (a, b) = t.duplex::<u64, u64>()?;
                 let mut p = Process::spawn(echo, b)?;
                 let mut a = a.into_async()?;
@@ -236,7 +279,7 @@ mod imp {
             let mut theirs = (Vec::new(), Vec::new());
             let mut rxs = Vec::new();
             let mut duplexes = Vec::new();
-            for t in conduit::Transport::enabled() {
+            for t in async_transports() {
                 let (tx, rx) = t.channel::<u64>()?;
                 theirs.0.push(tx);
                 rxs.push((t.name(), rx));
@@ -325,7 +368,7 @@ mod imp {
             ..Config::default()
         });
         let strategy = (any::<u64>(), prop::collection::vec(0u64..300, 1..64));
-        let transports = conduit::Transport::enabled();
+        let transports = async_transports();
         runner
             .run(&strategy, |(seed, cancel_us)| {
                 for t in &transports {
@@ -394,7 +437,7 @@ mod imp {
             ..Config::default()
         });
         let strategy = (any::<u64>(), prop::collection::vec(0u64..300, 1..64));
-        let transports = conduit::Transport::enabled();
+        let transports = async_transports();
         runner
             .run(&strategy, |(seed, cancel_us)| {
                 for t in &transports {
@@ -492,7 +535,7 @@ mod imp {
 
     #[cfg(target_os = "linux")]
     fn idle_thousand_in_child() -> Result<(), Failed> {
-        let transports = conduit::Transport::enabled();
+        let transports = async_transports();
         let mut rxs = Vec::new();
         let mut children = Vec::new();
         for c in 0..4 {
