@@ -44,7 +44,7 @@ fn async_on(name: &str) -> bool {
 }
 
 /// The transports (and `"queue"`) with async endpoints on Windows.
-const WINDOWS_ASYNC: &[&str] = &["shm"];
+const WINDOWS_ASYNC: &[&str] = &["shm", "queue"];
 
 mod imp {
     use super::*;
@@ -79,6 +79,14 @@ mod imp {
         ));
         if async_on("queue") {
             v.push(Trial::test("queue_async", queue_async));
+            v.push(Trial::test(
+                "queue_cancelled_sends_on_a_full_queue",
+                queue_cancelled_sends_on_a_full_queue,
+            ));
+            v.push(Trial::test(
+                "queue_peer_death_is_disconnected_within_1s",
+                queue_peer_death,
+            ));
         }
         #[cfg(feature = "named")]
         if async_on("named") {
@@ -237,6 +245,123 @@ mod imp {
                 n += p.join_async().await?;
             }
             check(n == 500, format!("{n} jobs"))
+        })
+    }
+
+    /// Child: waits for the go, then receives until every sender is gone;
+    /// returns the indices in arrival order (`u64::MAX`: a broken message).
+    fn queue_drain((rx, go): (QueueReceiver<Vec<u8>>, Receiver<u64>)) -> Vec<u64> {
+        let _ = go.recv();
+        let mut out = Vec::new();
+        loop {
+            match rx.recv() {
+                Ok(v) => out.push(parse(&v).unwrap_or(u64::MAX)),
+                Err(e) if e.is_disconnected() => break,
+                Err(_) => {
+                    out.push(u64::MAX);
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Sends into a small queue whose consumer has not started, each send
+    /// cancelled after a short time: a cancelled send went out whole or not
+    /// at all (Windows: a message the pipe could not take stays in flight,
+    /// whole, and the next send waits for it), in order.
+    fn queue_cancelled_sends_on_a_full_queue() -> Result<(), Failed> {
+        runtime().block_on(async {
+            let cfg = conduit::QueueConfig::default().capacity_bytes(4096);
+            let (tx, rx) = conduit::queue_with::<Vec<u8>>(cfg)?;
+            let (go_tx, go_rx) = conduit::channel::<u64>()?;
+            let mut p = Process::spawn(queue_drain, (rx, go_rx))?;
+            let mut tx = tx.into_async()?;
+            let mut sent = Vec::new();
+            let mut cancelled = 0;
+            for i in 0..96u64 {
+                if i == 32 {
+                    go_tx.send(&1)?;
+                }
+                let msg = payload(i, 700 + (i as usize * 37) % 900);
+                let d = Duration::from_micros([0, 50, 300, 2000][i as usize % 4]);
+                match tokio::time::timeout(d, tx.send(&msg)).await {
+                    Ok(r) => {
+                        r?;
+                        sent.push(i);
+                    }
+                    Err(_) if i < 32 => cancelled += 1,
+                    Err(_) => {
+                        tokio::time::timeout(LONG, tx.send(&msg)).await??;
+                        sent.push(i);
+                    }
+                }
+            }
+            check(cancelled > 0, "no send waited on the full queue")?;
+            drop(tx);
+            let got = p.join_async().await?;
+            check(!got.contains(&u64::MAX), "a broken message")?;
+            // A send cancelled after its message went out, then sent once
+            // more, shows up twice in a row.
+            let mut dedup = got.clone();
+            dedup.dedup();
+            check(
+                dedup.windows(2).all(|w| w[0] < w[1]),
+                format!("out of order: {got:?}"),
+            )?;
+            check(
+                sent.iter().all(|i| dedup.contains(i)),
+                format!("sent {sent:?}, received {got:?}"),
+            )
+        })
+    }
+
+    /// Child: holds a queue's only sender and another's only receiver until
+    /// killed.
+    fn hold_queues((ends, ready): ((QueueSender<u64>, QueueReceiver<u64>), Sender<u64>)) -> u64 {
+        let _ = ready.send(&1);
+        std::thread::sleep(Duration::from_secs(120));
+        drop(ends);
+        0
+    }
+
+    fn queue_peer_death() -> Result<(), Failed> {
+        runtime().block_on(async {
+            let (a_tx, a_rx) = conduit::queue::<u64>()?;
+            let cfg = conduit::QueueConfig::default().capacity_bytes(4096);
+            let (b_tx, b_rx) = conduit::queue_with::<u64>(cfg)?;
+            let (ready_tx, ready_rx) = conduit::channel::<u64>()?;
+            let mut p = Process::spawn(hold_queues, ((a_tx, b_rx), ready_tx))?;
+            ready_rx.recv_timeout(LONG)?;
+            let mut rx = a_rx.into_async()?;
+            let mut tx = b_tx.into_async()?;
+            let receiver = tokio::spawn(async move { rx.recv().await.err() });
+            // Fills the queue first, then waits for room.
+            let sender = tokio::spawn(async move {
+                loop {
+                    if let Err(e) = tx.send(&7).await {
+                        return Some(e);
+                    }
+                }
+            });
+            // Let both reach their wait (not synchronisation: the checks
+            // below hold whenever the kill lands).
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            p.kill()?;
+            let killed = std::time::Instant::now();
+            for (what, task) in [("receiver", receiver), ("sender", sender)] {
+                let err = tokio::time::timeout(Duration::from_secs(5), task)
+                    .await
+                    .map_err(|_| format!("{what}: no end within 5 s of the kill"))??
+                    .ok_or(format!("{what}: no error"))?;
+                check(err.is_disconnected(), format!("{what}: {err}"))?;
+                let after = killed.elapsed();
+                check(
+                    after < Duration::from_secs(1),
+                    format!("{what}: Disconnected after {after:?}"),
+                )?;
+            }
+            Ok(())
         })
     }
 

@@ -14,9 +14,10 @@
 //! its threads; still no thread per endpoint), whose callback wakes the
 //! task; each wait also ends after 100 ms so that a peer whose death
 //! signals no handle is noticed. The shm transport has async endpoints
-//! there (its doorbell is its park event); the anonymous pipes under the
-//! `pipe` and `socketpair` transports signal no handle, so `into_async`
-//! fails on them with `Unsupported`.
+//! there (its doorbell is its park event), and so has the queue; the
+//! synchronous pipes under the `pipe`, `socketpair` and `named` transports
+//! signal no handle when data arrives, so `into_async` fails on them with
+//! `Unsupported`.
 //!
 //! # Cancellation
 //!
@@ -58,8 +59,9 @@ const TRIES_PER_POLL: u32 = 32;
 /// What an `Unsupported` error from `into_async` adds: the transports that
 /// do have async endpoints here.
 const UNSUPPORTED_HINT: &str = if cfg!(windows) {
-    " (on Windows the anonymous pipes under `pipe` and `socketpair` signal no \
-     handle; the shm transport, the default, has async endpoints: use it, or a \
+    " (on Windows the synchronous pipes under the `pipe`, `socketpair` and \
+     `named` transports signal no handle when data arrives; the shm transport, \
+     the default, and the queue have async endpoints there: use them, or a \
      blocking thread)"
 } else {
     ""
@@ -75,8 +77,8 @@ fn reactor_error(e: std::io::Error) -> Error {
 /// tokio runtime's reactor: no thread per endpoint, nothing polled while
 /// idle (shm: the sender rings the receiver's doorbell). On Windows the
 /// OS thread pool watches the handles (no thread per endpoint either), and
-/// the `pipe` and `socketpair` transports have no async endpoints (their
-/// anonymous pipes signal no handle: `into_async` fails with
+/// the `pipe`, `socketpair` and `named` transports have no async endpoints
+/// (their synchronous pipes signal no handle: `into_async` fails with
 /// `Unsupported`).
 ///
 /// **Cancellation**: dropping a [`recv`](Self::recv) future before it
@@ -122,7 +124,7 @@ impl<T: DeserializeOwned + 'static, C: Codec> Receiver<T, C> {
     /// # Errors
     ///
     /// `Unsupported` for endpoints that cannot be waited on (on Windows:
-    /// the `pipe` and `socketpair` transports); `Io` outside a runtime or when the descriptors cannot be
+    /// the `pipe`, `socketpair` and `named` transports); `Io` outside a runtime or when the descriptors cannot be
     /// registered.
     pub fn into_async(self) -> Result<AsyncReceiver<T, C>> {
         AsyncReceiver::from_raw(self.into_raw())

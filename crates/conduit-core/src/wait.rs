@@ -75,9 +75,11 @@ pub trait WaitSource {
 /// blocks in `WaitForMultipleObjects` (up to 64 handles; more are looked at
 /// in groups of 64, pausing 1 ms, then up to 5 ms between rounds), and
 /// looks at every object again at least every 100 ms (the shm lifelines
-/// signal no handle when the peer dies). The `pipe` and `socketpair`
-/// transports' anonymous pipes signal no handle when data arrives (they
-/// are not overlapped): when one of the objects is such an endpoint, `wait`
+/// signal no handle when the peer dies). The synchronous pipes of the
+/// `pipe`, `socketpair` and `named` transports signal no handle when data
+/// arrives, and queue receivers offer none to `wait` (their async ends
+/// keep a read in flight instead): when one of the objects is such an
+/// endpoint, `wait`
 /// looks at every object in turn, pausing 1 ms, then up to 5 ms between
 /// rounds — as those transports' own blocking receives do. That works for
 /// any number of objects at the cost of up to 5 ms of latency and a little
