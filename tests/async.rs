@@ -155,6 +155,18 @@ mod imp {
                     )?;
                 }
             }
+            #[cfg(feature = "named")]
+            {
+                let name = format!("conduit-async-unsupported-{}", std::process::id());
+                let e = conduit::named::Listener::<u64, u64>::bind(&name)?
+                    .into_async()
+                    .err()
+                    .ok_or("named into_async succeeded")?;
+                check(
+                    e.kind() == conduit::ErrorKind::Unsupported && e.to_string().contains("shm"),
+                    format!("named listener: {e}"),
+                )?;
+            }
             Ok(())
         })
     }
