@@ -26,27 +26,26 @@ fn runtime() -> tokio::runtime::Runtime {
     }
 }
 
-#[cfg_attr(windows, allow(dead_code))]
 const LONG: Duration = Duration::from_secs(10);
 
-#[cfg(windows)]
-mod imp {
-    use super::*;
-
-    pub(super) fn tests() -> Vec<Trial> {
-        vec![Trial::test("into_async_is_unsupported", || {
-            runtime().block_on(async {
-                let (tx, rx) = conduit::channel::<u32>()?;
-                let e = rx.into_async().err().ok_or("into_async succeeded")?;
-                check(e.kind() == conduit::ErrorKind::Unsupported, format!("{e}"))?;
-                let e = tx.into_async().err().ok_or("into_async succeeded")?;
-                check(e.kind() == conduit::ErrorKind::Unsupported, format!("{e}"))
-            })
-        })]
-    }
+/// The transports whose endpoints can be made async on this platform: every
+/// one on Unix; on Windows those with a waitable handle (the anonymous pipes
+/// under `pipe` and `socketpair` signal none).
+fn async_transports() -> Vec<conduit::Transport> {
+    conduit::Transport::enabled()
+        .into_iter()
+        .filter(|t| async_on(t.name()))
+        .collect()
 }
 
-#[cfg(unix)]
+/// Whether a transport (or `"queue"`) has async endpoints here.
+fn async_on(name: &str) -> bool {
+    cfg!(unix) || WINDOWS_ASYNC.contains(&name)
+}
+
+/// The transports (and `"queue"`) with async endpoints on Windows.
+const WINDOWS_ASYNC: &[&str] = &["shm", "queue"];
+
 mod imp {
     use super::*;
 
@@ -60,7 +59,6 @@ mod imp {
     pub(super) fn tests() -> Vec<Trial> {
         let mut v = vec![
             Trial::test("blocking_child_async_parent", blocking_child_async_parent),
-            Trial::test("queue_async", queue_async),
             Trial::test("join_async", join_async),
             Trial::test("peer_death_is_disconnected_within_1s", peer_death),
             Trial::test("cancelled_recv_loses_nothing", cancelled_recv_loses_nothing),
@@ -69,13 +67,31 @@ mod imp {
                 cancelled_send_whole_or_nothing,
             ),
         ];
+        #[cfg(windows)]
+        v.push(Trial::test(
+            "windows_unsupported_transports_say_so",
+            windows_unsupported_transports_say_so,
+        ));
         #[cfg(target_os = "linux")]
         v.push(Trial::test(
             "thousand_idle_receivers_no_threads",
             thousand_idle_receivers_no_threads,
         ));
+        if async_on("queue") {
+            v.push(Trial::test("queue_async", queue_async));
+            v.push(Trial::test(
+                "queue_cancelled_sends_on_a_full_queue",
+                queue_cancelled_sends_on_a_full_queue,
+            ));
+            v.push(Trial::test(
+                "queue_peer_death_is_disconnected_within_1s",
+                queue_peer_death,
+            ));
+        }
         #[cfg(feature = "named")]
-        v.push(Trial::test("named_async", named_async));
+        if async_on("named") {
+            v.push(Trial::test("named_async", named_async));
+        }
         // Children talk to the parent over an anonymous channel.
         let anonymous = !conduit::Transport::enabled().is_empty();
         v.into_iter()
@@ -115,9 +131,56 @@ mod imp {
         n
     }
 
-    fn blocking_child_async_parent() -> Result<(), Failed> {
+    /// Windows: a transport without async endpoints fails `into_async` with
+    /// `Unsupported`, naming the transports that have them.
+    #[cfg(windows)]
+    fn windows_unsupported_transports_say_so() -> Result<(), Failed> {
         runtime().block_on(async {
             for t in conduit::Transport::enabled() {
+                if async_on(t.name()) {
+                    continue;
+                }
+                let (tx, rx) = t.channel::<u32>()?;
+                for e in [
+                    rx.into_async().err().ok_or("into_async succeeded")?,
+                    tx.into_async().err().ok_or("into_async succeeded")?,
+                ] {
+                    check(
+                        e.kind() == conduit::ErrorKind::Unsupported,
+                        format!("{}: {e}", t.name()),
+                    )?;
+                    check(
+                        e.to_string().contains("shm"),
+                        format!("{}: {e} names no transport that works", t.name()),
+                    )?;
+                }
+            }
+            #[cfg(feature = "named")]
+            {
+                let name = format!("conduit-async-unsupported-{}", std::process::id());
+                let e = conduit::named::Listener::<u64, u64>::bind(&name)?
+                    .into_async()
+                    .err()
+                    .ok_or("named into_async succeeded")?;
+                check(
+                    e.kind() == conduit::ErrorKind::Unsupported && e.to_string().contains("shm"),
+                    format!("named listener: {e}"),
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn blocking_child_async_parent() -> Result<(), Failed> {
+        if cfg!(feature = "shm") {
+            // The default transport: never skipped.
+            check(
+                async_transports().iter().any(|t| t.name() == "shm"),
+                "shm is not among the async transports",
+            )?;
+        }
+        runtime().block_on(async {
+            for t in async_transports() {
                 let (a, b) = t.duplex::<u64, u64>()?;
                 let mut p = Process::spawn(echo, b)?;
                 let mut a = a.into_async()?;
@@ -197,6 +260,123 @@ mod imp {
         })
     }
 
+    /// Child: waits for the go, then receives until every sender is gone;
+    /// returns the indices in arrival order (`u64::MAX`: a broken message).
+    fn queue_drain((rx, go): (QueueReceiver<Vec<u8>>, Receiver<u64>)) -> Vec<u64> {
+        let _ = go.recv();
+        let mut out = Vec::new();
+        loop {
+            match rx.recv() {
+                Ok(v) => out.push(parse(&v).unwrap_or(u64::MAX)),
+                Err(e) if e.is_disconnected() => break,
+                Err(_) => {
+                    out.push(u64::MAX);
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Sends into a small queue whose consumer has not started, each send
+    /// cancelled after a short time: a cancelled send went out whole or not
+    /// at all (Windows: a message the pipe could not take stays in flight,
+    /// whole, and the next send waits for it), in order.
+    fn queue_cancelled_sends_on_a_full_queue() -> Result<(), Failed> {
+        runtime().block_on(async {
+            let cfg = conduit::QueueConfig::default().capacity_bytes(4096);
+            let (tx, rx) = conduit::queue_with::<Vec<u8>>(cfg)?;
+            let (go_tx, go_rx) = conduit::channel::<u64>()?;
+            let mut p = Process::spawn(queue_drain, (rx, go_rx))?;
+            let mut tx = tx.into_async()?;
+            let mut sent = Vec::new();
+            let mut cancelled = 0;
+            for i in 0..96u64 {
+                if i == 32 {
+                    go_tx.send(&1)?;
+                }
+                let msg = payload(i, 700 + (i as usize * 37) % 900);
+                let d = Duration::from_micros([0, 50, 300, 2000][i as usize % 4]);
+                match tokio::time::timeout(d, tx.send(&msg)).await {
+                    Ok(r) => {
+                        r?;
+                        sent.push(i);
+                    }
+                    Err(_) if i < 32 => cancelled += 1,
+                    Err(_) => {
+                        tokio::time::timeout(LONG, tx.send(&msg)).await??;
+                        sent.push(i);
+                    }
+                }
+            }
+            check(cancelled > 0, "no send waited on the full queue")?;
+            drop(tx);
+            let got = p.join_async().await?;
+            check(!got.contains(&u64::MAX), "a broken message")?;
+            // A send cancelled after its message went out, then sent once
+            // more, shows up twice in a row.
+            let mut dedup = got.clone();
+            dedup.dedup();
+            check(
+                dedup.windows(2).all(|w| w[0] < w[1]),
+                format!("out of order: {got:?}"),
+            )?;
+            check(
+                sent.iter().all(|i| dedup.contains(i)),
+                format!("sent {sent:?}, received {got:?}"),
+            )
+        })
+    }
+
+    /// Child: holds a queue's only sender and another's only receiver until
+    /// killed.
+    fn hold_queues((ends, ready): ((QueueSender<u64>, QueueReceiver<u64>), Sender<u64>)) -> u64 {
+        let _ = ready.send(&1);
+        std::thread::sleep(Duration::from_secs(120));
+        drop(ends);
+        0
+    }
+
+    fn queue_peer_death() -> Result<(), Failed> {
+        runtime().block_on(async {
+            let (a_tx, a_rx) = conduit::queue::<u64>()?;
+            let cfg = conduit::QueueConfig::default().capacity_bytes(4096);
+            let (b_tx, b_rx) = conduit::queue_with::<u64>(cfg)?;
+            let (ready_tx, ready_rx) = conduit::channel::<u64>()?;
+            let mut p = Process::spawn(hold_queues, ((a_tx, b_rx), ready_tx))?;
+            ready_rx.recv_timeout(LONG)?;
+            let mut rx = a_rx.into_async()?;
+            let mut tx = b_tx.into_async()?;
+            let receiver = tokio::spawn(async move { rx.recv().await.err() });
+            // Fills the queue first, then waits for room.
+            let sender = tokio::spawn(async move {
+                loop {
+                    if let Err(e) = tx.send(&7).await {
+                        return Some(e);
+                    }
+                }
+            });
+            // Let both reach their wait (not synchronisation: the checks
+            // below hold whenever the kill lands).
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            p.kill()?;
+            let killed = std::time::Instant::now();
+            for (what, task) in [("receiver", receiver), ("sender", sender)] {
+                let err = tokio::time::timeout(Duration::from_secs(5), task)
+                    .await
+                    .map_err(|_| format!("{what}: no end within 5 s of the kill"))??
+                    .ok_or(format!("{what}: no error"))?;
+                check(err.is_disconnected(), format!("{what}: {err}"))?;
+                let after = killed.elapsed();
+                check(
+                    after < Duration::from_secs(1),
+                    format!("{what}: Disconnected after {after:?}"),
+                )?;
+            }
+            Ok(())
+        })
+    }
+
     fn sleepy(ms: u64) -> u64 {
         std::thread::sleep(Duration::from_millis(ms));
         ms
@@ -236,7 +416,7 @@ mod imp {
             let mut theirs = (Vec::new(), Vec::new());
             let mut rxs = Vec::new();
             let mut duplexes = Vec::new();
-            for t in conduit::Transport::enabled() {
+            for t in async_transports() {
                 let (tx, rx) = t.channel::<u64>()?;
                 theirs.0.push(tx);
                 rxs.push((t.name(), rx));
@@ -325,7 +505,7 @@ mod imp {
             ..Config::default()
         });
         let strategy = (any::<u64>(), prop::collection::vec(0u64..300, 1..64));
-        let transports = conduit::Transport::enabled();
+        let transports = async_transports();
         runner
             .run(&strategy, |(seed, cancel_us)| {
                 for t in &transports {
@@ -394,7 +574,7 @@ mod imp {
             ..Config::default()
         });
         let strategy = (any::<u64>(), prop::collection::vec(0u64..300, 1..64));
-        let transports = conduit::Transport::enabled();
+        let transports = async_transports();
         runner
             .run(&strategy, |(seed, cancel_us)| {
                 for t in &transports {
@@ -492,7 +672,7 @@ mod imp {
 
     #[cfg(target_os = "linux")]
     fn idle_thousand_in_child() -> Result<(), Failed> {
-        let transports = conduit::Transport::enabled();
+        let transports = async_transports();
         let mut rxs = Vec::new();
         let mut children = Vec::new();
         for c in 0..4 {

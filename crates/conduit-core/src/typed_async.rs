@@ -7,8 +7,17 @@
 //! each operation makes a non-blocking attempt and, when it would block,
 //! waits for the reactor to report the endpoint's descriptors ready. The
 //! shared-memory transport is woken through its doorbell (see the
-//! `conduit-shm` crate docs). Unix only for now: on Windows `into_async`
-//! fails with `Unsupported`.
+//! `conduit-shm` crate docs).
+//!
+//! On Windows the handles are watched by the OS thread pool
+//! (`RegisterWaitForSingleObject`, which multiplexes many waits on each of
+//! its threads; still no thread per endpoint), whose callback wakes the
+//! task; each wait also ends after 100 ms so that a peer whose death
+//! signals no handle is noticed. The shm transport has async endpoints
+//! there (its doorbell is its park event), and so has the queue; the
+//! synchronous pipes under the `pipe`, `socketpair` and `named` transports
+//! signal no handle when data arrives, so `into_async` fails on them with
+//! `Unsupported`.
 //!
 //! # Cancellation
 //!
@@ -47,6 +56,17 @@ use crate::wait::WaitFor;
 /// readiness keeps firing without progress (a peer ringing for nothing).
 const TRIES_PER_POLL: u32 = 32;
 
+/// What an `Unsupported` error from `into_async` adds: the transports that
+/// do have async endpoints here.
+const UNSUPPORTED_HINT: &str = if cfg!(windows) {
+    " (on Windows the synchronous pipes under the `pipe`, `socketpair` and \
+     `named` transports signal no handle when data arrives; the shm transport, \
+     the default, and the queue have async endpoints there: use them, or a \
+     blocking thread)"
+} else {
+    ""
+};
+
 fn reactor_error(e: std::io::Error) -> Error {
     Error::from_io("the async runtime cannot watch this endpoint", e)
 }
@@ -55,8 +75,11 @@ fn reactor_error(e: std::io::Error) -> Error {
 ///
 /// It waits on the same descriptors as `conduit::wait`, registered with the
 /// tokio runtime's reactor: no thread per endpoint, nothing polled while
-/// idle (shm: the sender rings the receiver's doorbell). Unix only for now:
-/// on Windows `into_async` fails with `Unsupported`.
+/// idle (shm: the sender rings the receiver's doorbell). On Windows the
+/// OS thread pool watches the handles (no thread per endpoint either), and
+/// the `pipe`, `socketpair` and `named` transports have no async endpoints
+/// (their synchronous pipes signal no handle: `into_async` fails with
+/// `Unsupported`).
 ///
 /// **Cancellation**: dropping a [`recv`](Self::recv) future before it
 /// completes loses nothing; the next `recv` gets the message. A message is
@@ -67,7 +90,7 @@ fn reactor_error(e: std::io::Error) -> Error {
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # if cfg!(windows) { return Ok(()); } // async endpoints: Unix only for now
+/// # if cfg!(windows) { return Ok(()); } // Windows: the default pipe has no async endpoints
 /// let (tx, rx) = conduit::channel::<String>()?;
 /// let mut rx = rx.into_async()?;
 /// tx.send(&"hello".to_string())?;
@@ -100,8 +123,8 @@ impl<T: DeserializeOwned + 'static, C: Codec> Receiver<T, C> {
     ///
     /// # Errors
     ///
-    /// `Unsupported` on Windows (not yet) and for endpoints that cannot be
-    /// waited on; `Io` outside a runtime or when the descriptors cannot be
+    /// `Unsupported` for endpoints that cannot be waited on (on Windows:
+    /// the `pipe`, `socketpair` and `named` transports); `Io` outside a runtime or when the descriptors cannot be
     /// registered.
     pub fn into_async(self) -> Result<AsyncReceiver<T, C>> {
         AsyncReceiver::from_raw(self.into_raw())
@@ -117,8 +140,9 @@ impl<T: DeserializeOwned + 'static, C: Codec> AsyncReceiver<T, C> {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 format!(
-                    "a {} receiver cannot be made async on this platform",
-                    raw.transport()
+                    "a {} receiver cannot be made async on this platform{}",
+                    raw.transport(),
+                    UNSUPPORTED_HINT
                 ),
             ));
         }
@@ -268,7 +292,7 @@ impl<T: DeserializeOwned + 'static, C: Codec> futures_core::Stream for AsyncRece
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # if cfg!(windows) { return Ok(()); } // async endpoints: Unix only for now
+/// # if cfg!(windows) { return Ok(()); } // Windows: the default pipe has no async endpoints
 /// let (tx, rx) = conduit::channel::<u32>()?;
 /// let mut tx = tx.into_async()?;
 /// tx.send(&7).await?;
@@ -313,8 +337,9 @@ impl<T: Serialize + 'static, C: Codec> AsyncSender<T, C> {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 format!(
-                    "a {} sender cannot be made async on this platform",
-                    raw.transport()
+                    "a {} sender cannot be made async on this platform{}",
+                    raw.transport(),
+                    UNSUPPORTED_HINT
                 ),
             ));
         }
@@ -480,7 +505,7 @@ impl<S: Serialize + 'static, R: DeserializeOwned + 'static, C: Codec> Duplex<S, 
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # if cfg!(windows) { return Ok(()); } // async endpoints: Unix only for now
+    /// # if cfg!(windows) { return Ok(()); } // Windows: the default pipe has no async endpoints
     /// let (a, b) = conduit::duplex::<String, usize>()?;
     /// let mut a = a.into_async()?;
     /// a.send(&"four".to_string()).await?;

@@ -70,12 +70,20 @@ pub trait WaitSource {
 ///
 /// # Windows
 ///
-/// Windows pipes signal no handle when data arrives (conduit's pipes are not
-/// overlapped), so on Windows `wait` looks at every object in turn, pausing
-/// 1 ms, then up to 5 ms between rounds — as the Windows stream transports'
-/// own blocking receives do. It works for any number of objects (no
-/// `MAXIMUM_WAIT_OBJECTS` limit) at the cost of up to 5 ms of latency and a
-/// little CPU while it waits. Named listeners cannot be waited on there yet
+/// When every object has a waitable handle (shm receivers and duplex
+/// endpoints, whose doorbell is their park event; processes), `wait`
+/// blocks in `WaitForMultipleObjects` (up to 64 handles; more are looked at
+/// in groups of 64, pausing 1 ms, then up to 5 ms between rounds), and
+/// looks at every object again at least every 100 ms (the shm lifelines
+/// signal no handle when the peer dies). The synchronous pipes of the
+/// `pipe`, `socketpair` and `named` transports signal no handle when data
+/// arrives, and queue receivers offer none to `wait` (their async ends
+/// keep a read in flight instead): when one of the objects is such an
+/// endpoint, `wait`
+/// looks at every object in turn, pausing 1 ms, then up to 5 ms between
+/// rounds — as those transports' own blocking receives do. That works for
+/// any number of objects at the cost of up to 5 ms of latency and a little
+/// CPU while it waits. Named listeners cannot be waited on there yet
 /// (`Unsupported`).
 ///
 /// # Errors
@@ -159,7 +167,7 @@ fn wait_deadline(objects: &[&dyn Waitable], deadline: Option<Instant>) -> Result
         }
         to_arm.clear();
         if !pollable {
-            // An object without a handle to wait on (Windows, for now):
+            // An object without a handle to wait on (Windows pipes):
             // look at every object again after a short pause.
             drop(handles);
             poll_pause(&mut pause, deadline);

@@ -413,7 +413,7 @@ impl conduit_core::WaitSource for ExitWait {
 
 /// Ready when the child has exited (its result, if any, can be joined
 /// without blocking). Linux: a pidfd; macOS: a kqueue process event;
-/// Windows: the process handle, looked at in `wait`'s polling rounds.
+/// Windows: the process handle.
 impl<R> conduit_core::Waitable for Process<R> {
     fn wait_source(&self) -> Result<Box<dyn conduit_core::WaitSource + '_>> {
         let watch = if self.status.is_some() {
@@ -435,12 +435,13 @@ impl<R: Serialize + DeserializeOwned + 'static> Process<R> {
     /// Waits for the child to end without blocking the runtime (feature
     /// `tokio`) and returns the target's result, like [`join`](Self::join).
     /// The exit is watched by the runtime's reactor (Linux: a pidfd; macOS:
-    /// a kqueue process event), with no thread. Dropping the future before
+    /// a kqueue process event), with no thread; on Windows the process
+    /// handle is watched by the OS thread pool's shared wait threads. Dropping the future before
     /// the child ends leaves the process joinable.
     ///
     /// # Errors
     ///
-    /// As [`join`](Self::join); `Unsupported` on Windows (not yet).
+    /// As [`join`](Self::join).
     ///
     /// # Examples
     ///

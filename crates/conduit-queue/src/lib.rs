@@ -226,20 +226,25 @@ struct RxInner {
 
 impl TxInner {
     fn send_bytes(&self, payload: &[u8], deadline: Option<Instant>) -> Result<()> {
-        if payload.len() > self.max_message {
-            return Err(Error::too_large(format!(
-                "a {}-byte message exceeds the queue's maximum of {} bytes \
-                 (QueueConfig::max_message); nothing was sent",
-                payload.len(),
-                self.max_message
-            )));
-        }
+        self.check_len(payload.len())?;
         self.counters.sending();
         let out = self.end.send(payload, deadline);
         if out.is_err() {
             self.counters.not_sent();
         }
         out
+    }
+
+    /// `TooLarge` for a payload above the queue's maximum.
+    fn check_len(&self, len: usize) -> Result<()> {
+        if len > self.max_message {
+            return Err(Error::too_large(format!(
+                "a {len}-byte message exceeds the queue's maximum of {} bytes \
+                 (QueueConfig::max_message); nothing was sent",
+                self.max_message
+            )));
+        }
+        Ok(())
     }
 
     fn package(&self) -> Result<Package> {

@@ -133,7 +133,11 @@
 //!
 //! A futex cannot be watched by `poll(2)` or a reactor, so a receiver that
 //! waits with `conduit::wait` (or an async receiver about to sleep) watches
-//! its lifeline socket instead (Unix; see *Peer death*). Before it waits it
+//! its lifeline socket instead (Unix; see *Peer death*). On Windows the
+//! doorbell is the event the receiver parks on, which a wait can watch: a
+//! ring sets it (the event latches until a wait consumes it), and, since
+//! the lifeline pipes signal no handle, such waits end every 100 ms to
+//! look at them. Before it waits it
 //! drains the socket, sets its "door" word to 1 (sequentially consistent)
 //! and looks at the ring once more; a sender, after publishing, loads that
 //! word and, if it is 1, swaps it to 0 and writes one byte to the socket

@@ -409,15 +409,16 @@ where
 ///
 /// # Errors
 ///
-/// As [`connect`]; `Unsupported` on Windows (async endpoints are not
-/// available there yet).
+/// As [`connect`]; `Unsupported` on Windows, where named connections run
+/// over synchronous pipes that signal nothing when data arrives (the shm
+/// transport and the queue have async endpoints there).
 ///
 /// # Examples
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # if cfg!(windows) { return Ok(()); } // async endpoints: Unix only for now
+/// # if cfg!(windows) { return Ok(()); } // no async named endpoints on Windows
 /// # let name = format!("conduit-doc-connect-async-{}", std::process::id());
 /// let listener = conduit::named::Listener::<u32, u32>::bind(&name)?.into_async()?;
 /// let client = conduit::named::connect_async::<u32, u32>(&name);
@@ -476,12 +477,16 @@ where
     R: DeserializeOwned + 'static,
 {
     /// This listener on the current tokio runtime: its listening socket is
-    /// watched by the reactor. `Unsupported` on Windows (not yet).
+    /// watched by the reactor. `Unsupported` on Windows (see
+    /// [`connect_async`]).
     pub fn into_async(self) -> Result<AsyncListener<S, R>> {
         let handle = self.inner.wait_handle().ok_or_else(|| {
             crate::Error::new(
                 crate::ErrorKind::Unsupported,
-                "async named listeners are not available on this platform yet",
+                "async named endpoints are not available on this platform (Windows: \
+                 named connections run over synchronous pipes that signal nothing when \
+                 data arrives); accept on a blocking thread (tokio::task::spawn_blocking), \
+                 or use shm channels or the queue, which are async there",
             )
         })?;
         let reg = conduit_core::transport::sys::reactor::Registration::new(&[(

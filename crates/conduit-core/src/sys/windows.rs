@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 use windows_sys::Win32::Foundation::{
     DuplicateHandle, GetHandleInformation, GetLastError, DUPLICATE_CLOSE_SOURCE,
     DUPLICATE_SAME_ACCESS, ERROR_BROKEN_PIPE, ERROR_NO_DATA, ERROR_PIPE_NOT_CONNECTED, FILETIME,
-    HANDLE, INVALID_HANDLE_VALUE,
+    HANDLE, INVALID_HANDLE_VALUE, WAIT_ABANDONED_0, WAIT_OBJECT_0, WAIT_TIMEOUT,
 };
 use windows_sys::Win32::Storage::FileSystem::{ReadFile, WriteFile};
 use windows_sys::Win32::System::Diagnostics::ToolHelp::{
@@ -61,8 +61,8 @@ use windows_sys::Win32::System::Diagnostics::ToolHelp::{
 };
 use windows_sys::Win32::System::Pipes::{CreatePipe, PeekNamedPipe};
 use windows_sys::Win32::System::Threading::{
-    GetCurrentProcess, GetCurrentProcessId, GetProcessTimes, OpenProcess, PROCESS_DUP_HANDLE,
-    PROCESS_QUERY_LIMITED_INFORMATION,
+    GetCurrentProcess, GetCurrentProcessId, GetProcessTimes, OpenProcess, WaitForMultipleObjects,
+    WaitForSingleObject, PROCESS_DUP_HANDLE, PROCESS_QUERY_LIMITED_INFORMATION,
 };
 
 use super::StreamKind;
@@ -225,45 +225,303 @@ impl OsStream {
 /// What `conduit::wait` watches on Windows: a waitable handle.
 pub type WaitHandle<'a> = BorrowedHandle<'a>;
 
-/// Waits until one of `handles` is signalled or `deadline` passes;
-/// returns the indices of those that are (empty on timeout).
+/// The longest one OS wait lasts, in ms, before [`wait_any`] and the async
+/// [`reactor`] report every handle anyway. Some endpoints have no handle
+/// that signals their peer's death (the shm lifeline is an anonymous pipe,
+/// which signals nothing): waking up this often lets them look, so a dead
+/// peer is noticed within this interval. The cost is one wake-up per
+/// 100 ms of idleness per waiting call or async endpoint.
+pub const WAIT_TICK_MS: u32 = 100;
+
+/// How many handles one `WaitForMultipleObjects` call takes
+/// (`MAXIMUM_WAIT_OBJECTS`).
+const MAX_WAIT_OBJECTS: usize = 64;
+
+/// Waits until one of `handles` is signalled or `deadline` passes; returns
+/// the indices of those that are (empty once the deadline passed).
+///
+/// Up to 64 handles are waited on with one `WaitForMultipleObjects` call;
+/// more are looked at in groups of 64 without blocking, pausing 1 ms, then
+/// up to 5 ms between rounds. Each call returns after at most
+/// [`WAIT_TICK_MS`]: then with every index (nothing signalled, but the
+/// caller looks at every object again; see [`WAIT_TICK_MS`]).
+///
+/// Waiting consumes the signal of an auto-reset event; the caller looks at
+/// the state of every object whose index is returned, so nothing is lost.
 pub fn wait_any(
     handles: &[BorrowedHandle<'_>],
     deadline: Option<Instant>,
 ) -> io::Result<Vec<usize>> {
-    let _ = (handles, deadline);
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "conduit::wait is not available on Windows yet",
-    ))
+    let raw: Vec<HANDLE> = handles
+        .iter()
+        .map(|h| h.as_raw_handle() as HANDLE)
+        .collect();
+    let start = Instant::now();
+    let tick = start + Duration::from_millis(u64::from(WAIT_TICK_MS));
+    let end = deadline.map_or(tick, |d| d.min(tick));
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let now = Instant::now();
+        let left = end.saturating_duration_since(now);
+        let mut fired = Vec::new();
+        if raw.len() <= MAX_WAIT_OBJECTS {
+            let ms = left
+                .as_nanos()
+                .div_ceil(1_000_000)
+                .min(u128::from(WAIT_TICK_MS)) as u32;
+            fired = signalled(&raw, ms)?;
+        } else {
+            for (c, chunk) in raw.chunks(MAX_WAIT_OBJECTS).enumerate() {
+                fired.extend(
+                    signalled(chunk, 0)?
+                        .into_iter()
+                        .map(|i| c * MAX_WAIT_OBJECTS + i),
+                );
+            }
+        }
+        if !fired.is_empty() {
+            return Ok(fired);
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            return Ok(Vec::new());
+        }
+        if now >= tick {
+            return Ok((0..raw.len()).collect());
+        }
+        if raw.len() > MAX_WAIT_OBJECTS {
+            std::thread::sleep(pause.min(end.saturating_duration_since(now)));
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+    }
 }
 
-/// tokio glue (feature `tokio`): not on Windows yet; every registration
-/// fails with `Unsupported`, so `into_async` says so.
+/// The indices of the signalled handles among `handles` (at most 64),
+/// waiting up to `ms` for the first.
+fn signalled(handles: &[HANDLE], ms: u32) -> io::Result<Vec<usize>> {
+    let n = handles.len();
+    if n == 0 {
+        std::thread::sleep(Duration::from_millis(u64::from(ms)));
+        return Ok(Vec::new());
+    }
+    // SAFETY: `handles` holds `n` (1..=64) handles borrowed from the
+    // caller, open for the whole call; the call only reads the array.
+    let r = unsafe { WaitForMultipleObjects(n as u32, handles.as_ptr(), 0, ms) };
+    // WAIT_OBJECT_0 is 0: `r` below `n` names the first signalled handle.
+    let first = if r.wrapping_sub(WAIT_OBJECT_0) < n as u32 {
+        r.wrapping_sub(WAIT_OBJECT_0) as usize
+    } else if r.wrapping_sub(WAIT_ABANDONED_0) < n as u32 {
+        r.wrapping_sub(WAIT_ABANDONED_0) as usize
+    } else if r == WAIT_TIMEOUT {
+        return Ok(Vec::new());
+    } else {
+        return Err(last_error());
+    };
+    let mut out = vec![first];
+    for (j, &h) in handles.iter().enumerate().skip(first + 1) {
+        // SAFETY: as above; a zero timeout only tests the handle's state.
+        let r = unsafe { WaitForSingleObject(h, 0) };
+        if r == WAIT_OBJECT_0 || r == WAIT_ABANDONED_0 {
+            out.push(j);
+        }
+    }
+    Ok(out)
+}
+
+/// tokio glue (feature `tokio`): the handles an endpoint waits on, watched
+/// by the Windows thread pool on behalf of a task.
+///
+/// Each handle is duplicated for the registration (it owns what it
+/// watches, as the Unix `AsyncFd` does), and watched with
+/// `RegisterWaitForSingleObject` (`WT_EXECUTEONLYONCE`): the thread pool's
+/// wait threads multiplex up to 63 handles each, so there is no thread per
+/// endpoint. When the handle is signalled, or after
+/// [`WAIT_TICK_MS`](super::WAIT_TICK_MS) without a signal (so that an
+/// endpoint whose peer's death signals no handle still looks), the
+/// callback marks the handle fired and wakes the task. tokio's own reactor
+/// is not involved: it watches sockets only (an I/O completion port).
+///
+/// Like the Unix reactor, readiness is a hint that is cleared when
+/// [`Registration::poll_ready`] reports it: the caller then looks at the
+/// endpoint's state (a non-blocking attempt) before it polls again. A
+/// signal that arrives between a report and the next poll is kept by the
+/// handle itself (an event stays signalled until a wait consumes it), and
+/// the next poll re-registers the wait, which then ends at once.
 #[cfg(feature = "tokio")]
 pub mod reactor {
+    use std::ffi::c_void;
     use std::io;
-    use std::task::{Context, Poll};
+    use std::os::windows::io::{AsRawHandle, OwnedHandle};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex, MutexGuard};
+    use std::task::{Context, Poll, Waker};
 
+    use windows_sys::Win32::Foundation::{HANDLE, INVALID_HANDLE_VALUE};
+    use windows_sys::Win32::System::Threading::{
+        RegisterWaitForSingleObject, UnregisterWaitEx, WT_EXECUTEINWAITTHREAD, WT_EXECUTEONLYONCE,
+    };
+
+    use super::{check, WAIT_TICK_MS};
     use crate::wait::{WaitFor, WaitHandle};
 
-    /// Handles registered with the current tokio runtime (never, yet).
-    #[derive(Debug)]
-    pub struct Registration(std::convert::Infallible);
+    /// What the thread pool's callback and the task share for one handle.
+    #[derive(Debug, Default)]
+    struct Slot {
+        /// Set by the callback; cleared by the poll that reports it.
+        fired: AtomicBool,
+        /// The task to wake.
+        waker: Mutex<Option<Waker>>,
+    }
 
-    impl Registration {
-        /// Fails with `Unsupported`: async endpoints are Unix-only for now.
-        pub fn new(handles: &[(WaitHandle<'_>, WaitFor)]) -> io::Result<Registration> {
-            let _ = handles;
-            Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "async endpoints (into_async) are not available on Windows yet; use the blocking API (on a blocking thread) instead",
-            ))
+    fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+        // A panic while the lock was held cannot leave a waker slot
+        // half-written: take it as it is.
+        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A registered wait (the value `RegisterWaitForSingleObject` gave).
+    #[derive(Debug)]
+    struct WaitObject(HANDLE);
+
+    // SAFETY: a wait handle is a token of the process-wide thread pool,
+    // valid on any thread; it is only passed to `UnregisterWaitEx`, once,
+    // by its owner.
+    unsafe impl Send for WaitObject {}
+
+    /// One watched handle.
+    #[derive(Debug)]
+    struct Watch {
+        handle: OwnedHandle,
+        slot: Arc<Slot>,
+        /// The pending wait, if one is registered.
+        wait: Option<WaitObject>,
+    }
+
+    /// The thread pool's callback: marks the slot fired and wakes the task.
+    ///
+    /// # Safety
+    ///
+    /// `ctx` is `Arc::as_ptr` of the [`Slot`] of the [`Watch`] that
+    /// registered this wait; the watch keeps that `Arc` until
+    /// `UnregisterWaitEx(.., INVALID_HANDLE_VALUE)` has returned, which
+    /// waits for a running callback to finish.
+    unsafe extern "system" fn on_signal(ctx: *mut c_void, _timed_out: bool) {
+        // SAFETY: the function's contract: the slot outlives every call.
+        let slot = unsafe { &*(ctx as *const Slot) };
+        slot.fired.store(true, Ordering::Release);
+        let waker = lock(&slot.waker).clone();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    impl Watch {
+        fn register(&mut self) -> io::Result<()> {
+            let mut wait: HANDLE = std::ptr::null_mut();
+            // SAFETY: `self.handle` is a waitable handle this watch owns,
+            // open until the watch is dropped, which unregisters the wait
+            // first; the context is the slot's address, kept alive as
+            // `on_signal` requires (see `unregister` and `Drop`); `wait`
+            // outlives the call. `WT_EXECUTEINWAITTHREAD` is for short
+            // callbacks: `on_signal` only stores a flag and wakes a task.
+            let ok = unsafe {
+                RegisterWaitForSingleObject(
+                    &mut wait,
+                    self.handle.as_raw_handle() as HANDLE,
+                    Some(on_signal),
+                    Arc::as_ptr(&self.slot).cast(),
+                    WAIT_TICK_MS,
+                    WT_EXECUTEONLYONCE | WT_EXECUTEINWAITTHREAD,
+                )
+            };
+            check(ok)?;
+            self.wait = Some(WaitObject(wait));
+            Ok(())
         }
 
-        /// Never called: no registration exists.
-        pub fn poll_ready(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            match self.0 {}
+        /// Ends the pending wait, waiting for a running callback to return.
+        fn unregister(&mut self) {
+            if let Some(WaitObject(wait)) = self.wait.take() {
+                // SAFETY: `wait` came from RegisterWaitForSingleObject and
+                // is unregistered once (taken out of `self.wait`).
+                // INVALID_HANDLE_VALUE makes the call wait for a callback
+                // in progress, so none runs after it returns.
+                let ok = unsafe { UnregisterWaitEx(wait, INVALID_HANDLE_VALUE) };
+                if ok == 0 {
+                    // The wait may still call back: keep its slot alive
+                    // for good rather than risk a dangling context.
+                    std::mem::forget(Arc::clone(&self.slot));
+                }
+            }
+        }
+    }
+
+    impl Drop for Watch {
+        fn drop(&mut self) {
+            self.unregister();
+        }
+    }
+
+    /// Handles watched for the current task.
+    #[derive(Debug)]
+    pub struct Registration {
+        watches: Mutex<Vec<Watch>>,
+    }
+
+    impl Registration {
+        /// Registers duplicates of `handles` (what they are waited for does
+        /// not matter on Windows: a signal means "look again"). Fails
+        /// outside a tokio runtime (with `Other`), like the Unix version,
+        /// or when a handle cannot be duplicated.
+        pub fn new(handles: &[(WaitHandle<'_>, WaitFor)]) -> io::Result<Registration> {
+            if tokio::runtime::Handle::try_current().is_err() {
+                return Err(io::Error::other(
+                    "into_async must be called inside a tokio runtime",
+                ));
+            }
+            let mut watches = Vec::with_capacity(handles.len());
+            for (h, _) in handles {
+                watches.push(Watch {
+                    handle: h.try_clone_to_owned()?,
+                    slot: Arc::default(),
+                    wait: None,
+                });
+            }
+            Ok(Registration {
+                watches: Mutex::new(watches),
+            })
+        }
+
+        /// `Ready` when one of the handles signalled, or its wait timed out
+        /// (see the module docs; cleared: look at the endpoint before
+        /// polling again); `Pending` with the task's waker stored and a
+        /// wait registered on every handle otherwise.
+        pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let mut watches = lock(&self.watches);
+            let mut any = false;
+            for w in watches.iter_mut() {
+                {
+                    let mut waker = lock(&w.slot.waker);
+                    if !waker.as_ref().is_some_and(|x| x.will_wake(cx.waker())) {
+                        *waker = Some(cx.waker().clone());
+                    }
+                }
+                if w.slot.fired.swap(false, Ordering::AcqRel) {
+                    // A one-shot wait that ended: release it (its callback
+                    // has run or is returning).
+                    w.unregister();
+                    any = true;
+                } else if w.wait.is_none() {
+                    if let Err(e) = w.register() {
+                        return Poll::Ready(Err(e));
+                    }
+                }
+            }
+            if any {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
         }
     }
 }

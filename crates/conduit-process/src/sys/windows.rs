@@ -248,10 +248,10 @@ impl ExitWatch {
         }
     }
 
-    /// The handle `conduit::wait` would watch: none, Windows waits poll (see
-    /// `conduit::wait`).
+    /// The handle `conduit::wait` and `join_async` watch: the process
+    /// handle, signalled once the child has ended.
     pub(crate) fn handle(&self) -> Option<conduit_core::WaitHandle<'_>> {
-        None
+        Some(std::os::windows::io::AsHandle::as_handle(&self.process))
     }
 }
 

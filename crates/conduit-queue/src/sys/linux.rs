@@ -340,3 +340,84 @@ impl Drop for RxEnd {
         }
     }
 }
+
+/// An async receiver's readiness (feature `tokio`): the doorbell socket
+/// turns readable, so there is nothing to arm here (the registration with
+/// producers is [`RxEnd::arm`]).
+#[cfg(feature = "tokio")]
+pub(crate) struct RecvWatch;
+
+#[cfg(feature = "tokio")]
+impl RecvWatch {
+    pub(crate) fn new(_end: &RxEnd) -> io::Result<RecvWatch> {
+        Ok(RecvWatch)
+    }
+
+    /// The end's descriptors (see [`RxEnd::wait_handles`]).
+    pub(crate) fn wait_handles<'a>(
+        &'a self,
+        end: &'a RxEnd,
+        out: &mut Vec<conduit_core::WaitHandle<'a>>,
+    ) {
+        end.wait_handles(out);
+    }
+
+    /// Nothing to arm: never ready by itself.
+    pub(crate) fn arm(&mut self) -> io::Result<bool> {
+        Ok(false)
+    }
+}
+
+/// How an async send attempt went (see [`SendSlot::try_send`]).
+#[cfg(feature = "tokio")]
+pub(crate) enum SendTry {
+    /// The ring took the message.
+    Sent,
+    /// The queue is full; nothing was sent.
+    Full,
+    /// Never on Linux: a send into the ring is whole or nothing.
+    #[allow(dead_code)]
+    Queued,
+}
+
+/// An async sender's send slot (feature `tokio`): a send into the ring is
+/// whole or nothing, so nothing is ever in flight.
+#[cfg(feature = "tokio")]
+pub(crate) struct SendSlot;
+
+#[cfg(feature = "tokio")]
+impl SendSlot {
+    pub(crate) fn new(_end: &TxEnd) -> io::Result<SendSlot> {
+        Ok(SendSlot)
+    }
+
+    /// The end's descriptors (see [`TxEnd::wait_handles`]).
+    pub(crate) fn wait_handles<'a>(
+        &'a self,
+        end: &'a TxEnd,
+        out: &mut Vec<(conduit_core::WaitHandle<'a>, conduit_core::WaitFor)>,
+    ) {
+        end.wait_handles(out);
+    }
+
+    /// Nothing is ever in flight.
+    pub(crate) fn poll_queued(&mut self) -> Option<Result<()>> {
+        Some(Ok(()))
+    }
+
+    /// Nothing is ever in flight.
+    pub(crate) fn cancel_queued(&mut self) -> Option<Result<()>> {
+        None
+    }
+
+    /// One attempt that does not wait. The doorbells are taken first, so
+    /// that room freed after this attempt rings anew.
+    pub(crate) fn try_send(&mut self, end: &TxEnd, payload: &[u8]) -> Result<SendTry> {
+        end.drain();
+        match end.send(payload, crate::no_wait()) {
+            Ok(()) => Ok(SendTry::Sent),
+            Err(e) if e.is_timeout() || e.kind() == ErrorKind::Full => Ok(SendTry::Full),
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -10,6 +10,10 @@
 //!   handles for the same kernel objects, and the checks that handed ones
 //!   are what they claim to be.
 //!
+//! - feature `tokio`: `RecvWatch` (what an async receiver arms and waits on)
+//!   and `SendSlot` (an async sender's write in flight, if the platform
+//!   lets one stay in flight: Windows).
+//!
 //! A deadline of `Some(now)` means "do not wait".
 
 #[cfg(all(unix, not(target_os = "linux")))]
@@ -29,3 +33,5 @@ mod imp;
 mod sock;
 
 pub(crate) use imp::{pair, RxEnd, TxEnd};
+#[cfg(feature = "tokio")]
+pub(crate) use imp::{RecvWatch, SendSlot, SendTry};

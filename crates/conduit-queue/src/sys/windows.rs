@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use conduit_core::{Error, ErrorKind, Result};
 use windows_sys::core::BOOL;
 use windows_sys::Win32::Foundation::{
-    GetLastError, ERROR_BROKEN_PIPE, ERROR_IO_PENDING, ERROR_MORE_DATA, ERROR_NO_DATA,
-    ERROR_OPERATION_ABORTED, ERROR_PIPE_CONNECTED, ERROR_PIPE_NOT_CONNECTED, HANDLE,
+    GetLastError, ERROR_BROKEN_PIPE, ERROR_IO_INCOMPLETE, ERROR_IO_PENDING, ERROR_MORE_DATA,
+    ERROR_NO_DATA, ERROR_OPERATION_ABORTED, ERROR_PIPE_CONNECTED, ERROR_PIPE_NOT_CONNECTED, HANDLE,
     INVALID_HANDLE_VALUE, WAIT_OBJECT_0, WAIT_TIMEOUT,
 };
 use windows_sys::Win32::Storage::FileSystem::{
@@ -250,24 +250,25 @@ fn senders_gone_error() -> Error {
     Error::disconnected("the queue is empty and every sender is gone (dropped, exited or killed)")
 }
 
-impl TxEnd {
-    /// What an async sender would wait on: nothing yet on Windows.
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    pub(crate) fn wait_handles<'a>(
-        &'a self,
-        out: &mut Vec<(conduit_core::WaitHandle<'a>, conduit_core::WaitFor)>,
-    ) {
-        let _ = out;
+/// One queue message: the header, then the payload; smaller than 4 GiB.
+fn frame(payload: &[u8]) -> Result<Vec<u8>> {
+    let mut msg = Vec::with_capacity(HEADER_LEN + payload.len());
+    msg.extend_from_slice(&Header::new(payload.len(), false).encode());
+    msg.extend_from_slice(payload);
+    if u32::try_from(msg.len()).is_err() {
+        return Err(Error::too_large(
+            "a queue message must be smaller than 4 GiB",
+        ));
     }
+    Ok(msg)
+}
 
+impl TxEnd {
     /// Sends one message, waiting for room until `deadline` (`Some(now)`:
     /// only if the pipe takes it at once). `Timeout`: nothing was sent.
     pub(crate) fn send(&self, payload: &[u8], deadline: Option<Instant>) -> Result<()> {
-        let mut msg = Vec::with_capacity(HEADER_LEN + payload.len());
-        msg.extend_from_slice(&Header::new(payload.len(), false).encode());
-        msg.extend_from_slice(payload);
-        let len = u32::try_from(msg.len())
-            .map_err(|_| Error::too_large("a queue message must be smaller than 4 GiB"))?;
+        let msg = frame(payload)?;
+        let len = msg.len() as u32;
         let ptr = msg.as_ptr();
         let r = run_overlapped(&self.pipe, deadline, |ov| {
             // SAFETY: `ptr` is valid for `len` bytes until `run_overlapped`
@@ -481,4 +482,297 @@ fn check_pipe(pipe: &OwnedHandle, server: bool) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// A heap-allocated `OVERLAPPED` whose address stays fixed while the
+/// system writes to it; only raw pointers to it are used.
+struct OverlappedBox(*mut OVERLAPPED);
+
+impl OverlappedBox {
+    fn new(event: &OwnedHandle) -> OverlappedBox {
+        OverlappedBox(Box::into_raw(Box::new(OVERLAPPED {
+            hEvent: raw(event),
+            ..OVERLAPPED::default()
+        })))
+    }
+}
+
+impl Drop for OverlappedBox {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from Box::into_raw in `new`, and every
+        // owner (`Pending`) drops this only once its operation completed
+        // (or leaks it with mem::forget when that cannot be established).
+        drop(unsafe { Box::from_raw(self.0) });
+    }
+}
+
+// SAFETY: the OVERLAPPED is only reached through this owner's raw pointer,
+// handed to the system for one operation at a time; moving the owner to
+// another thread does not move the allocation.
+unsafe impl Send for OverlappedBox {}
+// SAFETY: `&OverlappedBox` gives nothing but the pointer value.
+unsafe impl Sync for OverlappedBox {}
+
+/// One overlapped operation in flight on `pipe`, with the buffer it uses.
+struct Pending {
+    ov: OverlappedBox,
+    /// What the system reads (a write) or writes (a read) until the
+    /// operation completes; its heap allocation never moves.
+    buf: Vec<u8>,
+}
+
+/// The outcome of an operation that was in flight: `None` while it is.
+fn finished(pipe: &OwnedHandle, p: &Pending, wait: bool) -> Option<io::Result<u32>> {
+    let mut n = 0u32;
+    // SAFETY: `p.ov` belongs to an operation started on `pipe`'s file object
+    // (a duplicate handle of it is fine); `n` outlives the call.
+    let ok = unsafe { GetOverlappedResult(raw(pipe), p.ov.0, &mut n, i32::from(wait)) };
+    if ok != 0 {
+        return Some(Ok(n));
+    }
+    let e = last_error();
+    if is(&e, ERROR_IO_INCOMPLETE) {
+        None
+    } else {
+        Some(Err(e))
+    }
+}
+
+/// Ends an operation in flight: cancels it and waits until the system is
+/// done with its OVERLAPPED and buffer; returns how it ended. If that
+/// cannot be established, both are leaked rather than freed under the
+/// system's hands.
+fn cancel(pipe: &OwnedHandle, p: Pending) -> Option<io::Result<u32>> {
+    // SAFETY: `p.ov` identifies our operation on the pipe's file object;
+    // cancelling one that already completed is harmless.
+    unsafe { CancelIoEx(raw(pipe), p.ov.0) };
+    match finished(pipe, &p, true) {
+        Some(r) => Some(r),
+        None => {
+            std::mem::forget(p);
+            None
+        }
+    }
+}
+
+fn manual_reset_event() -> io::Result<OwnedHandle> {
+    // SAFETY: no security attributes or name; a manual-reset event, not set.
+    let event = unsafe { CreateEventW(std::ptr::null(), 1, 0, std::ptr::null()) };
+    // SAFETY: the return value of the call just made, owned by nobody else.
+    unsafe { owned(event) }
+}
+
+/// An async receiver's readiness (feature `tokio`): a zero-byte overlapped
+/// read on the consumer's pipe, which completes when a message is queued
+/// (without taking it: a zero-byte read of a message only reports that it
+/// is there, `ERROR_MORE_DATA`) or when every producer is gone; its event
+/// is what the runtime watches. The read is owned here and cancelled (and
+/// waited for) on drop.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) struct RecvWatch {
+    /// A duplicate of the consumer's pipe handle (the same file object).
+    pipe: OwnedHandle,
+    event: OwnedHandle,
+    read: Option<Pending>,
+}
+
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+impl RecvWatch {
+    pub(crate) fn new(end: &RxEnd) -> io::Result<RecvWatch> {
+        Ok(RecvWatch {
+            pipe: end.pipe.try_clone()?,
+            event: manual_reset_event()?,
+            read: None,
+        })
+    }
+
+    /// The handle that signals when [`arm`](Self::arm) may say ready.
+    pub(crate) fn wait_handles<'a>(
+        &'a self,
+        _end: &'a RxEnd,
+        out: &mut Vec<conduit_core::WaitHandle<'a>>,
+    ) {
+        out.push(std::os::windows::io::AsHandle::as_handle(&self.event));
+    }
+
+    /// Makes sure a zero-byte read is in flight; true when a receive may
+    /// not block now (the read completed: a message is queued, or the
+    /// producers are gone; the caller looks).
+    pub(crate) fn arm(&mut self) -> io::Result<bool> {
+        if let Some(p) = &self.read {
+            return match finished(&self.pipe, p, false) {
+                None => Ok(false),
+                Some(_) => {
+                    self.read = None;
+                    Ok(true)
+                }
+            };
+        }
+        let p = Pending {
+            ov: OverlappedBox::new(&self.event),
+            buf: Vec::with_capacity(1),
+        };
+        // SAFETY: a zero-byte read into `p.buf`'s allocation (valid for 0
+        // bytes), with `p.ov` set up for it (its event resets when the read
+        // starts). Both are kept in `self.read` until the read completed,
+        // and the drop cancels and waits for it (see `cancel`).
+        let ok = unsafe {
+            ReadFile(
+                raw(&self.pipe),
+                p.buf.as_ptr().cast_mut(),
+                0,
+                std::ptr::null_mut(),
+                p.ov.0,
+            )
+        };
+        if ok != 0 {
+            // Completed at once: ready (nothing pending any more).
+            return Ok(true);
+        }
+        let e = last_error();
+        if is(&e, ERROR_IO_PENDING) {
+            self.read = Some(p);
+            Ok(false)
+        } else if is(&e, ERROR_MORE_DATA) || gone(&e) {
+            Ok(true)
+        } else {
+            Err(e)
+        }
+    }
+}
+
+impl Drop for RecvWatch {
+    fn drop(&mut self) {
+        if let Some(p) = self.read.take() {
+            let _ = cancel(&self.pipe, p);
+        }
+    }
+}
+
+/// How an async send attempt went (see [`SendSlot::try_send`]).
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) enum SendTry {
+    /// The pipe took the message.
+    Sent,
+    /// The queue is full; nothing was sent (Unix only).
+    #[allow(dead_code)]
+    Full,
+    /// The message is whole in the kernel's hands, still being written:
+    /// [`SendSlot::poll_queued`] tells when it is done.
+    Queued,
+}
+
+/// An async sender's write in flight (feature `tokio`): a message-mode
+/// write that the pipe could not take at once stays pending in the
+/// kernel, whole, with its buffer owned here until it completes: a
+/// dropped send future leaves it to complete (the message is sent whole),
+/// and dropping the sender cancels it (sent whole or not at all: readers
+/// take whole messages). Its event is what the runtime watches.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) struct SendSlot {
+    pipe: OwnedHandle,
+    event: OwnedHandle,
+    write: Option<Pending>,
+}
+
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+impl SendSlot {
+    pub(crate) fn new(end: &TxEnd) -> io::Result<SendSlot> {
+        Ok(SendSlot {
+            pipe: end.pipe.try_clone()?,
+            event: manual_reset_event()?,
+            write: None,
+        })
+    }
+
+    /// The handle that signals when a queued write completed.
+    pub(crate) fn wait_handles<'a>(
+        &'a self,
+        _end: &'a TxEnd,
+        out: &mut Vec<(conduit_core::WaitHandle<'a>, conduit_core::WaitFor)>,
+    ) {
+        out.push((
+            std::os::windows::io::AsHandle::as_handle(&self.event),
+            conduit_core::WaitFor::Write,
+        ));
+    }
+
+    /// The end of the queued write, if any: `None` while it is in flight,
+    /// `Some(Ok)` when none is (any more), `Some(Err)` when it failed.
+    pub(crate) fn poll_queued(&mut self) -> Option<Result<()>> {
+        let Some(p) = self.write.as_ref() else {
+            return Some(Ok(()));
+        };
+        let r = finished(&self.pipe, p, false)?;
+        let len = p.buf.len();
+        self.write = None;
+        Some(write_result(r, len))
+    }
+
+    /// Starts sending `payload` as one message; call only when
+    /// [`poll_queued`](Self::poll_queued) said nothing is in flight.
+    pub(crate) fn try_send(&mut self, _end: &TxEnd, payload: &[u8]) -> Result<SendTry> {
+        let msg = frame(payload)?;
+        let len = msg.len() as u32;
+        let p = Pending {
+            ov: OverlappedBox::new(&self.event),
+            buf: msg,
+        };
+        // SAFETY: `p.buf` is valid for reads of `len` bytes and `p.ov` is
+        // set up for this write; both stay in `self.write` until the write
+        // completed, and the drop cancels and waits for it (`cancel`).
+        let ok = unsafe {
+            WriteFile(
+                raw(&self.pipe),
+                p.buf.as_ptr(),
+                len,
+                std::ptr::null_mut(),
+                p.ov.0,
+            )
+        };
+        if ok != 0 {
+            return write_result(
+                finished(&self.pipe, &p, true).unwrap_or(Ok(len)),
+                p.buf.len(),
+            )
+            .map(|()| SendTry::Sent);
+        }
+        let e = last_error();
+        if is(&e, ERROR_IO_PENDING) {
+            self.write = Some(p);
+            return Ok(SendTry::Queued);
+        }
+        write_result(Err(e), p.buf.len()).map(|()| SendTry::Sent)
+    }
+}
+
+impl SendSlot {
+    /// Cancels the queued write, if any, and says how it ended: `Some(Ok)`
+    /// when it completed first (sent), `Some(Err)` when it was cancelled
+    /// or failed (not sent), `None` when nothing was in flight.
+    pub(crate) fn cancel_queued(&mut self) -> Option<Result<()>> {
+        let p = self.write.take()?;
+        let len = p.buf.len();
+        let r = cancel(&self.pipe, p)?;
+        Some(write_result(r, len))
+    }
+}
+
+impl Drop for SendSlot {
+    fn drop(&mut self) {
+        let _ = self.cancel_queued();
+    }
+}
+
+/// A finished write of a `len`-byte message, as the queue reports it.
+fn write_result(r: io::Result<u32>, len: usize) -> Result<()> {
+    match r {
+        Ok(n) if n as usize == len => Ok(()),
+        Ok(n) => Err(Error::new(
+            ErrorKind::Io,
+            format!("the pipe took {n} of a {len}-byte queue message"),
+        )),
+        Err(e) if gone(&e) => Err(receivers_gone_error()),
+        Err(e) => Err(io_err("cannot send to the queue", e)),
+    }
 }

@@ -16,9 +16,16 @@
 //! - Parking is `WaitForSingleObject` on our event with the bounded timeout.
 //!   Auto-reset events latch: a wake-up set between our last look at the ring
 //!   and the wait is not lost, it ends the wait at once.
+//! - The doorbell (`conduit::wait`, async endpoints; see the crate docs) is
+//!   the same event: a ring sets the peer's park event, which its wait or
+//!   its async registration (a thread-pool wait, see
+//!   `conduit_core::transport::sys::reactor`) watches. Any stray signal
+//!   (a wake-up meant for a blocking park) only makes the waiting side
+//!   look at the ring for nothing. The lifelines signal nothing, so those
+//!   waits time out every 100 ms to check them.
 
 use std::io;
-use std::os::windows::io::{AsRawHandle, BorrowedHandle, OwnedHandle};
+use std::os::windows::io::{AsHandle, AsRawHandle, BorrowedHandle, OwnedHandle};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -234,19 +241,28 @@ impl Link {
         ok != 0
     }
 
-    /// Reads waiting doorbell rings: none on Windows yet (see
-    /// [`wait_handle`](Self::wait_handle)); false once the peer is gone.
+    /// Reads waiting doorbell rings: a ring is a signal of the park event,
+    /// consumed by whatever waited on it (see [`ring`](Self::ring)), so
+    /// there is nothing to read; false once the peer is gone.
     pub fn drain(&self) -> bool {
         self.peer_alive()
     }
 
-    /// Rings the peer's doorbell: nothing to do until Windows can wait (see
-    /// [`wait_handle`](Self::wait_handle)).
-    pub fn ring(&self) {}
+    /// Rings the peer's doorbell: sets the event the peer parks on, which
+    /// is also what the peer's `conduit::wait` or async endpoint watches
+    /// (see [`wait_handle`](Self::wait_handle)). An auto-reset event
+    /// latches, so a ring before the peer waits ends its wait at once.
+    pub fn ring(&self) {
+        // SAFETY: the event handle is open for the lifetime of `self`.
+        let _ = unsafe { SetEvent(raw(&self.bell)) };
+    }
 
-    /// What `conduit::wait` would watch: nothing yet on Windows.
+    /// What `conduit::wait` and async endpoints watch: the event this side
+    /// parks on, set by the peer's doorbell rings and wake-ups. The
+    /// lifelines signal no handle, so the waits that watch it time out
+    /// every `conduit_core::transport::sys::WAIT_TICK_MS` to look at them.
     pub fn wait_handle(&self) -> Option<BorrowedHandle<'_>> {
-        None
+        Some(self.park.as_handle())
     }
 
     /// The handles, for a handoff.
