@@ -44,7 +44,7 @@ fn async_on(name: &str) -> bool {
 }
 
 /// The transports (and `"queue"`) with async endpoints on Windows.
-const WINDOWS_ASYNC: &[&str] = &["shm", "queue"];
+const WINDOWS_ASYNC: &[&str] = &["shm", "queue", "pipe", "socketpair", "named"];
 
 mod imp {
     use super::*;
@@ -163,7 +163,8 @@ mod imp {
                     .err()
                     .ok_or("named into_async succeeded")?;
                 check(
-                    e.kind() == conduit::ErrorKind::Unsupported && e.to_string().contains("shm"),
+                    e.kind() == conduit::ErrorKind::Unsupported
+                        && e.to_string().contains("spawn_blocking"),
                     format!("named listener: {e}"),
                 )?;
             }
@@ -726,7 +727,7 @@ mod imp {
         Ok(())
     }
 
-    #[cfg(feature = "named")]
+    #[cfg(all(feature = "named", unix))]
     fn named_client((name, x): (String, u64)) -> u64 {
         match conduit::named::connect_timeout::<u64, u64>(&name, Duration::from_secs(10)) {
             Ok(conn) => {
@@ -745,37 +746,44 @@ mod imp {
                 std::process::id(),
                 fastrand::u32(..)
             );
-            let listener = conduit::named::Listener::<u64, u64>::bind(&name)?.into_async()?;
-            let mut ps = Vec::new();
-            for x in 0..3 {
-                ps.push(Process::spawn(named_client, (name.clone(), x))?);
-            }
-            for _ in 0..3 {
-                let mut conn = tokio::time::timeout(LONG, listener.accept()).await??;
-                let x = conn.recv().await?;
-                conn.send(&(x + 10)).await?;
-            }
-            let mut got = Vec::new();
-            for p in &mut ps {
-                got.push(p.join_async().await?);
-            }
-            got.sort_unstable();
-            check(got == [10, 11, 12], format!("{got:?}"))?;
-            // connect_async to a blocking server in a thread.
-            let name2 = format!("{name}-2");
+            // Windows: no async listener yet (see the Windows test above);
+            // async connections on both sides below.
+            #[cfg(windows)]
+            let name2 = name.clone();
+            #[cfg(unix)]
+            let name2 = {
+                let listener = conduit::named::Listener::<u64, u64>::bind(&name)?.into_async()?;
+                let mut ps = Vec::new();
+                for x in 0..3 {
+                    ps.push(Process::spawn(named_client, (name.clone(), x))?);
+                }
+                for _ in 0..3 {
+                    let mut conn = tokio::time::timeout(LONG, listener.accept()).await??;
+                    let x = conn.recv().await?;
+                    conn.send(&(x + 10)).await?;
+                }
+                let mut got = Vec::new();
+                for p in &mut ps {
+                    got.push(p.join_async().await?);
+                }
+                got.sort_unstable();
+                check(got == [10, 11, 12], format!("{got:?}"))?;
+                format!("{name}-2")
+            };
+            // connect_async to a server that accepts on a blocking thread
+            // and makes the connection async.
             let l2 = conduit::named::Listener::<u64, u64>::bind(&name2)?;
-            let server = std::thread::spawn(move || -> conduit::Result<u64> {
-                let c = l2.accept()?;
-                let x = c.recv()?;
-                c.send(&(x * 2))?;
-                Ok(x)
-            });
+            let server = tokio::task::spawn_blocking(move || l2.accept());
             let mut c = conduit::named::connect_async::<u64, u64>(&name2).await?;
+            let mut s = server.await??.into_async()?;
             c.send(&21).await?;
+            let x = s.recv().await?;
+            s.send(&(x * 2)).await?;
             check(c.recv().await? == 42, "connect_async reply")?;
+            drop(s);
             check(
-                server.join().map_err(|_| "server panicked")?? == 21,
-                "server",
+                c.recv().await.err().is_some_and(|e| e.is_disconnected()),
+                "server gone",
             )
         })
     }

@@ -13,11 +13,10 @@
 //! (`RegisterWaitForSingleObject`, which multiplexes many waits on each of
 //! its threads; still no thread per endpoint), whose callback wakes the
 //! task; each wait also ends after 100 ms so that a peer whose death
-//! signals no handle is noticed. The shm transport has async endpoints
-//! there (its doorbell is its park event), and so has the queue; the
-//! synchronous pipes under the `pipe`, `socketpair` and `named` transports
-//! signal no handle when data arrives, so `into_async` fails on them with
-//! `Unsupported`.
+//! signals no handle is noticed. The shm transport's handle is its park
+//! event (its doorbell); the stream transports' pipes are overlapped, and
+//! a receiver keeps a zero-byte read in flight whose event signals data,
+//! a sender a write in flight (see `conduit_core::transport::sys`).
 //!
 //! # Cancellation
 //!
@@ -56,17 +55,6 @@ use crate::wait::WaitFor;
 /// readiness keeps firing without progress (a peer ringing for nothing).
 const TRIES_PER_POLL: u32 = 32;
 
-/// What an `Unsupported` error from `into_async` adds: the transports that
-/// do have async endpoints here.
-const UNSUPPORTED_HINT: &str = if cfg!(windows) {
-    " (on Windows the synchronous pipes under the `pipe`, `socketpair` and \
-     `named` transports signal no handle when data arrives; the shm transport, \
-     the default, and the queue have async endpoints there: use them, or a \
-     blocking thread)"
-} else {
-    ""
-};
-
 fn reactor_error(e: std::io::Error) -> Error {
     Error::from_io("the async runtime cannot watch this endpoint", e)
 }
@@ -76,10 +64,7 @@ fn reactor_error(e: std::io::Error) -> Error {
 /// It waits on the same descriptors as `conduit::wait`, registered with the
 /// tokio runtime's reactor: no thread per endpoint, nothing polled while
 /// idle (shm: the sender rings the receiver's doorbell). On Windows the
-/// OS thread pool watches the handles (no thread per endpoint either), and
-/// the `pipe`, `socketpair` and `named` transports have no async endpoints
-/// (their synchronous pipes signal no handle: `into_async` fails with
-/// `Unsupported`).
+/// OS thread pool watches the handles (no thread per endpoint either).
 ///
 /// **Cancellation**: dropping a [`recv`](Self::recv) future before it
 /// completes loses nothing; the next `recv` gets the message. A message is
@@ -90,7 +75,6 @@ fn reactor_error(e: std::io::Error) -> Error {
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # if cfg!(windows) { return Ok(()); } // Windows: the default pipe has no async endpoints
 /// let (tx, rx) = conduit::channel::<String>()?;
 /// let mut rx = rx.into_async()?;
 /// tx.send(&"hello".to_string())?;
@@ -123,8 +107,7 @@ impl<T: DeserializeOwned + 'static, C: Codec> Receiver<T, C> {
     ///
     /// # Errors
     ///
-    /// `Unsupported` for endpoints that cannot be waited on (on Windows:
-    /// the `pipe`, `socketpair` and `named` transports); `Io` outside a runtime or when the descriptors cannot be
+    /// `Unsupported` for endpoints that cannot be waited on; `Io` outside a runtime or when the descriptors cannot be
     /// registered.
     pub fn into_async(self) -> Result<AsyncReceiver<T, C>> {
         AsyncReceiver::from_raw(self.into_raw())
@@ -140,9 +123,8 @@ impl<T: DeserializeOwned + 'static, C: Codec> AsyncReceiver<T, C> {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 format!(
-                    "a {} receiver cannot be made async on this platform{}",
-                    raw.transport(),
-                    UNSUPPORTED_HINT
+                    "a {} receiver cannot be made async on this platform",
+                    raw.transport()
                 ),
             ));
         }
@@ -163,6 +145,10 @@ impl<T: DeserializeOwned + 'static, C: Codec> AsyncReceiver<T, C> {
     /// sender is gone and every message it sent has been received.
     /// Cancellation-safe: see [`AsyncReceiver`].
     pub async fn recv(&mut self) -> Result<T> {
+        // Yields to the runtime once the task has used up its budget: a
+        // channel that is always ready must not starve other tasks and
+        // timers (a drop here takes nothing).
+        tokio::task::coop::consume_budget().await;
         poll_fn(|cx| self.poll_recv(cx)).await
     }
 
@@ -292,7 +278,6 @@ impl<T: DeserializeOwned + 'static, C: Codec> futures_core::Stream for AsyncRece
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # if cfg!(windows) { return Ok(()); } // Windows: the default pipe has no async endpoints
 /// let (tx, rx) = conduit::channel::<u32>()?;
 /// let mut tx = tx.into_async()?;
 /// tx.send(&7).await?;
@@ -337,9 +322,8 @@ impl<T: Serialize + 'static, C: Codec> AsyncSender<T, C> {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 format!(
-                    "a {} sender cannot be made async on this platform{}",
-                    raw.transport(),
-                    UNSUPPORTED_HINT
+                    "a {} sender cannot be made async on this platform",
+                    raw.transport()
                 ),
             ));
         }
@@ -370,6 +354,10 @@ impl<T: Serialize + 'static, C: Codec> AsyncSender<T, C> {
                 encode_message::<T, C>(msg, &mut buf)?;
                 &buf
             };
+        // As in `AsyncReceiver::recv` (a drop here sends nothing): a
+        // channel that always has room (a Windows pipe under Wine never
+        // fills) must not starve the runtime.
+        tokio::task::coop::consume_budget().await;
         let res = poll_fn(|cx| self.poll_send_frame(cx, frame)).await;
         if buf.capacity() <= 1 << 20 {
             self.buf = buf;
@@ -379,6 +367,7 @@ impl<T: Serialize + 'static, C: Codec> AsyncSender<T, C> {
 
     /// Sends `bytes` as one message as they are (see [`Sender::send_bytes`]).
     pub async fn send_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        tokio::task::coop::consume_budget().await;
         poll_fn(|cx| self.poll_send_frame(cx, bytes)).await
     }
 
@@ -505,7 +494,6 @@ impl<S: Serialize + 'static, R: DeserializeOwned + 'static, C: Codec> Duplex<S, 
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # if cfg!(windows) { return Ok(()); } // Windows: the default pipe has no async endpoints
     /// let (a, b) = conduit::duplex::<String, usize>()?;
     /// let mut a = a.into_async()?;
     /// a.send(&"four".to_string()).await?;

@@ -70,21 +70,17 @@ pub trait WaitSource {
 ///
 /// # Windows
 ///
-/// When every object has a waitable handle (shm receivers and duplex
-/// endpoints, whose doorbell is their park event; processes), `wait`
-/// blocks in `WaitForMultipleObjects` (up to 64 handles; more are looked at
-/// in groups of 64, pausing 1 ms, then up to 5 ms between rounds), and
-/// looks at every object again at least every 100 ms (the shm lifelines
-/// signal no handle when the peer dies). The synchronous pipes of the
-/// `pipe`, `socketpair` and `named` transports signal no handle when data
-/// arrives, and queue receivers offer none to `wait` (their async ends
-/// keep a read in flight instead): when one of the objects is such an
-/// endpoint, `wait`
-/// looks at every object in turn, pausing 1 ms, then up to 5 ms between
-/// rounds — as those transports' own blocking receives do. That works for
-/// any number of objects at the cost of up to 5 ms of latency and a little
-/// CPU while it waits. Named listeners cannot be waited on there yet
-/// (`Unsupported`).
+/// On Windows the objects' handles are waited on with
+/// `WaitForMultipleObjects` (up to 64 handles; more are looked at in groups
+/// of 64, pausing 1 ms, then up to 5 ms between rounds): stream receivers
+/// keep a zero-byte read in flight on their (overlapped) pipe, shm
+/// endpoints watch the event they park on (their doorbell), processes
+/// their process handle. Every object is looked at again at least every
+/// 100 ms (the shm lifelines signal no handle when the peer dies). Queue
+/// receivers offer no handle to `wait` (their async ends keep a read in
+/// flight instead): with one among the objects, `wait` looks at every
+/// object in rounds (1 ms, backing off to 5 ms). Named listeners cannot be
+/// waited on there yet (`Unsupported`).
 ///
 /// # Errors
 ///
@@ -167,7 +163,8 @@ fn wait_deadline(objects: &[&dyn Waitable], deadline: Option<Instant>) -> Result
         }
         to_arm.clear();
         if !pollable {
-            // An object without a handle to wait on (Windows pipes):
+            // An object without a handle to wait on (a Windows queue
+            // receiver):
             // look at every object again after a short pause.
             drop(handles);
             poll_pause(&mut pause, deadline);

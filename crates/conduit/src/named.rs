@@ -409,16 +409,14 @@ where
 ///
 /// # Errors
 ///
-/// As [`connect`]; `Unsupported` on Windows, where named connections run
-/// over synchronous pipes that signal nothing when data arrives (the shm
-/// transport and the queue have async endpoints there).
+/// As [`connect`].
 ///
 /// # Examples
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # if cfg!(windows) { return Ok(()); } // no async named endpoints on Windows
+/// # if cfg!(windows) { return Ok(()); } // no async named listener on Windows yet
 /// # let name = format!("conduit-doc-connect-async-{}", std::process::id());
 /// let listener = conduit::named::Listener::<u32, u32>::bind(&name)?.into_async()?;
 /// let client = conduit::named::connect_async::<u32, u32>(&name);
@@ -477,16 +475,15 @@ where
     R: DeserializeOwned + 'static,
 {
     /// This listener on the current tokio runtime: its listening socket is
-    /// watched by the reactor. `Unsupported` on Windows (see
-    /// [`connect_async`]).
+    /// watched by the reactor. `Unsupported` on Windows (not yet: accept on
+    /// a blocking thread there and make the connection async).
     pub fn into_async(self) -> Result<AsyncListener<S, R>> {
         let handle = self.inner.wait_handle().ok_or_else(|| {
             crate::Error::new(
                 crate::ErrorKind::Unsupported,
-                "async named endpoints are not available on this platform (Windows: \
-                 named connections run over synchronous pipes that signal nothing when \
-                 data arrives); accept on a blocking thread (tokio::task::spawn_blocking), \
-                 or use shm channels or the queue, which are async there",
+                "async named listeners are not available on this platform (Windows) yet: \
+                 accept on a blocking thread (tokio::task::spawn_blocking) and make the \
+                 connection async with into_async(); connect_async works",
             )
         })?;
         let reg = conduit_core::transport::sys::reactor::Registration::new(&[(

@@ -249,7 +249,7 @@ impl FrameSender for StreamSender {
     }
 
     fn send_wait_handles<'a>(&'a self, out: &mut Vec<(crate::WaitHandle<'a>, crate::WaitFor)>) {
-        if let Some(h) = self.io.as_ref().and_then(|io| io.wait_handle()) {
+        if let Some(h) = self.io.as_ref().and_then(|io| io.send_wait_handle()) {
             out.push((h, crate::WaitFor::Write));
         }
     }

@@ -111,6 +111,11 @@ impl OsStream {
         Some(self.fd.as_fd())
     }
 
+    /// The descriptor an async sender polls for room (the same one).
+    pub fn send_wait_handle(&self) -> Option<WaitHandle<'_>> {
+        Some(self.fd.as_fd())
+    }
+
     /// Borrows the descriptor.
     pub fn handle(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

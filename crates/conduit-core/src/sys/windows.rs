@@ -38,10 +38,17 @@
 //! a grandchild is refused instead of stealing whatever handles the named
 //! process now has under those values.
 //!
-//! Waiting with a deadline on a synchronous pipe handle has no blocking
-//! primitive, so `wait_readable` checks `PeekNamedPipe` with a backoff of up to
-//! 5 ms between checks; blocking receives without a deadline use a plain
-//! blocking `ReadFile` and cost no CPU while idle.
+//! Stream pipes are opened for overlapped I/O ([`pipe`] makes a named pipe
+//! pair; anonymous pipes cannot do overlapped I/O), so that waits have a
+//! handle to watch: `wait_readable` keeps a zero-byte read in flight, which
+//! completes when data arrives or the pipe breaks, and waits on its event
+//! (that event is also what `conduit::wait` and async receivers watch). A
+//! non-blocking write (async senders) starts writing a copy of the bytes
+//! and reports them written; the next write reports `WouldBlock` until it
+//! completed, and its event is what async senders watch. Blocking reads
+//! and writes wait for their operation to complete; a stream being dropped
+//! or handed off cancels its zero-byte read and waits for a write in
+//! flight. Every wait on these handles is bounded by its caller's deadline.
 
 use std::io::{self, IoSlice};
 use std::os::windows::io::{
@@ -50,20 +57,30 @@ use std::os::windows::io::{
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use windows_sys::core::BOOL;
 use windows_sys::Win32::Foundation::{
     DuplicateHandle, GetHandleInformation, GetLastError, DUPLICATE_CLOSE_SOURCE,
-    DUPLICATE_SAME_ACCESS, ERROR_BROKEN_PIPE, ERROR_NO_DATA, ERROR_PIPE_NOT_CONNECTED, FILETIME,
-    HANDLE, INVALID_HANDLE_VALUE, WAIT_ABANDONED_0, WAIT_OBJECT_0, WAIT_TIMEOUT,
+    DUPLICATE_SAME_ACCESS, ERROR_BROKEN_PIPE, ERROR_IO_INCOMPLETE, ERROR_IO_PENDING,
+    ERROR_MORE_DATA, ERROR_NO_DATA, ERROR_PIPE_NOT_CONNECTED, FILETIME, HANDLE,
+    INVALID_HANDLE_VALUE, WAIT_ABANDONED_0, WAIT_OBJECT_0, WAIT_TIMEOUT,
 };
-use windows_sys::Win32::Storage::FileSystem::{ReadFile, WriteFile};
+use windows_sys::Win32::Storage::FileSystem::{
+    CreateFileW, ReadFile, WriteFile, FILE_FLAG_FIRST_PIPE_INSTANCE, FILE_FLAG_OVERLAPPED,
+    FILE_GENERIC_WRITE, OPEN_EXISTING, PIPE_ACCESS_INBOUND,
+};
 use windows_sys::Win32::System::Diagnostics::ToolHelp::{
     CreateToolhelp32Snapshot, Process32FirstW, Process32NextW, PROCESSENTRY32W, TH32CS_SNAPPROCESS,
 };
-use windows_sys::Win32::System::Pipes::{CreatePipe, PeekNamedPipe};
-use windows_sys::Win32::System::Threading::{
-    GetCurrentProcess, GetCurrentProcessId, GetProcessTimes, OpenProcess, WaitForMultipleObjects,
-    WaitForSingleObject, PROCESS_DUP_HANDLE, PROCESS_QUERY_LIMITED_INFORMATION,
+use windows_sys::Win32::System::Pipes::{
+    CreateNamedPipeW, PeekNamedPipe, PIPE_READMODE_BYTE, PIPE_REJECT_REMOTE_CLIENTS,
+    PIPE_TYPE_BYTE, PIPE_WAIT,
 };
+use windows_sys::Win32::System::Threading::{
+    CreateEventW, GetCurrentProcess, GetCurrentProcessId, GetProcessTimes, OpenProcess,
+    WaitForMultipleObjects, WaitForSingleObject, PROCESS_DUP_HANDLE,
+    PROCESS_QUERY_LIMITED_INFORMATION,
+};
+use windows_sys::Win32::System::IO::{CancelIoEx, GetOverlappedResult, OVERLAPPED};
 
 use super::StreamKind;
 use crate::error::{Error, Result};
@@ -71,10 +88,442 @@ use crate::error::{Error, Result};
 /// The owned OS handle type.
 pub type OsHandle = OwnedHandle;
 
-/// A blocking byte stream over a pipe handle.
+/// A blocking byte stream over a pipe handle (opened for overlapped I/O:
+/// see [`pipe`]).
 #[derive(Debug)]
 pub struct OsStream {
     handle: OwnedHandle,
+    /// What deadline waits and async endpoints need; `None` when its
+    /// events could not be made (the stream then cannot be waited on).
+    aio: Option<Aio>,
+    /// Writes start in the background and report `WouldBlock` while one
+    /// is in flight (see [`OsStream::write`]).
+    nonblocking_writes: bool,
+}
+
+/// The operations a stream keeps in flight: a zero-byte read (what a wait
+/// for data watches) and a write started by a non-blocking send.
+#[derive(Debug)]
+struct Aio {
+    /// A duplicate of the stream's handle (the same file object): what
+    /// started the operations, and cancels or finishes them when this is
+    /// dropped, even after `into_handle` gave the stream's handle away.
+    file: OwnedHandle,
+    /// Signalled when the zero-byte read completed (manual reset; a new
+    /// read resets it).
+    read_event: OwnedHandle,
+    /// Signalled when the write in flight completed (manual reset).
+    write_event: OwnedHandle,
+    state: std::sync::Mutex<AioState>,
+}
+
+#[derive(Debug, Default)]
+struct AioState {
+    zero_read: Option<Op>,
+    write: Option<Op>,
+}
+
+/// One operation in flight: its OVERLAPPED and the bytes it uses.
+#[derive(Debug)]
+struct Op {
+    ov: OvBox,
+    /// Written from (a write) until the operation completed; its heap
+    /// allocation never moves.
+    buf: Vec<u8>,
+}
+
+/// A heap-allocated OVERLAPPED whose address stays fixed while the system
+/// writes to it; only raw pointers to it are used.
+#[derive(Debug)]
+struct OvBox(*mut OVERLAPPED);
+
+impl OvBox {
+    fn new(event: &OwnedHandle) -> OvBox {
+        OvBox(Box::into_raw(Box::new(OVERLAPPED {
+            hEvent: event.as_raw_handle() as HANDLE,
+            ..OVERLAPPED::default()
+        })))
+    }
+}
+
+impl Drop for OvBox {
+    fn drop(&mut self) {
+        // SAFETY: from Box::into_raw in `new`; an `Op` is dropped only once
+        // its operation completed (`Aio::finish` leaks it otherwise).
+        drop(unsafe { Box::from_raw(self.0) });
+    }
+}
+
+// SAFETY: the OVERLAPPED is reached only through this owner's pointer,
+// handed to the system for one operation at a time; moving the owner does
+// not move the allocation.
+unsafe impl Send for OvBox {}
+// SAFETY: `&OvBox` gives nothing but the pointer value.
+unsafe impl Sync for OvBox {}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn manual_reset_event() -> io::Result<OwnedHandle> {
+    // SAFETY: null attributes (not inheritable) and name; manual reset,
+    // not set. The result is checked by `owned`.
+    let h = unsafe { CreateEventW(std::ptr::null(), 1, 0, std::ptr::null()) };
+    // SAFETY: the return value of the call just made, owned by nobody else.
+    unsafe { owned(h) }
+}
+
+impl Aio {
+    fn new(handle: &OwnedHandle) -> io::Result<Aio> {
+        Ok(Aio {
+            file: handle.try_clone()?,
+            read_event: manual_reset_event()?,
+            write_event: manual_reset_event()?,
+            state: std::sync::Mutex::default(),
+        })
+    }
+
+    fn file(&self) -> HANDLE {
+        self.file.as_raw_handle() as HANDLE
+    }
+
+    /// The outcome of `op`, `None` while it is in flight (`wait`: blocks
+    /// until it is not).
+    fn outcome(&self, op: &Op, wait: bool) -> Option<io::Result<u32>> {
+        let mut n = 0u32;
+        // SAFETY: `op.ov` belongs to an operation started on `self.file`'s
+        // file object; `n` outlives the call.
+        let ok = unsafe { GetOverlappedResult(self.file(), op.ov.0, &mut n, i32::from(wait)) };
+        if ok != 0 {
+            return Some(Ok(n));
+        }
+        // SAFETY: GetLastError has no preconditions.
+        match unsafe { GetLastError() } {
+            ERROR_IO_INCOMPLETE => None,
+            code => Some(Err(last_error_from(code))),
+        }
+    }
+
+    /// Waits for `op` to end (after cancelling it when `cancel`); if that
+    /// cannot be established, leaks it rather than free memory the system
+    /// may still write.
+    fn finish(&self, op: Op, cancel: bool) {
+        if cancel {
+            // SAFETY: `op.ov` identifies our operation on this file object;
+            // cancelling one that completed already is harmless.
+            unsafe { CancelIoEx(self.file(), op.ov.0) };
+        }
+        if self.outcome(&op, true).is_none() {
+            std::mem::forget(op);
+        }
+    }
+
+    /// Makes sure a zero-byte read is in flight; true when it has
+    /// completed (data arrived, or the pipe broke): look at the pipe.
+    fn arm_read(&self) -> io::Result<bool> {
+        let mut st = lock(&self.state);
+        if let Some(op) = &st.zero_read {
+            return Ok(match self.outcome(op, false) {
+                None => false,
+                Some(_) => {
+                    st.zero_read = None;
+                    true
+                }
+            });
+        }
+        let op = Op {
+            ov: OvBox::new(&self.read_event),
+            buf: Vec::new(),
+        };
+        // SAFETY: a zero-byte read (the buffer pointer is never written
+        // through) with `op.ov`, which stays in `self.state` until the read
+        // completed; `finish` cancels and waits for it on drop.
+        let ok = unsafe {
+            ReadFile(
+                self.file(),
+                op.buf.as_ptr().cast_mut(),
+                0,
+                std::ptr::null_mut(),
+                op.ov.0,
+            )
+        };
+        if ok != 0 {
+            return Ok(true);
+        }
+        // SAFETY: GetLastError has no preconditions.
+        match unsafe { GetLastError() } {
+            ERROR_IO_PENDING => {
+                st.zero_read = Some(op);
+                Ok(false)
+            }
+            ERROR_MORE_DATA | ERROR_BROKEN_PIPE | ERROR_NO_DATA | ERROR_PIPE_NOT_CONNECTED => {
+                Ok(true)
+            }
+            code => Err(last_error_from(code)),
+        }
+    }
+}
+
+impl Drop for Aio {
+    /// Cancels the zero-byte read and lets a write in flight finish (its
+    /// bytes were reported written), waiting for both.
+    fn drop(&mut self) {
+        let st = std::mem::take(&mut *lock(&self.state));
+        if let Some(op) = st.zero_read {
+            self.finish(op, true);
+        }
+        if let Some(op) = st.write {
+            self.finish(op, false);
+        }
+    }
+}
+
+thread_local! {
+    /// The event blocking operations of this thread wait on (manual
+    /// reset; each operation resets it when it starts).
+    static IO_EVENT: Option<OwnedHandle> = manual_reset_event().ok();
+}
+
+/// Runs one operation (started by `start` with the OVERLAPPED to use) on
+/// `file` to its end, blocking; the number of bytes transferred. Works on
+/// handles opened with and without `FILE_FLAG_OVERLAPPED`.
+fn blocking_io(file: HANDLE, start: impl FnOnce(*mut OVERLAPPED) -> BOOL) -> io::Result<u32> {
+    IO_EVENT.with(|event| {
+        let event = event
+            .as_ref()
+            .ok_or_else(|| io::Error::other("cannot create an I/O event"))?;
+        let mut ov = OVERLAPPED {
+            hEvent: event.as_raw_handle() as HANDLE,
+            ..OVERLAPPED::default()
+        };
+        // The system writes to `ov` while the operation runs: only this
+        // raw pointer is used from here on.
+        let ov = std::ptr::addr_of_mut!(ov);
+        if start(ov) == 0 {
+            // SAFETY: GetLastError has no preconditions.
+            let code = unsafe { GetLastError() };
+            if code != ERROR_IO_PENDING {
+                return Err(last_error_from(code));
+            }
+        }
+        let mut n = 0u32;
+        // SAFETY: `ov` belongs to the operation just started on `file`;
+        // with bWait = TRUE this returns once it is complete, after which
+        // the system uses neither `ov` nor the caller's buffer.
+        if unsafe { GetOverlappedResult(file, ov, &mut n, 1) } == 0 {
+            return Err(last_error());
+        }
+        Ok(n)
+    })
+}
+
+impl OsStream {
+    /// Wraps a handle (the kind does not matter on Windows).
+    pub fn new(handle: OwnedHandle, _kind: StreamKind) -> OsStream {
+        let aio = Aio::new(&handle).ok();
+        OsStream {
+            handle,
+            aio,
+            nonblocking_writes: false,
+        }
+    }
+
+    fn raw(&self) -> HANDLE {
+        self.handle.as_raw_handle() as HANDLE
+    }
+
+    /// Reads what is available, blocking until at least one byte or EOF (0).
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let len = buf.len().min(u32::MAX as usize) as u32;
+        let ptr = buf.as_mut_ptr();
+        // SAFETY: `buf` is valid for writes of `len` bytes until
+        // `blocking_io` returns, after the read completed; the count comes
+        // from GetOverlappedResult.
+        let r = blocking_io(self.raw(), |ov| unsafe {
+            ReadFile(self.raw(), ptr, len, std::ptr::null_mut(), ov)
+        });
+        match r {
+            Ok(n) => Ok(n as usize),
+            Err(e) if e.raw_os_error() == Some(ERROR_BROKEN_PIPE as i32) => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes some of `buf`. Blocking (the default): waits while the pipe
+    /// is full. Non-blocking ([`set_nonblocking_writes`]): `WouldBlock`
+    /// while an earlier write is in flight; otherwise starts writing a copy
+    /// of `buf` and reports it all written (the pipe finishes it in the
+    /// background: a frame is committed whole; dropping the stream waits
+    /// for it).
+    ///
+    /// [`set_nonblocking_writes`]: Self::set_nonblocking_writes
+    pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        let len = buf.len().min(u32::MAX as usize) as u32;
+        let Some(aio) = self.aio.as_ref() else {
+            return self.write_blocking(&buf[..len as usize]);
+        };
+        let mut st = lock(&aio.state);
+        if let Some(op) = &st.write {
+            let done = if self.nonblocking_writes {
+                aio.outcome(op, false)
+            } else {
+                aio.outcome(op, true)
+            };
+            match done {
+                None => return Err(io::Error::from(io::ErrorKind::WouldBlock)),
+                Some(r) => {
+                    st.write = None;
+                    r?;
+                }
+            }
+        }
+        if !self.nonblocking_writes {
+            drop(st);
+            return self.write_blocking(&buf[..len as usize]);
+        }
+        let op = Op {
+            ov: OvBox::new(&aio.write_event),
+            buf: buf[..len as usize].to_vec(),
+        };
+        // SAFETY: `op.buf` is valid for reads of `len` bytes and `op.ov` is
+        // set up for this write; both stay in `aio.state` until it
+        // completed (`Aio`'s drop waits for it).
+        let ok = unsafe {
+            WriteFile(
+                aio.file(),
+                op.buf.as_ptr(),
+                len,
+                std::ptr::null_mut(),
+                op.ov.0,
+            )
+        };
+        if ok != 0 {
+            return match aio.outcome(&op, true) {
+                Some(r) => r.map(|n| n as usize),
+                None => {
+                    std::mem::forget(op);
+                    Err(io::Error::other("a completed write did not report its end"))
+                }
+            };
+        }
+        // SAFETY: GetLastError has no preconditions.
+        match unsafe { GetLastError() } {
+            ERROR_IO_PENDING => {
+                st.write = Some(op);
+                Ok(len as usize)
+            }
+            code => Err(last_error_from(code)),
+        }
+    }
+
+    fn write_blocking(&self, buf: &[u8]) -> io::Result<usize> {
+        let len = buf.len() as u32;
+        let ptr = buf.as_ptr();
+        // SAFETY: `buf` is valid for reads of `len` bytes until
+        // `blocking_io` returns, after the write completed.
+        let n = blocking_io(self.raw(), |ov| unsafe {
+            WriteFile(self.raw(), ptr, len, std::ptr::null_mut(), ov)
+        })?;
+        Ok(n as usize)
+    }
+
+    /// Writes the first non-empty buffer (pipes have no gather write).
+    pub fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match bufs.iter().find(|b| !b.is_empty()) {
+            Some(b) => self.write(b),
+            None => Ok(0),
+        }
+    }
+
+    fn avail(&self) -> bool {
+        let mut avail = 0u32;
+        // SAFETY: the handle is open; only the `avail` out-pointer is given.
+        let ok = unsafe {
+            PeekNamedPipe(
+                self.raw(),
+                std::ptr::null_mut(),
+                0,
+                std::ptr::null_mut(),
+                &mut avail,
+                std::ptr::null_mut(),
+            )
+        };
+        ok == 0 || avail > 0
+    }
+
+    /// Waits until data is available or the pipe is broken, or `deadline`
+    /// passes (false). With a zero-byte read in flight (kept for the next
+    /// wait, and for async endpoints: [`wait_handle`](Self::wait_handle)).
+    pub fn wait_readable(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        let Some(deadline) = deadline else {
+            return Ok(true);
+        };
+        if self.avail() {
+            return Ok(true);
+        }
+        let Some(aio) = self.aio.as_ref() else {
+            return self.poll_readable(deadline);
+        };
+        loop {
+            if aio.arm_read()? && self.avail() {
+                return Ok(true);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            let ms = (deadline - now)
+                .as_nanos()
+                .div_ceil(1_000_000)
+                .min(u128::from(u32::MAX - 1)) as u32;
+            // SAFETY: the event is open for the lifetime of `aio`.
+            let r = unsafe { WaitForSingleObject(aio.read_event.as_raw_handle() as HANDLE, ms) };
+            if r != WAIT_OBJECT_0 && r != WAIT_TIMEOUT {
+                return Err(last_error());
+            }
+        }
+    }
+
+    /// `wait_readable` without events: `PeekNamedPipe` with a backoff of
+    /// up to 5 ms between checks.
+    fn poll_readable(&self, deadline: Instant) -> io::Result<bool> {
+        let mut pause = Duration::from_micros(50);
+        loop {
+            if self.avail() {
+                return Ok(true);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+    }
+
+    /// Gives back the handle, after ending what is in flight on it.
+    pub fn into_handle(self) -> OwnedHandle {
+        let OsStream { handle, aio, .. } = self;
+        drop(aio);
+        handle
+    }
+
+    /// What `conduit::wait` and async receivers watch: the event of the
+    /// zero-byte read that [`wait_readable`](Self::wait_readable) keeps in
+    /// flight.
+    pub fn wait_handle(&self) -> Option<WaitHandle<'_>> {
+        self.aio.as_ref().map(|a| a.read_event.as_handle())
+    }
+
+    /// What async senders watch: the event of the write in flight.
+    pub fn send_wait_handle(&self) -> Option<WaitHandle<'_>> {
+        self.aio.as_ref().map(|a| a.write_event.as_handle())
+    }
+
+    /// Borrows the handle.
+    pub fn handle(&self) -> BorrowedHandle<'_> {
+        self.handle.as_handle()
+    }
 }
 
 fn last_error() -> io::Error {
@@ -107,119 +556,6 @@ pub unsafe fn owned(h: HANDLE) -> io::Result<OwnedHandle> {
     }
     // SAFETY: a valid handle that nobody else owns (the caller's contract).
     Ok(unsafe { OwnedHandle::from_raw_handle(h as _) })
-}
-
-impl OsStream {
-    /// Wraps a handle (the kind does not matter on Windows).
-    pub fn new(handle: OwnedHandle, _kind: StreamKind) -> OsStream {
-        OsStream { handle }
-    }
-
-    fn raw(&self) -> HANDLE {
-        self.handle.as_raw_handle() as HANDLE
-    }
-
-    /// Reads what is available, blocking until at least one byte or EOF (0).
-    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let len = buf.len().min(u32::MAX as usize) as u32;
-        let mut got = 0u32;
-        // SAFETY: the handle is open for the lifetime of `self`, `buf` is valid
-        // for `len` bytes, `got` outlives the call, and no OVERLAPPED is used.
-        let ok = unsafe {
-            ReadFile(
-                self.raw(),
-                buf.as_mut_ptr(),
-                len,
-                &mut got,
-                std::ptr::null_mut(),
-            )
-        };
-        if ok == 0 {
-            // SAFETY: GetLastError has no preconditions.
-            let code = unsafe { GetLastError() };
-            if code == ERROR_BROKEN_PIPE {
-                return Ok(0);
-            }
-            return Err(last_error_from(code));
-        }
-        Ok(got as usize)
-    }
-
-    /// Writes some of `buf`, blocking while the pipe is full.
-    pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
-        let len = buf.len().min(u32::MAX as usize) as u32;
-        let mut put = 0u32;
-        // SAFETY: as in `read`, with `buf` valid for reads of `len` bytes.
-        let ok = unsafe {
-            WriteFile(
-                self.raw(),
-                buf.as_ptr(),
-                len,
-                &mut put,
-                std::ptr::null_mut(),
-            )
-        };
-        if ok == 0 {
-            return Err(last_error());
-        }
-        Ok(put as usize)
-    }
-
-    /// Writes the first non-empty buffer (pipes have no gather write).
-    pub fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        match bufs.iter().find(|b| !b.is_empty()) {
-            Some(b) => self.write(b),
-            None => Ok(0),
-        }
-    }
-
-    /// Waits until data is available or the pipe is broken, or `deadline`
-    /// passes (false).
-    pub fn wait_readable(&self, deadline: Option<Instant>) -> io::Result<bool> {
-        let Some(deadline) = deadline else {
-            return Ok(true);
-        };
-        let mut pause = Duration::from_micros(50);
-        loop {
-            let mut avail = 0u32;
-            // SAFETY: the handle is open; only the `avail` out-pointer is given.
-            let ok = unsafe {
-                PeekNamedPipe(
-                    self.raw(),
-                    std::ptr::null_mut(),
-                    0,
-                    std::ptr::null_mut(),
-                    &mut avail,
-                    std::ptr::null_mut(),
-                )
-            };
-            if ok == 0 || avail > 0 {
-                return Ok(true);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(false);
-            }
-            std::thread::sleep(pause.min(deadline - now));
-            pause = (pause * 2).min(Duration::from_millis(5));
-        }
-    }
-
-    /// Gives back the handle.
-    pub fn into_handle(self) -> OwnedHandle {
-        self.handle
-    }
-
-    /// What `conduit::wait` would watch: nothing yet (a pipe handle is not
-    /// signalled by arriving data).
-    pub fn wait_handle(&self) -> Option<WaitHandle<'_>> {
-        None
-    }
-
-    /// Borrows the handle.
-    pub fn handle(&self) -> BorrowedHandle<'_> {
-        self.handle.as_handle()
-    }
 }
 
 /// What `conduit::wait` watches on Windows: a waitable handle.
@@ -756,41 +1092,109 @@ fn created(process: HANDLE) -> Option<u64> {
     (ok != 0).then(|| (u64::from(c.dwHighDateTime) << 32) | u64::from(c.dwLowDateTime))
 }
 
-/// Creates a non-inheritable anonymous pipe with a 1 MiB buffer hint:
-/// `(read end, write end)`.
+/// Creates a non-inheritable pipe with 1 MiB buffers, both ends opened
+/// for overlapped I/O (so that a wait can watch a zero-byte read and a
+/// write can stay in flight; anonymous pipes cannot do overlapped I/O):
+/// `(read end, write end)`. A named pipe with one instance under a name
+/// unique to this process (pid, counter, clock), connected at once by the
+/// write end; if someone else took the name or the instance first, another
+/// name is tried.
 pub fn pipe() -> io::Result<(OwnedHandle, OwnedHandle)> {
-    let mut read: HANDLE = std::ptr::null_mut();
-    let mut write: HANDLE = std::ptr::null_mut();
-    // SAFETY: both out-pointers are valid; a null SECURITY_ATTRIBUTES makes the
-    // handles non-inheritable.
-    let ok = unsafe { CreatePipe(&mut read, &mut write, std::ptr::null(), 1 << 20) };
-    if ok == 0 {
-        return Err(io::Error::last_os_error());
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut last = io::Error::from(io::ErrorKind::AlreadyExists);
+    for _ in 0..4 {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        // SAFETY: GetCurrentProcessId has no preconditions.
+        let pid = unsafe { GetCurrentProcessId() };
+        let name: Vec<u16> = format!(r"\\.\pipe\conduit-anon-{pid}-{n}-{t:x}")
+            .encode_utf16()
+            .chain(std::iter::once(0))
+            .collect();
+        // SAFETY: `name` is NUL-terminated and outlives the call; null
+        // security attributes (the default DACL, not inheritable); one
+        // instance, local clients only. The result is checked by `owned`.
+        let server = unsafe {
+            CreateNamedPipeW(
+                name.as_ptr(),
+                PIPE_ACCESS_INBOUND | FILE_FLAG_OVERLAPPED | FILE_FLAG_FIRST_PIPE_INSTANCE,
+                PIPE_TYPE_BYTE | PIPE_READMODE_BYTE | PIPE_WAIT | PIPE_REJECT_REMOTE_CLIENTS,
+                1,
+                1 << 20,
+                1 << 20,
+                0,
+                std::ptr::null(),
+            )
+        };
+        // SAFETY: the return value of the call just made, owned by nobody else.
+        let server = match unsafe { owned(server) } {
+            Ok(h) => h,
+            Err(e) => {
+                last = e;
+                continue;
+            }
+        };
+        // SAFETY: as above; write access only, no sharing, the existing
+        // pipe, overlapped. The result is checked by `owned`.
+        let client = unsafe {
+            CreateFileW(
+                name.as_ptr(),
+                FILE_GENERIC_WRITE,
+                0,
+                std::ptr::null(),
+                OPEN_EXISTING,
+                FILE_FLAG_OVERLAPPED,
+                std::ptr::null_mut(),
+            )
+        };
+        // SAFETY: as above.
+        let client = match unsafe { owned(client) } {
+            Ok(h) => h,
+            Err(e) => {
+                // Someone else connected first (the only instance is taken).
+                last = e;
+                continue;
+            }
+        };
+        return Ok((server, client));
     }
-    // SAFETY: CreatePipe succeeded, so both handles are new and owned by us.
-    unsafe {
-        Ok((
-            OwnedHandle::from_raw_handle(read as _),
-            OwnedHandle::from_raw_handle(write as _),
-        ))
-    }
+    Err(last)
 }
 
 impl OsStream {
-    /// Windows anonymous pipes cannot report free space: always true, and
-    /// the next write blocks while the pipe is full.
-    pub fn wait_writable(&self, _deadline: Option<Instant>) -> io::Result<bool> {
-        Ok(true)
+    /// Waits until the write in flight (see [`write`](Self::write)) has
+    /// completed, or `deadline` passes (false). True at once when none is.
+    pub fn wait_writable(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        let Some(aio) = self.aio.as_ref() else {
+            return Ok(true);
+        };
+        if lock(&aio.state).write.is_none() {
+            return Ok(true);
+        }
+        let ms = deadline.map_or(u32::MAX, |d| {
+            d.saturating_duration_since(Instant::now())
+                .as_nanos()
+                .div_ceil(1_000_000)
+                .min(u128::from(u32::MAX - 1)) as u32
+        });
+        // SAFETY: the event is open for the lifetime of `aio`.
+        match unsafe { WaitForSingleObject(aio.write_event.as_raw_handle() as HANDLE, ms) } {
+            WAIT_OBJECT_0 => Ok(true),
+            WAIT_TIMEOUT => Ok(false),
+            _ => Err(last_error()),
+        }
     }
 
-    /// Writes on these pipes always block: a no-op (send deadlines are not
-    /// honoured on Windows stream transports; see `docs/design-notes.md`).
+    /// Reads always block; a no-op.
     pub fn set_nonblocking(&self, _on: bool) -> io::Result<()> {
         Ok(())
     }
 
-    /// As [`set_nonblocking`](Self::set_nonblocking): a no-op.
-    pub fn set_nonblocking_writes(&mut self, _on: bool) -> io::Result<()> {
+    /// Non-blocking writes: see [`write`](Self::write).
+    pub fn set_nonblocking_writes(&mut self, on: bool) -> io::Result<()> {
+        self.nonblocking_writes = on && self.aio.is_some();
         Ok(())
     }
 }

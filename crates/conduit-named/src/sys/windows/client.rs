@@ -115,8 +115,10 @@ pub fn connect(name: &str, deadline: Option<Instant>) -> Result<(OwnedHandle, Ow
     }
     let id = String::from_utf8_lossy(id);
     let base = format!("{pipe}@{id}");
-    let up = open_pipe(&format!("{base}-up"), GENERIC_WRITE, 0).map_err(fail)?;
-    let down = open_pipe(&format!("{base}-down"), GENERIC_READ, 0).map_err(fail)?;
+    // Overlapped, as core's streams expect (see `OsStream`).
+    let up = open_pipe(&format!("{base}-up"), GENERIC_WRITE, FILE_FLAG_OVERLAPPED).map_err(fail)?;
+    let down =
+        open_pipe(&format!("{base}-down"), GENERIC_READ, FILE_FLAG_OVERLAPPED).map_err(fail)?;
     write_all(&rendezvous, &[ACK], set_up, None).map_err(fail)?;
     Ok((up, down))
 }

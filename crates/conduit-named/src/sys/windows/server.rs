@@ -345,7 +345,7 @@ impl Listener {
             let one = |suffix: &str, access| {
                 create_pipe(
                     &format!("{base}-{suffix}"),
-                    access | FILE_FLAG_FIRST_PIPE_INSTANCE,
+                    access | FILE_FLAG_FIRST_PIPE_INSTANCE | FILE_FLAG_OVERLAPPED,
                     1,
                     DATA_BUF,
                     &self.sd,
