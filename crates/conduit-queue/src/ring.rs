@@ -785,7 +785,18 @@ impl Ring {
                     }
                     total = u64::from_le_bytes(self.word_at(at + REC)?);
                     if total > max {
-                        return Err(corrupt("a streamed message longer than the maximum"));
+                        // Only a peer with another maximum writes this (ends
+                        // share theirs). Refuse it the way a dead consumer's
+                        // stream is left: take the first piece and leave the
+                        // mark, so the next receive skips the rest instead
+                        // of every receive refusing the same record.
+                        self.u32(C_STATE_AT).store(C_STREAMING, SeqCst);
+                        self.advance(at, REC + pad8(len), bell);
+                        drop(held);
+                        return Err(Error::too_large(format!(
+                            "a queued message of {total} bytes is longer than this receiver's \
+                             maximum of {max} bytes (QueueConfig::max_message); it was skipped"
+                        )));
                     }
                     // A message that fits the ring is taken once it is all
                     // there, so the deadline holds; a longer one is taken
@@ -1138,6 +1149,26 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(ring.recv(None, &never, 1 << 20).unwrap(), b"next");
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_streamed_message_above_the_maximum_is_skipped_once() {
+        // A producer with a larger maximum than this consumer (a hostile or
+        // mismatched peer: handed-off ends share the maximum) streams a
+        // message; the consumer refuses it with TooLarge and the queue goes
+        // on with the next message instead of refusing the same one forever.
+        let ring = Arc::new(Ring::create(MIN_CAPACITY).unwrap());
+        let big = vec![5u8; ring.piece_max() as usize * 2];
+        let r = Arc::clone(&ring);
+        let writer = std::thread::spawn(move || {
+            r.send(&big, None, &never).unwrap();
+            r.send(b"next", None, &never).unwrap();
+        });
+        let max = ring.piece_max();
+        let e = ring.recv(None, &never, max).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
+        assert_eq!(ring.recv(None, &never, max).unwrap(), b"next");
         writer.join().unwrap();
     }
 
