@@ -90,7 +90,14 @@ impl fmt::Display for ErrorKind {
 /// assert!(err.is_disconnected());
 /// assert_eq!(err.to_string(), "disconnected: the peer closed the channel");
 /// ```
-pub struct Error {
+pub struct Error(Box<Inner>);
+
+/// What an [`Error`] holds, boxed: `Result<(), Error>` is then one pointer,
+/// returned in a register, where the unboxed fields (56 bytes) went through
+/// memory at every call level of the hot send and receive paths (measured:
+/// an async 64 B shm send spent a third of its time reloading returned
+/// results).
+struct Inner {
     kind: ErrorKind,
     message: String,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
@@ -102,11 +109,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// Creates an error of `kind` with a context message.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
-        Error {
+        Error(Box::new(Inner {
             kind,
             message: message.into(),
             source: None,
-        }
+        }))
     }
 
     /// Creates an error of `kind` with a context message and an underlying cause.
@@ -115,11 +122,11 @@ impl Error {
         message: impl Into<String>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     ) -> Error {
-        Error {
+        Error(Box::new(Inner {
             kind,
             message: message.into(),
             source: Some(source.into()),
-        }
+        }))
     }
 
     /// A [`ErrorKind::Disconnected`] error.
@@ -194,30 +201,31 @@ impl Error {
 
     /// What kind of error this is.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.0.kind
     }
 
     /// True when the peer is gone ([`ErrorKind::Disconnected`]).
     pub fn is_disconnected(&self) -> bool {
-        self.kind == ErrorKind::Disconnected
+        self.0.kind == ErrorKind::Disconnected
     }
 
     /// True when a deadline passed ([`ErrorKind::Timeout`]).
     pub fn is_timeout(&self) -> bool {
-        self.kind == ErrorKind::Timeout
+        self.0.kind == ErrorKind::Timeout
     }
 
     /// The context message, without the kind prefix.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
     }
 }
 
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Error");
-        d.field("kind", &self.kind).field("message", &self.message);
-        if let Some(source) = &self.source {
+        d.field("kind", &self.0.kind)
+            .field("message", &self.0.message);
+        if let Some(source) = &self.0.source {
             d.field("source", source);
         }
         d.finish()
@@ -226,19 +234,20 @@ impl fmt::Debug for Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.message.is_empty() {
-            write!(f, "{}", self.kind)
+        if self.0.message.is_empty() {
+            write!(f, "{}", self.0.kind)
         } else {
             // The source is not repeated here: error-chain reporters print
             // it from `source()`.
-            write!(f, "{}: {}", self.kind, self.message)
+            write!(f, "{}: {}", self.0.kind, self.0.message)
         }
     }
 }
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
+        self.0
+            .source
             .as_deref()
             .map(|e| e as &(dyn std::error::Error + 'static))
     }
@@ -246,7 +255,7 @@ impl std::error::Error for Error {
 
 impl From<Error> for io::Error {
     fn from(err: Error) -> io::Error {
-        let kind = match err.kind {
+        let kind = match err.0.kind {
             ErrorKind::Disconnected => io::ErrorKind::BrokenPipe,
             ErrorKind::Timeout => io::ErrorKind::TimedOut,
             ErrorKind::Empty | ErrorKind::Full => io::ErrorKind::WouldBlock,
