@@ -60,6 +60,10 @@ mod imp {
         let mut v = vec![
             Trial::test("blocking_child_async_parent", blocking_child_async_parent),
             Trial::test("join_async", join_async),
+            Trial::test(
+                "always_ready_ends_yield_to_the_runtime",
+                always_ready_ends_yield_to_the_runtime,
+            ),
             Trial::test("peer_death_is_disconnected_within_1s", peer_death),
             Trial::test("cancelled_recv_loses_nothing", cancelled_recv_loses_nothing),
             Trial::test(
@@ -217,6 +221,90 @@ mod imp {
                 }
                 check(want == 1000, format!("{}: {want} of 1000", t.name()))?;
                 check(p.join()? == 1000, "count_to")?;
+            }
+            Ok(())
+        })
+    }
+
+    /// An async end that never has to wait (room for every send, a message
+    /// ready for every receive) still lets the other tasks of its runtime
+    /// run: it spends tokio's cooperative budget (128 operations), so a
+    /// task spawned before the loop runs long before the loop's end.
+    /// Without that, a sender on a pipe that never fills (Windows pipes
+    /// under Wine) starved the runtime's timers.
+    fn always_ready_ends_yield_to_the_runtime() -> Result<(), Failed> {
+        use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+        use std::sync::Arc;
+        // More than the budget, and few enough to fit every transport's
+        // buffer unread (a socket pair's counts a kernel buffer of about
+        // 1 KiB for each small write).
+        const N: u64 = 150;
+        /// Spawns a task that records how far the loop has got when it runs.
+        fn watcher(done: &Arc<AtomicU64>) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+            let seen = Arc::new(AtomicU64::new(u64::MAX));
+            let (d, s) = (Arc::clone(done), Arc::clone(&seen));
+            (
+                seen,
+                tokio::spawn(async move { s.store(d.load(SeqCst), SeqCst) }),
+            )
+        }
+        runtime().block_on(async {
+            for t in async_transports() {
+                let (tx, rx) = t.channel::<u64>()?;
+                let (mut tx, mut rx) = (tx.into_async()?, rx.into_async()?);
+                let done = Arc::new(AtomicU64::new(0));
+                let (seen, spawned) = watcher(&done);
+                for i in 0..N {
+                    tx.send(&i).await?;
+                    done.store(i + 1, SeqCst);
+                }
+                spawned.await?;
+                let sent_at = seen.load(SeqCst);
+                let done = Arc::new(AtomicU64::new(0));
+                let (seen, spawned) = watcher(&done);
+                for i in 0..N {
+                    let got = rx.recv().await?;
+                    check(got == i, format!("{}: got {got} for {i}", t.name()))?;
+                    done.store(i + 1, SeqCst);
+                }
+                spawned.await?;
+                let received_at = seen.load(SeqCst);
+                for (side, at) in [("send", sent_at), ("recv", received_at)] {
+                    check(
+                        at < N,
+                        format!(
+                            "{} {side}: another task ran only after all {N} operations \
+                             (at {at}): the loop never yielded to the runtime",
+                            t.name()
+                        ),
+                    )?;
+                }
+            }
+            if async_on("queue") {
+                let (tx, rx) = conduit::queue::<u64>()?;
+                let (mut tx, mut rx) = (tx.into_async()?, rx.into_async()?);
+                let done = Arc::new(AtomicU64::new(0));
+                let (seen, spawned) = watcher(&done);
+                for i in 0..N {
+                    tx.send(&i).await?;
+                    done.store(i + 1, SeqCst);
+                }
+                spawned.await?;
+                let sent_at = seen.load(SeqCst);
+                let done = Arc::new(AtomicU64::new(0));
+                let (seen, spawned) = watcher(&done);
+                for i in 0..N {
+                    check(rx.recv().await? == i, format!("queue: order at {i}"))?;
+                    done.store(i + 1, SeqCst);
+                }
+                spawned.await?;
+                let received_at = seen.load(SeqCst);
+                for (side, at) in [("send", sent_at), ("recv", received_at)] {
+                    check(
+                        at < N,
+                        format!("queue {side}: another task ran only after all {N} operations"),
+                    )?;
+                }
             }
             Ok(())
         })

@@ -39,7 +39,7 @@ pub use handoff::Endpoint;
 pub use typed::{deadline_after, Duplex, Iter, Receiver, Sender};
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
-pub use typed_async::{stream_item, AsyncDuplex, AsyncReceiver, AsyncSender};
+pub use typed_async::{cooperative, stream_item, AsyncDuplex, AsyncReceiver, AsyncSender};
 pub use wait::{wait, WaitFor, WaitHandle, WaitSource, Waitable};
 
 /// Re-exported so that message types can mark byte fields

@@ -145,10 +145,6 @@ impl<T: DeserializeOwned + 'static, C: Codec> AsyncReceiver<T, C> {
     /// sender is gone and every message it sent has been received.
     /// Cancellation-safe: see [`AsyncReceiver`].
     pub async fn recv(&mut self) -> Result<T> {
-        // Yields to the runtime once the task has used up its budget: a
-        // channel that is always ready must not starve other tasks and
-        // timers (a drop here takes nothing).
-        tokio::task::coop::consume_budget().await;
         poll_fn(|cx| self.poll_recv(cx)).await
     }
 
@@ -164,7 +160,16 @@ impl<T: DeserializeOwned + 'static, C: Codec> AsyncReceiver<T, C> {
     }
 
     /// Polls for the next message (the poll behind [`recv`](Self::recv)).
+    ///
+    /// Spends tokio's cooperative budget: once the task has used it up,
+    /// this returns `Pending` (and wakes the task) so that a channel that
+    /// is always ready cannot starve other tasks and timers; nothing is
+    /// taken then.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        cooperative(cx, |cx| self.poll_recv_inner(cx))
+    }
+
+    fn poll_recv_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<T>> {
         // A non-blocking attempt first (no clock read); then one that may
         // spin briefly (shm), like a blocking receive before it parks.
         match self.recv_until(self.epoch) {
@@ -223,6 +228,24 @@ impl<T, C: Codec> Drop for AsyncReceiver<T, C> {
     fn drop(&mut self) {
         self.raw.wait_disarm();
     }
+}
+
+/// Runs one poll of an async end inside tokio's cooperative budget: once
+/// the task has used its budget up, `Pending` (the task is woken again)
+/// without calling `poll`, so an end that is always ready cannot starve
+/// the other tasks and timers of its runtime. A poll that completes spends
+/// one unit. Shared with the queue's async ends; not a stable interface.
+#[doc(hidden)]
+pub fn cooperative<T>(
+    cx: &mut Context<'_>,
+    poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
+) -> Poll<T> {
+    let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+    let out = poll(cx);
+    if out.is_ready() {
+        coop.made_progress();
+    }
+    out
 }
 
 /// One step of a receiver's `Stream`: a message, or the end of the stream
@@ -354,10 +377,6 @@ impl<T: Serialize + 'static, C: Codec> AsyncSender<T, C> {
                 encode_message::<T, C>(msg, &mut buf)?;
                 &buf
             };
-        // As in `AsyncReceiver::recv` (a drop here sends nothing): a
-        // channel that always has room (a Windows pipe under Wine never
-        // fills) must not starve the runtime.
-        tokio::task::coop::consume_budget().await;
         let res = poll_fn(|cx| self.poll_send_frame(cx, frame)).await;
         if buf.capacity() <= 1 << 20 {
             self.buf = buf;
@@ -367,7 +386,6 @@ impl<T: Serialize + 'static, C: Codec> AsyncSender<T, C> {
 
     /// Sends `bytes` as one message as they are (see [`Sender::send_bytes`]).
     pub async fn send_bytes(&mut self, bytes: &[u8]) -> Result<()> {
-        tokio::task::coop::consume_budget().await;
         poll_fn(|cx| self.poll_send_frame(cx, bytes)).await
     }
 
@@ -391,7 +409,27 @@ impl<T: Serialize + 'static, C: Codec> AsyncSender<T, C> {
 
     /// Polls one send of `frame`: each attempt commits the whole frame or
     /// nothing.
+    ///
+    /// Spends tokio's cooperative budget like
+    /// [`AsyncReceiver::poll_recv`]: a channel that always has room (a
+    /// Windows pipe under Wine never fills) cannot starve the runtime.
     pub fn poll_send_frame(&mut self, cx: &mut Context<'_>, frame: &[u8]) -> Poll<Result<()>> {
+        cooperative(cx, |cx| {
+            // The common case first, straight: one non-blocking attempt (no
+            // clock read, nothing armed).
+            if !self.armed {
+                match self.raw.send_frame_until(frame, Some(self.epoch)) {
+                    Err(e) if e.kind() == ErrorKind::Full => {}
+                    out => return Poll::Ready(out),
+                }
+            }
+            self.poll_send_slow(cx, frame)
+        })
+    }
+
+    /// [`poll_send_frame`](Self::poll_send_frame) once the channel was
+    /// full or a wait is armed: tries again, may spin, then arms.
+    fn poll_send_slow(&mut self, cx: &mut Context<'_>, frame: &[u8]) -> Poll<Result<()>> {
         // A non-blocking attempt first (no clock read); then one that may
         // spin briefly on a full channel (shm).
         let epoch = self.epoch;

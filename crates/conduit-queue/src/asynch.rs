@@ -110,7 +110,12 @@ impl<T: DeserializeOwned + 'static> AsyncQueueReceiver<T> {
     }
 
     /// Polls for the next message (the poll behind [`recv`](Self::recv)).
+    /// Spends tokio's cooperative budget, like the channels' async ends.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        conduit_core::cooperative(cx, |cx| self.poll_recv_inner(cx))
+    }
+
+    fn poll_recv_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<T>> {
         for _ in 0..TRIES_PER_POLL {
             match self.inner.recv_bytes(crate::no_wait()) {
                 Err(e) if e.is_timeout() => {}
@@ -213,7 +218,10 @@ impl<T: Serialize + 'static> AsyncQueueSender<T> {
         encode_message::<T, Cbor>(msg, &mut buf)?;
         self.inner.check_len(buf.len())?;
         let mut queued = false;
-        poll_fn(|cx| self.poll_send_bytes(cx, &buf, &mut queued)).await
+        poll_fn(|cx| {
+            conduit_core::cooperative(cx, |cx| self.poll_send_bytes(cx, &buf, &mut queued))
+        })
+        .await
     }
 
     /// `queued`: this send's message is in flight (see [`SendSlot`]).
