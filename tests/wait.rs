@@ -36,6 +36,11 @@ fn main() {
         )
         .with_ignored_flag(!anonymous),
     );
+    #[cfg(feature = "named")]
+    tests.push(Trial::test(
+        "named_listener_wait_then_accept",
+        named::wait_then_accept,
+    ));
     libtest_mimic::run(&args, tests).exit();
 }
 
@@ -428,14 +433,7 @@ mod named {
         );
         let listener = conduit::named::Listener::<u32, u32>::bind(&name)?;
         let (_tx, idle) = conduit::channel::<u32>()?;
-        if cfg!(windows) {
-            // Not yet on Windows: said so, not a hang.
-            let e = match conduit::wait(&[&idle, &listener], SHORT) {
-                Ok(r) => return Err(format!("wait on a listener gave {r:?}").into()),
-                Err(e) => e,
-            };
-            return check(e.kind() == conduit::ErrorKind::Unsupported, format!("{e}"));
-        }
+        // Every platform (on Windows this was `Unsupported` before).
         check(
             conduit::wait(&[&idle, &listener], SHORT)?.is_empty(),
             "no client yet",
@@ -459,5 +457,51 @@ mod named {
             conn.recv().map_err(|e| e.is_disconnected()).err() == Some(true),
             "disconnected",
         )
+    }
+
+    /// Client thread: connects, sends `x`, returns the reply.
+    fn thread_client(name: String, x: u32) -> std::thread::JoinHandle<conduit::Result<u32>> {
+        std::thread::spawn(move || {
+            let conn = conduit::named::connect_timeout::<u32, u32>(&name, Duration::from_secs(10))?;
+            conn.send(&x)?;
+            conn.recv()
+        })
+    }
+
+    /// `wait` on a lone listener: ready once a client connects, `accept`
+    /// then takes that client (handshake included), and the listener is
+    /// not ready again until the next client: its readiness is the
+    /// client's, not a signal left behind.
+    pub(super) fn wait_then_accept() -> Result<(), Failed> {
+        let name = format!(
+            "conduit-wait-accept-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        );
+        let listener = conduit::named::Listener::<u32, u32>::bind(&name)?;
+        let objects: [&dyn Waitable; 1] = [&listener];
+        check(conduit::wait(&objects, SHORT)?.is_empty(), "no client yet")?;
+        for x in 0..3 {
+            let client = thread_client(name.clone(), x);
+            check(
+                conduit::wait(&objects, LONG)? == [0],
+                format!("client {x} waiting"),
+            )?;
+            // Ready stays ready until the client is taken.
+            check(
+                conduit::wait(&objects, SHORT)? == [0],
+                format!("client {x} still waiting"),
+            )?;
+            let conn = listener.accept_timeout(Duration::from_secs(10))?;
+            let got = conn.recv_timeout(Duration::from_secs(10))?;
+            conn.send(&(got + 100))?;
+            let reply = client.join().map_err(|_| "client panicked")??;
+            check(reply == x + 100, format!("reply {reply} to {x}"))?;
+            check(
+                conduit::wait(&objects, SHORT)?.is_empty(),
+                format!("nobody waiting after client {x}"),
+            )?;
+        }
+        Ok(())
     }
 }
