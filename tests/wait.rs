@@ -20,6 +20,7 @@ fn main() {
         Trial::test("peer_death_makes_ready", peer_death_makes_ready),
         Trial::test("process_exit_is_ready", process_exit_is_ready),
         Trial::test("thousand_objects", thousand_objects),
+        Trial::test("queue_receiver_wakes_wait", queue_receiver_wakes_wait),
     ];
     // Children talk to the parent over an anonymous channel: a build with
     // only the `named` transport cannot spawn them.
@@ -504,4 +505,51 @@ mod named {
         }
         Ok(())
     }
+}
+
+/// Child: sends `x` on the queue when told to.
+fn queue_send_when_told((tx, go, x): (QueueSender<u32>, Receiver<u32>, u32)) -> u32 {
+    if go.recv().is_err() || tx.send(&x).is_err() {
+        return 0;
+    }
+    x
+}
+
+/// A queue receiver alone in `wait`: it offers a handle to wait on (on
+/// Windows too, where it had none and `wait` looked at it every 1–5 ms),
+/// is not ready while empty, and becomes ready when a child sends while
+/// the parent waits; empty again after the receive.
+fn queue_receiver_wakes_wait() -> Result<(), Failed> {
+    let (tx, rx) = conduit::queue::<u32>()?;
+    let (go_tx, go_rx) = conduit::channel::<u32>()?;
+    {
+        let source = rx.wait_source()?;
+        let mut handles = Vec::new();
+        source.handles(&mut handles);
+        check(
+            !handles.is_empty(),
+            "a queue receiver offers no wait handle",
+        )?;
+    }
+    let objects: [&dyn Waitable; 1] = [&rx];
+    check(conduit::wait(&objects, SHORT)?.is_empty(), "empty queue")?;
+    let mut p = Process::spawn(queue_send_when_told, (tx, go_rx, 7))?;
+    for round in 0..2 {
+        if round == 0 {
+            // The child sends while the parent waits (or just before).
+            go_tx.send(&1)?;
+        }
+        check(
+            conduit::wait(&objects, LONG)? == [0],
+            format!("round {round}: message queued"),
+        )?;
+    }
+    check(rx.recv_timeout(Duration::from_secs(10))? == 7, "value")?;
+    check(p.join()? == 7, "child")?;
+    // The only sender is gone: ready (the next receive is Disconnected).
+    check(conduit::wait(&objects, LONG)? == [0], "senders gone")?;
+    check(
+        rx.try_recv().map_err(|e| e.is_disconnected()).err() == Some(true),
+        "disconnected",
+    )
 }
