@@ -20,6 +20,7 @@ fn main() {
         Trial::test("peer_death_makes_ready", peer_death_makes_ready),
         Trial::test("process_exit_is_ready", process_exit_is_ready),
         Trial::test("thousand_objects", thousand_objects),
+        Trial::test("queue_receiver_wakes_wait", queue_receiver_wakes_wait),
     ];
     // Children talk to the parent over an anonymous channel: a build with
     // only the `named` transport cannot spawn them.
@@ -36,6 +37,11 @@ fn main() {
         )
         .with_ignored_flag(!anonymous),
     );
+    #[cfg(feature = "named")]
+    tests.push(Trial::test(
+        "named_listener_wait_then_accept",
+        named::wait_then_accept,
+    ));
     libtest_mimic::run(&args, tests).exit();
 }
 
@@ -428,14 +434,7 @@ mod named {
         );
         let listener = conduit::named::Listener::<u32, u32>::bind(&name)?;
         let (_tx, idle) = conduit::channel::<u32>()?;
-        if cfg!(windows) {
-            // Not yet on Windows: said so, not a hang.
-            let e = match conduit::wait(&[&idle, &listener], SHORT) {
-                Ok(r) => return Err(format!("wait on a listener gave {r:?}").into()),
-                Err(e) => e,
-            };
-            return check(e.kind() == conduit::ErrorKind::Unsupported, format!("{e}"));
-        }
+        // Every platform (on Windows this was `Unsupported` before).
         check(
             conduit::wait(&[&idle, &listener], SHORT)?.is_empty(),
             "no client yet",
@@ -460,4 +459,97 @@ mod named {
             "disconnected",
         )
     }
+
+    /// Client thread: connects, sends `x`, returns the reply.
+    fn thread_client(name: String, x: u32) -> std::thread::JoinHandle<conduit::Result<u32>> {
+        std::thread::spawn(move || {
+            let conn = conduit::named::connect_timeout::<u32, u32>(&name, Duration::from_secs(10))?;
+            conn.send(&x)?;
+            conn.recv()
+        })
+    }
+
+    /// `wait` on a lone listener: ready once a client connects, `accept`
+    /// then takes that client (handshake included), and the listener is
+    /// not ready again until the next client: its readiness is the
+    /// client's, not a signal left behind.
+    pub(super) fn wait_then_accept() -> Result<(), Failed> {
+        let name = format!(
+            "conduit-wait-accept-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        );
+        let listener = conduit::named::Listener::<u32, u32>::bind(&name)?;
+        let objects: [&dyn Waitable; 1] = [&listener];
+        check(conduit::wait(&objects, SHORT)?.is_empty(), "no client yet")?;
+        for x in 0..3 {
+            let client = thread_client(name.clone(), x);
+            check(
+                conduit::wait(&objects, LONG)? == [0],
+                format!("client {x} waiting"),
+            )?;
+            // Ready stays ready until the client is taken.
+            check(
+                conduit::wait(&objects, SHORT)? == [0],
+                format!("client {x} still waiting"),
+            )?;
+            let conn = listener.accept_timeout(Duration::from_secs(10))?;
+            let got = conn.recv_timeout(Duration::from_secs(10))?;
+            conn.send(&(got + 100))?;
+            let reply = client.join().map_err(|_| "client panicked")??;
+            check(reply == x + 100, format!("reply {reply} to {x}"))?;
+            check(
+                conduit::wait(&objects, SHORT)?.is_empty(),
+                format!("nobody waiting after client {x}"),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Child: sends `x` on the queue when told to.
+fn queue_send_when_told((tx, go, x): (QueueSender<u32>, Receiver<u32>, u32)) -> u32 {
+    if go.recv().is_err() || tx.send(&x).is_err() {
+        return 0;
+    }
+    x
+}
+
+/// A queue receiver alone in `wait`: it offers a handle to wait on (on
+/// Windows too, where it had none and `wait` looked at it every 1–5 ms),
+/// is not ready while empty, and becomes ready when a child sends while
+/// the parent waits; empty again after the receive.
+fn queue_receiver_wakes_wait() -> Result<(), Failed> {
+    let (tx, rx) = conduit::queue::<u32>()?;
+    let (go_tx, go_rx) = conduit::channel::<u32>()?;
+    {
+        let source = rx.wait_source()?;
+        let mut handles = Vec::new();
+        source.handles(&mut handles);
+        check(
+            !handles.is_empty(),
+            "a queue receiver offers no wait handle",
+        )?;
+    }
+    let objects: [&dyn Waitable; 1] = [&rx];
+    check(conduit::wait(&objects, SHORT)?.is_empty(), "empty queue")?;
+    let mut p = Process::spawn(queue_send_when_told, (tx, go_rx, 7))?;
+    for round in 0..2 {
+        if round == 0 {
+            // The child sends while the parent waits (or just before).
+            go_tx.send(&1)?;
+        }
+        check(
+            conduit::wait(&objects, LONG)? == [0],
+            format!("round {round}: message queued"),
+        )?;
+    }
+    check(rx.recv_timeout(Duration::from_secs(10))? == 7, "value")?;
+    check(p.join()? == 7, "child")?;
+    // The only sender is gone: ready (the next receive is Disconnected).
+    check(conduit::wait(&objects, LONG)? == [0], "senders gone")?;
+    check(
+        rx.try_recv().map_err(|e| e.is_disconnected()).err() == Some(true),
+        "disconnected",
+    )
 }

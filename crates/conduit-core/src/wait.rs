@@ -73,14 +73,15 @@ pub trait WaitSource {
 /// On Windows the objects' handles are waited on with
 /// `WaitForMultipleObjects` (up to 64 handles; more are looked at in groups
 /// of 64, pausing 1 ms, then up to 5 ms between rounds): stream receivers
-/// keep a zero-byte read in flight on their (overlapped) pipe, shm
-/// endpoints watch the event they park on (their doorbell), processes
-/// their process handle. Every object is looked at again at least every
-/// 100 ms (the shm lifelines signal no handle when the peer dies). Queue
-/// receivers offer no handle to `wait` (their async ends keep a read in
-/// flight instead): with one among the objects, `wait` looks at every
-/// object in rounds (1 ms, backing off to 5 ms). Named listeners cannot be
-/// waited on there yet (`Unsupported`).
+/// and queue receivers keep a zero-byte read in flight on their
+/// (overlapped) pipe, shm endpoints watch the event they park on (their
+/// doorbell), processes their process handle, named listeners the event of
+/// the `ConnectNamedPipe` they keep in flight on their waiting pipe
+/// instance (and one signalled while connections whose set-up finished
+/// wait for `accept`). Every object is looked at again at least every
+/// 100 ms (the shm lifelines signal no handle when the peer dies). An
+/// object of your own that offers no handle makes `wait` look at every
+/// object in rounds (1 ms, backing off to 5 ms).
 ///
 /// # Errors
 ///
@@ -163,9 +164,9 @@ fn wait_deadline(objects: &[&dyn Waitable], deadline: Option<Instant>) -> Result
         }
         to_arm.clear();
         if !pollable {
-            // An object without a handle to wait on (a Windows queue
-            // receiver):
-            // look at every object again after a short pause.
+            // An object without a handle to wait on (one whose event could
+            // not be made, or a `Waitable` of the user's): look at every
+            // object again after a short pause.
             drop(handles);
             poll_pause(&mut pause, deadline);
             to_arm.extend(0..sources.len());

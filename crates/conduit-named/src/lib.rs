@@ -299,22 +299,17 @@ impl Listener {
     /// Clients that disconnect or stall during the handshake are dropped and
     /// the wait goes on; a handshake mismatch is returned as `Protocol`.
     pub fn accept(&self, deadline: Option<Instant>) -> Result<DuplexEnd> {
-        loop {
-            match self
-                .sys
-                .accept(self.cfg, self.handshake_timeout, deadline)?
-            {
-                sys::Accepted::Ready(conn) => return Ok(*conn),
-                sys::Accepted::TimedOut => return Err(self.timeout()),
-                sys::Accepted::Skip => continue,
-                sys::Accepted::Mismatch(e) => {
-                    return Err(Error::protocol(format!(
-                        "a client of {:?} failed the handshake: {}",
-                        self.name,
-                        e.message()
-                    )))
-                }
-            }
+        match self
+            .sys
+            .accept(self.cfg, self.handshake_timeout, deadline)?
+        {
+            sys::Accepted::Ready(conn) => Ok(*conn),
+            sys::Accepted::TimedOut => Err(self.timeout()),
+            sys::Accepted::Mismatch(e) => Err(Error::protocol(format!(
+                "a client of {:?} failed the handshake: {}",
+                self.name,
+                e.message()
+            ))),
         }
     }
 
@@ -324,16 +319,25 @@ impl Listener {
         self.sys.client_waiting()
     }
 
-    /// True while a connection taken by [`accept`](Self::accept) is still
-    /// in its handshake (kept for the next `accept`).
+    /// True while the listener holds clients in their handshake whose
+    /// progress [`wait_handles`](Self::wait_handles) do not signal, so that
+    /// an async accept must look again after a short pause: on Unix,
+    /// connections taken by [`accept`](Self::accept) and kept for the next
+    /// call; on Windows, only while [`MAX_PENDING`] set-ups run.
     pub fn handshakes_in_progress(&self) -> bool {
         self.sys.handshakes_in_progress()
     }
 
-    /// The descriptor (Unix) that turns readable when a client connects;
-    /// `None` where the platform cannot wait on a listener yet (Windows).
-    pub fn wait_handle(&self) -> Option<conduit_core::WaitHandle<'_>> {
-        self.sys.wait_handle()
+    /// What `conduit::wait` and async listeners watch, each to be waited
+    /// on for readability: on Unix the listening socket (readable when a
+    /// client connects); on Windows the event of the `ConnectNamedPipe`
+    /// kept in flight on the waiting pipe instance (signalled while a
+    /// client is connected to it) and an event signalled while connections
+    /// whose set-up finished wait for `accept`. After they signal,
+    /// [`client_waiting`](Self::client_waiting) says whether a client is
+    /// there.
+    pub fn wait_handles(&self) -> Vec<conduit_core::WaitHandle<'_>> {
+        self.sys.wait_handles()
     }
 
     fn timeout(&self) -> Error {

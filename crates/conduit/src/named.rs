@@ -120,21 +120,18 @@ impl crate::WaitSource for ListenerWait<'_> {
     }
 
     fn handles<'a>(&'a self, out: &mut Vec<crate::WaitHandle<'a>>) {
-        out.extend(self.inner.wait_handle());
+        out.extend(self.inner.wait_handles());
     }
 }
 
 /// Ready when a client is waiting to be accepted (see [`crate::wait`]);
 /// [`accept`](Listener::accept) may still wait for that client's handshake.
-/// Unix only for now: on Windows [`crate::wait`] fails with `Unsupported`.
+/// On Unix the listening socket is watched; on Windows the listener keeps
+/// an overlapped `ConnectNamedPipe` in flight on its waiting pipe instance
+/// and the wait watches its event (and the event of connections whose
+/// set-up finished).
 impl<S, R> crate::Waitable for Listener<S, R> {
     fn wait_source(&self) -> Result<Box<dyn crate::WaitSource + '_>> {
-        if self.inner.wait_handle().is_none() {
-            return Err(crate::Error::new(
-                crate::ErrorKind::Unsupported,
-                "a named listener cannot be waited on on this platform yet; call accept_timeout instead",
-            ));
-        }
         Ok(Box::new(ListenerWait { inner: &self.inner }))
     }
 }
@@ -416,7 +413,6 @@ where
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # if cfg!(windows) { return Ok(()); } // no async named listener on Windows yet
 /// # let name = format!("conduit-doc-connect-async-{}", std::process::id());
 /// let listener = conduit::named::Listener::<u32, u32>::bind(&name)?.into_async()?;
 /// let client = conduit::named::connect_async::<u32, u32>(&name);
@@ -462,9 +458,12 @@ impl<S, R> fmt::Debug for AsyncListener<S, R> {
     }
 }
 
-/// How often an async accept looks at handshakes in progress: a client's
-/// handshake bytes arrive on its own connection, which the reactor does not
-/// watch (only the listening socket); polled only while one is in progress.
+/// How often an async accept looks at handshakes in progress: on Unix a
+/// client's handshake bytes arrive on its own connection, which the reactor
+/// does not watch (only the listening socket); polled only while one is in
+/// progress. (On Windows the handshakes run on threads that signal an event
+/// the reactor watches; only a listener with `MAX_PENDING` set-ups running
+/// polls.)
 #[cfg(feature = "tokio")]
 const HANDSHAKE_POLL: Duration = Duration::from_millis(2);
 
@@ -474,23 +473,44 @@ where
     S: Serialize + 'static,
     R: DeserializeOwned + 'static,
 {
-    /// This listener on the current tokio runtime: its listening socket is
-    /// watched by the reactor. `Unsupported` on Windows (not yet: accept on
-    /// a blocking thread there and make the connection async).
+    /// This listener on the current tokio runtime. On Unix its listening
+    /// socket is watched by tokio's reactor; on Windows the OS thread pool
+    /// (`RegisterWaitForSingleObject`, no thread per listener) watches the
+    /// event of the `ConnectNamedPipe` the listener keeps in flight and the
+    /// event of connections whose set-up finished.
+    ///
+    /// # Errors
+    ///
+    /// `Io` outside a tokio runtime, or when the handles cannot be
+    /// registered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let name = format!("conduit-doc-into-async-{}", std::process::id());
+    /// let listener = conduit::named::Listener::<u32, u32>::bind(&name)?.into_async()?;
+    /// let client = std::thread::spawn(move || {
+    ///     let conn = conduit::named::connect::<u32, u32>(&name)?;
+    ///     conn.send(&20)?;
+    ///     conn.recv()
+    /// });
+    /// let mut conn = listener.accept().await?;
+    /// let x = conn.recv().await?;
+    /// conn.send(&(x + 1)).await?;
+    /// assert_eq!(client.join().unwrap()?, 21);
+    /// # Ok(()) }
+    /// ```
     pub fn into_async(self) -> Result<AsyncListener<S, R>> {
-        let handle = self.inner.wait_handle().ok_or_else(|| {
-            crate::Error::new(
-                crate::ErrorKind::Unsupported,
-                "async named listeners are not available on this platform (Windows) yet: \
-                 accept on a blocking thread (tokio::task::spawn_blocking) and make the \
-                 connection async with into_async(); connect_async works",
-            )
-        })?;
-        let reg = conduit_core::transport::sys::reactor::Registration::new(&[(
-            handle,
-            conduit_core::WaitFor::Read,
-        )])
-        .map_err(|e| crate::Error::from_io("the async runtime cannot watch the listener", e))?;
+        let handles: Vec<_> = self
+            .inner
+            .wait_handles()
+            .into_iter()
+            .map(|h| (h, conduit_core::WaitFor::Read))
+            .collect();
+        let reg = conduit_core::transport::sys::reactor::Registration::new(&handles)
+            .map_err(|e| crate::Error::from_io("the async runtime cannot watch the listener", e))?;
         Ok(AsyncListener { inner: self, reg })
     }
 }

@@ -8,9 +8,12 @@
 //!   until `deadline` for the next client that completes its set-up and the
 //!   conduit handshake (each connection gets `handshake_timeout` for that,
 //!   counted from its own arrival), and returns it ready to use; `Mismatch`
-//!   for a client whose handshake does not match `cfg`, `Skip` for a client
-//!   that was dropped (another user, gone or silent during set-up), or
-//!   `TimedOut`;
+//!   for a client whose handshake does not match `cfg`, or `TimedOut`
+//!   (clients that are dropped, being another user, or gone or silent
+//!   during set-up, are not returned: the wait goes on);
+//! - `Listener::wait_handles()`, `client_waiting()`,
+//!   `handshakes_in_progress()`: what `conduit::wait` and async listeners
+//!   watch, and what they ask when it signals (see [`crate::Listener`]);
 //! - `Listener::endpoint()`: the socket path or pipe name, for messages;
 //! - `connect(name, deadline) -> (send handle, recv handle)`: see
 //!   [`crate::connect`] for the waiting rules;
@@ -37,12 +40,6 @@ pub enum Accepted {
     Ready(Box<crate::DuplexEnd>),
     /// A client whose handshake does not match ours (`Protocol`).
     Mismatch(conduit_core::Error),
-    /// A client that was gone before it could be set up; keep waiting.
-    /// (The backends drop clients whose set-up fails themselves and keep
-    /// waiting; Windows returns this for a client that connected and left
-    /// before `ConnectNamedPipe` saw it.)
-    #[cfg_attr(unix, allow(dead_code))]
-    Skip,
     /// The deadline passed.
     TimedOut,
 }

@@ -20,8 +20,13 @@
 //! read that way is returned, not lost). A zero deadline (`try_send`)
 //! succeeds only when the pipe took the message at once.
 //!
-//! `poll` has no kernel wait on a pipe's readability: it checks with
-//! `PeekNamedPipe` every 1 to 5 ms until its deadline.
+//! Readiness (`poll`, `conduit::wait`) is a zero-byte overlapped read that
+//! the consumer's end keeps in flight once something waited on it: it
+//! completes without taking anything when a message is queued (a zero-byte
+//! read of a message only reports that it is there, `ERROR_MORE_DATA`) or
+//! when every producer is gone, and its manual-reset event is what `poll`
+//! and `conduit::wait` wait on. Async receivers keep one of their own
+//! (`RecvWatch`).
 
 #![allow(unsafe_code)]
 
@@ -34,7 +39,7 @@ use windows_sys::core::BOOL;
 use windows_sys::Win32::Foundation::{
     GetLastError, ERROR_BROKEN_PIPE, ERROR_IO_INCOMPLETE, ERROR_IO_PENDING, ERROR_MORE_DATA,
     ERROR_NO_DATA, ERROR_OPERATION_ABORTED, ERROR_PIPE_CONNECTED, ERROR_PIPE_NOT_CONNECTED, HANDLE,
-    INVALID_HANDLE_VALUE, WAIT_OBJECT_0, WAIT_TIMEOUT,
+    INVALID_HANDLE_VALUE, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT,
 };
 use windows_sys::Win32::Storage::FileSystem::{
     CreateFileW, GetFileType, ReadFile, WriteFile, FILE_FLAG_FIRST_PIPE_INSTANCE,
@@ -60,6 +65,50 @@ pub(crate) struct TxEnd {
 #[derive(Debug)]
 pub(crate) struct RxEnd {
     pipe: OwnedHandle,
+    /// What `poll` and `conduit::wait` watch; `None` when its event could
+    /// not be made (then `poll` checks every 1 to 5 ms and `wait` looks in
+    /// rounds).
+    watch: Option<ReadWatch>,
+}
+
+/// A zero-byte read kept in flight on the consumer's pipe (see the module
+/// docs), shared by the waits on this end; the end's drop cancels it and
+/// waits for it.
+struct ReadWatch {
+    /// Manual reset; signalled when the read completed (a new read resets
+    /// it).
+    event: OwnedHandle,
+    read: std::sync::Mutex<Option<Pending>>,
+}
+
+impl std::fmt::Debug for ReadWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadWatch").finish_non_exhaustive()
+    }
+}
+
+impl RxEnd {
+    fn new(pipe: OwnedHandle) -> RxEnd {
+        let watch = manual_reset_event().ok().map(|event| ReadWatch {
+            event,
+            read: std::sync::Mutex::new(None),
+        });
+        RxEnd { pipe, watch }
+    }
+}
+
+impl Drop for RxEnd {
+    fn drop(&mut self) {
+        let read = self.watch.as_mut().and_then(|w| {
+            w.read
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+        });
+        if let Some(p) = read {
+            let _ = cancel(&self.pipe, p);
+        }
+    }
 }
 
 fn raw(h: &OwnedHandle) -> HANDLE {
@@ -156,7 +205,7 @@ fn try_pair(capacity: usize) -> io::Result<(TxEnd, RxEnd)> {
             unsafe { ConnectNamedPipe(raw(&server), ov) }
         },
     )?;
-    Ok((TxEnd { pipe: client }, RxEnd { pipe: server }))
+    Ok((TxEnd { pipe: client }, RxEnd::new(server)))
 }
 
 /// # Safety
@@ -414,14 +463,70 @@ impl RxEnd {
         }
     }
 
-    /// True when a receive would not block, checking every 1–5 ms until
-    /// `deadline`.
-    /// What `conduit::wait` would watch: nothing yet on Windows.
+    /// What `conduit::wait` watches: the event of the zero-byte read that
+    /// [`poll`](Self::poll) keeps in flight.
     pub(crate) fn wait_handles<'a>(&'a self, out: &mut Vec<conduit_core::WaitHandle<'a>>) {
-        let _ = out;
+        if let Some(w) = &self.watch {
+            out.push(std::os::windows::io::AsHandle::as_handle(&w.event));
+        }
     }
 
+    /// True when a receive would not block, waiting until `deadline` on
+    /// the zero-byte read's event (`Some(now)`: not at all; it only makes
+    /// sure the read is in flight, for `conduit::wait`).
     pub(crate) fn poll(&self, deadline: Option<Instant>) -> Result<bool> {
+        let Some(w) = &self.watch else {
+            return self.poll_peek(deadline);
+        };
+        loop {
+            if self.ready_now(w)? {
+                return Ok(true);
+            }
+            let ms = match deadline {
+                Some(d) if Instant::now() >= d => return Ok(false),
+                Some(d) => millis_until(d),
+                None => INFINITE,
+            };
+            // SAFETY: `w.event` is a valid event handle, open while `self`
+            // lives.
+            if unsafe { WaitForSingleObject(raw(&w.event), ms) } == WAIT_FAILED {
+                return Err(io_err("waiting on the queue's pipe failed", last_error()));
+            }
+        }
+    }
+
+    /// Makes sure the zero-byte read is in flight; true when a receive
+    /// would not block now.
+    fn ready_now(&self, w: &ReadWatch) -> Result<bool> {
+        let mut read = w
+            .read
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Each round either finds the read in flight (an answer) or
+        // consumes one completion; the bound only guards against a pipe
+        // that completes every read at once without showing a message.
+        for _ in 0..4 {
+            if let Some(p) = read.as_ref() {
+                match finished(&self.pipe, p, false) {
+                    // In flight: nothing queued (the peek guards against a
+                    // read that was overtaken).
+                    None => return self.has_message(),
+                    // A message came or the producers left: look again
+                    // with a new read (another consumer may have taken it).
+                    Some(_) => *read = None,
+                }
+            }
+            match zero_read(&self.pipe, &w.event) {
+                Ok(Some(p)) => *read = Some(p),
+                Ok(None) => return Ok(true),
+                Err(e) => return Err(io_err("cannot watch the queue's pipe", e)),
+            }
+        }
+        Ok(true)
+    }
+
+    /// `poll` without an event: checks every 1 to 5 ms.
+    fn poll_peek(&self, deadline: Option<Instant>) -> Result<bool> {
         let mut pause = Duration::from_millis(1);
         loop {
             if self.has_message()? {
@@ -450,7 +555,7 @@ impl RxEnd {
             .try_into()
             .map_err(|_| Error::protocol("a queue receiver is made of 1 handle"))?;
         check_pipe(&pipe, true)?;
-        Ok(RxEnd { pipe })
+        Ok(RxEnd::new(pipe))
     }
 }
 
@@ -608,36 +713,49 @@ impl RecvWatch {
                 }
             };
         }
-        let p = Pending {
-            ov: OverlappedBox::new(&self.event),
-            buf: Vec::with_capacity(1),
-        };
-        // SAFETY: a zero-byte read into `p.buf`'s allocation (valid for 0
-        // bytes), with `p.ov` set up for it (its event resets when the read
-        // starts). Both are kept in `self.read` until the read completed,
-        // and the drop cancels and waits for it (see `cancel`).
-        let ok = unsafe {
-            ReadFile(
-                raw(&self.pipe),
-                p.buf.as_ptr().cast_mut(),
-                0,
-                std::ptr::null_mut(),
-                p.ov.0,
-            )
-        };
-        if ok != 0 {
-            // Completed at once: ready (nothing pending any more).
-            return Ok(true);
+        match zero_read(&self.pipe, &self.event)? {
+            Some(p) => {
+                self.read = Some(p);
+                Ok(false)
+            }
+            None => Ok(true),
         }
-        let e = last_error();
-        if is(&e, ERROR_IO_PENDING) {
-            self.read = Some(p);
-            Ok(false)
-        } else if is(&e, ERROR_MORE_DATA) || gone(&e) {
-            Ok(true)
-        } else {
-            Err(e)
-        }
+    }
+}
+
+/// Starts a zero-byte read on the consumer's `pipe` that signals `event`:
+/// `Some` while it is in flight (the caller keeps it until it completed,
+/// and cancels it with [`cancel`]), `None` when it completed at once (a
+/// message is queued, or the producers are gone).
+fn zero_read(pipe: &OwnedHandle, event: &OwnedHandle) -> io::Result<Option<Pending>> {
+    let p = Pending {
+        ov: OverlappedBox::new(event),
+        buf: Vec::with_capacity(1),
+    };
+    // SAFETY: a zero-byte read into `p.buf`'s allocation (valid for 0
+    // bytes), with `p.ov` set up for it (its event resets when the read
+    // starts). Both are returned to the caller, who keeps them until the
+    // read completed (or leaks them, see `cancel`); a read that did not
+    // start or completed at once drops them here, unused by the system.
+    let ok = unsafe {
+        ReadFile(
+            raw(pipe),
+            p.buf.as_ptr().cast_mut(),
+            0,
+            std::ptr::null_mut(),
+            p.ov.0,
+        )
+    };
+    if ok != 0 {
+        return Ok(None);
+    }
+    let e = last_error();
+    if is(&e, ERROR_IO_PENDING) {
+        Ok(Some(p))
+    } else if is(&e, ERROR_MORE_DATA) || gone(&e) {
+        Ok(None)
+    } else {
+        Err(e)
     }
 }
 

@@ -188,9 +188,9 @@ impl Listener {
     }
 
     /// The descriptor `conduit::wait` watches: the listening socket.
-    pub fn wait_handle(&self) -> Option<conduit_core::WaitHandle<'_>> {
+    pub fn wait_handles(&self) -> Vec<conduit_core::WaitHandle<'_>> {
         use std::os::fd::AsFd;
-        Some(self.sock.as_fd())
+        vec![self.sock.as_fd()]
     }
 
     /// True while a connection taken by `accept` is still in its handshake.

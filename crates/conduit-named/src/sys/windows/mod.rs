@@ -4,8 +4,9 @@
 //!
 //! A name is the pipe `\\.\pipe\conduit-<user SID>-<name>` (the
 //! *rendezvous* pipe). The listener always keeps one instance of it waiting
-//! for a client, created with `FILE_FLAG_OVERLAPPED` so that `accept` can
-//! wait on `ConnectNamedPipe` with a deadline and cancel it (`CancelIoEx`).
+//! for a client, created with `FILE_FLAG_OVERLAPPED`, with an overlapped
+//! `ConnectNamedPipe` in flight whose event `accept` (with its deadline),
+//! `conduit::wait` and async listeners wait on (see `server`).
 //! When a client connects:
 //!
 //! 1. the server creates two one-way pipes for this connection only,
@@ -58,7 +59,8 @@
 //! This file holds the rendezvous protocol's constants, the checked-call
 //! helpers and the pipe names; `security` the user's SID, the user-only
 //! security descriptor and the owner check; `overlapped` the overlapped
-//! I/O with deadlines used on the rendezvous pipe; `server` the listener,
+//! I/O with deadlines used on the rendezvous pipe and the OVERLAPPED of
+//! the listener's connect in flight; `server` the listener,
 //! its set-up threads and the server's side of the rendezvous; `client` the
 //! `connect` side.
 

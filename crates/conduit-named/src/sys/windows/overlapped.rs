@@ -1,9 +1,8 @@
-//! Overlapped I/O with a deadline: the rendezvous pipe's traffic and the
-//! server's wait for a client (`ConnectNamedPipe`) are cancelled
-//! (`CancelIoEx`) when their deadline passes, or when an optional *wake*
-//! event is set first (`Interrupted`): the server wakes its wait for a
-//! client when a set-up ends, and stops every set-up when the listener is
-//! dropped.
+//! Overlapped I/O with a deadline: the rendezvous pipe's traffic is
+//! cancelled (`CancelIoEx`) when its deadline passes, or when an optional
+//! *wake* event is set first (`Interrupted`): the listener stops every
+//! set-up when it is dropped. [`OvBox`] holds the OVERLAPPED of an
+//! operation that outlives one call (the listener's `ConnectNamedPipe`).
 
 use std::io;
 use std::os::windows::io::OwnedHandle;
@@ -12,14 +11,73 @@ use std::time::Instant;
 use windows_sys::core::BOOL;
 use windows_sys::Win32::Foundation::HANDLE;
 use windows_sys::Win32::Foundation::{
-    GetLastError, ERROR_BROKEN_PIPE, ERROR_IO_PENDING, ERROR_OPERATION_ABORTED,
-    ERROR_PIPE_CONNECTED, WAIT_OBJECT_0, WAIT_TIMEOUT,
+    GetLastError, ERROR_BROKEN_PIPE, ERROR_IO_INCOMPLETE, ERROR_IO_PENDING,
+    ERROR_OPERATION_ABORTED, ERROR_PIPE_CONNECTED, WAIT_OBJECT_0, WAIT_TIMEOUT,
 };
 use windows_sys::Win32::Storage::FileSystem::{ReadFile, WriteFile};
 use windows_sys::Win32::System::Threading::{CreateEventW, WaitForMultipleObjects, INFINITE};
 use windows_sys::Win32::System::IO::{CancelIoEx, GetOverlappedResult, OVERLAPPED};
 
 use super::{is, millis_until, owned, raw};
+
+/// A heap-allocated OVERLAPPED whose address stays fixed while the system
+/// writes to it, for an operation that stays in flight between calls; only
+/// raw pointers to it are used. Its owner drops it only once the operation
+/// completed (or leaks it when that cannot be established).
+pub(super) struct OvBox(pub(super) *mut OVERLAPPED);
+
+impl OvBox {
+    /// A zeroed OVERLAPPED that signals `event` on completion.
+    pub(super) fn new(event: &OwnedHandle) -> OvBox {
+        OvBox(Box::into_raw(Box::new(OVERLAPPED {
+            hEvent: raw(event),
+            ..OVERLAPPED::default()
+        })))
+    }
+
+    /// The outcome of the operation started on `file` with this
+    /// OVERLAPPED: `None` while it is in flight (`wait`: blocks until it is
+    /// not), else the bytes transferred or the operation's error.
+    pub(super) fn outcome(&self, file: &OwnedHandle, wait: bool) -> Option<io::Result<u32>> {
+        let mut n = 0u32;
+        // SAFETY: `self.0` belongs to an operation started on `file`; `n`
+        // outlives the call.
+        let ok = unsafe { GetOverlappedResult(raw(file), self.0, &mut n, i32::from(wait)) };
+        if ok != 0 {
+            return Some(Ok(n));
+        }
+        // SAFETY: GetLastError has no preconditions.
+        match unsafe { GetLastError() } {
+            ERROR_IO_INCOMPLETE => None,
+            code => Some(Err(io::Error::from_raw_os_error(code as i32))),
+        }
+    }
+
+    /// Cancels the operation started on `file` and waits until the system
+    /// is done with the OVERLAPPED; leaks it if that cannot be established
+    /// (rather than free memory the system may still write).
+    pub(super) fn finish(self, file: &OwnedHandle) {
+        // SAFETY: `self.0` identifies our operation on `file`; cancelling
+        // one that already completed is harmless.
+        unsafe { CancelIoEx(raw(file), self.0) };
+        if self.outcome(file, true).is_none() {
+            std::mem::forget(self);
+        }
+    }
+}
+
+impl Drop for OvBox {
+    fn drop(&mut self) {
+        // SAFETY: from Box::into_raw in `new`; the owner drops an `OvBox`
+        // only once its operation completed (`finish` leaks it otherwise).
+        drop(unsafe { Box::from_raw(self.0) });
+    }
+}
+
+// SAFETY: the OVERLAPPED is reached only through this owner's pointer,
+// handed to the system for one operation at a time; moving the owner to
+// another thread does not move the allocation.
+unsafe impl Send for OvBox {}
 
 /// An event that ends an overlapped wait early when it is set.
 #[derive(Clone, Copy)]

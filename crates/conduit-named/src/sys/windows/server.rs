@@ -1,6 +1,14 @@
 //! The server: a [`Listener`] keeps one instance of the rendezvous pipe
 //! waiting for a client, and sets each connection up on a thread of its own.
 //!
+//! The waiting instance has an overlapped `ConnectNamedPipe` in flight from
+//! the first look at it on (`accept`, `client_waiting`) until a client
+//! connected; its manual-reset event, [`Listener::wait_handles`]' first
+//! handle, stays signalled while a connected client waits to be taken, so
+//! `conduit::wait` and the async listener watch it, and a wait that ends
+//! (a deadline, a dropped future) leaves the operation in flight instead of
+//! cancelling it.
+//!
 //! As soon as an instance is connected, `accept` creates the next one (so
 //! the next client can connect at once) and hands the connected instance,
 //! with the connection's own deadline (`handshake_timeout` from now), to a
@@ -10,7 +18,8 @@
 //! `accept`, which returns the first one queued. A silent client delays
 //! nobody else: its thread drops it when its deadline passes. Connections
 //! whose set-up ends while nobody is in `accept` are returned by the next
-//! call. At most [`crate::MAX_PENDING`] set-ups run at once; `accept` waits
+//! call; while there are any, the second wait handle (a manual-reset event)
+//! is signalled. At most [`crate::MAX_PENDING`] set-ups run at once; `accept` waits
 //! for one to end before it takes one more client.
 //!
 //! Every wait of a set-up thread also watches the listener's *abort* event,
@@ -26,8 +35,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use windows_sys::Win32::Foundation::{
-    GetLastError, SetLastError, ERROR_ACCESS_DENIED, ERROR_ALREADY_EXISTS, ERROR_NO_DATA,
-    ERROR_PIPE_BUSY, WAIT_FAILED, WAIT_OBJECT_0,
+    GetLastError, SetLastError, ERROR_ACCESS_DENIED, ERROR_ALREADY_EXISTS, ERROR_BROKEN_PIPE,
+    ERROR_IO_PENDING, ERROR_NO_DATA, ERROR_PIPE_BUSY, ERROR_PIPE_CONNECTED, WAIT_FAILED,
+    WAIT_OBJECT_0,
 };
 use windows_sys::Win32::Storage::FileSystem::{
     FILE_FLAGS_AND_ATTRIBUTES, FILE_FLAG_FIRST_PIPE_INSTANCE, FILE_FLAG_OVERLAPPED,
@@ -39,7 +49,7 @@ use windows_sys::Win32::System::Pipes::{
     PIPE_WAIT,
 };
 use windows_sys::Win32::System::Threading::{
-    CreateEventW, SetEvent, WaitForSingleObject, INFINITE,
+    CreateEventW, ResetEvent, SetEvent, WaitForMultipleObjects, WaitForSingleObject, INFINITE,
 };
 
 use conduit_core::stream::{StreamReceiver, StreamSender, HANDSHAKE_LEN};
@@ -48,7 +58,7 @@ use conduit_core::{Error, ErrorKind, FrameConfig, Result};
 
 use crate::sys::Accepted;
 
-use super::overlapped::{overlapped, read_exact, write_all, Wake};
+use super::overlapped::{read_exact, write_all, OvBox, Wake};
 use super::security::{user_sid, SecurityDescriptor};
 use super::{
     is, lock, millis_until, owned, pipe_name, random_id, raw, wide, ACK, DATA_BUF, HELLO_LEN,
@@ -69,14 +79,37 @@ fn in_use(name: &str, pipe: &str) -> Error {
 pub struct Listener {
     pipe: String,
     sd: SecurityDescriptor,
-    /// The instance waiting for the next client. It exists from `bind` to
-    /// drop (the next one is created before a connected one is taken out),
-    /// so the name never disappears while the listener lives. Its lock is
-    /// held for a whole `accept`: concurrent calls take turns.
-    pending: Mutex<Option<OwnedHandle>>,
+    /// Held for a whole `accept`: concurrent calls take turns.
+    turn: Mutex<()>,
+    /// The instance waiting for the next client (locked briefly: never
+    /// while waiting).
+    pending: Mutex<Pending>,
+    /// Manual-reset event of the `ConnectNamedPipe` in flight on the
+    /// pending instance: signalled while a client is connected to it and
+    /// not taken yet (or while `Listener::advance` has more to look at).
+    connected: OwnedHandle,
     /// The connections being set up on their own threads.
     set_ups: Arc<SetUps>,
 }
+
+/// The instance of the rendezvous pipe waiting for the next client. It
+/// exists from `bind` to drop (the next one is created before a connected
+/// one is taken out), so the name never disappears while the listener
+/// lives; only a failure to create the next one leaves `inst` empty, and
+/// the next look claims the name anew.
+#[derive(Default)]
+struct Pending {
+    inst: Option<OwnedHandle>,
+    /// The `ConnectNamedPipe` started on `inst` whose outcome has not been
+    /// looked at yet (its OVERLAPPED signals `Listener::connected`).
+    op: Option<OvBox>,
+    /// A client is connected to `inst`.
+    ready: bool,
+}
+
+/// The most clients that came and went before they were seen that one
+/// look at the pending instance replaces (each costs a new instance).
+const MAX_SKIPS: usize = 16;
 
 /// What the set-up threads share with the listener.
 struct SetUps {
@@ -84,6 +117,10 @@ struct SetUps {
     /// Auto-reset event, set when a set-up thread ends (with a connection
     /// or without): wakes `accept`'s wait for a client.
     ended: OwnedHandle,
+    /// Manual-reset event, signalled exactly while `done` is not empty
+    /// (set and reset under the state lock): what `conduit::wait` and the
+    /// async listener watch for finished set-ups.
+    queued: OwnedHandle,
     /// Manual-reset event, set when the listener is dropped: every set-up
     /// stops at once.
     abort: OwnedHandle,
@@ -115,18 +152,41 @@ fn set(event: &OwnedHandle) {
     unsafe { SetEvent(raw(event)) };
 }
 
+fn reset(event: &OwnedHandle) {
+    // SAFETY: `event` is a valid event handle; resetting it has no other
+    // effect.
+    unsafe { ResetEvent(raw(event)) };
+}
+
 impl SetUps {
     fn new() -> io::Result<SetUps> {
         Ok(SetUps {
             state: Mutex::new(SetUpState::default()),
             ended: event(false)?,
+            queued: event(true)?,
             abort: event(true)?,
         })
     }
 
     /// The oldest finished set-up, if any.
     fn take_done(&self) -> Option<Accepted> {
-        lock(&self.state).done.pop_front()
+        let mut state = lock(&self.state);
+        let a = state.done.pop_front();
+        if state.done.is_empty() {
+            reset(&self.queued);
+        }
+        a
+    }
+
+    /// True when a finished set-up is queued.
+    fn any_done(&self) -> bool {
+        !lock(&self.state).done.is_empty()
+    }
+
+    /// True when `MAX_PENDING` set-ups run: `accept` takes no more clients
+    /// until one ends.
+    fn full(&self) -> bool {
+        lock(&self.state).running >= crate::MAX_PENDING
     }
 
     /// Joins the threads that have ended; returns how many set-ups still
@@ -152,6 +212,7 @@ impl SetUps {
             state.running = state.running.saturating_sub(1);
             if let Some(a) = outcome {
                 state.done.push_back(a);
+                set(&self.queued);
             }
         }
         set(&self.ended);
@@ -174,6 +235,12 @@ impl Drop for Listener {
         for t in threads {
             let _ = t.join();
         }
+        // The connect in flight ends before its instance (and OVERLAPPED)
+        // go away.
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        if let (Some(op), Some(inst)) = (pending.op, &pending.inst) {
+            op.finish(inst);
+        }
     }
 }
 
@@ -184,12 +251,14 @@ impl Listener {
         let pipe = pipe_name(&sid, name);
         let sd = SecurityDescriptor::user_only(&sid)
             .map_err(|e| Error::from_io("cannot build the pipe's security descriptor", e))?;
-        let set_ups =
-            SetUps::new().map_err(|e| Error::from_io("cannot create the listener's events", e))?;
+        let events = |e| Error::from_io("cannot create the listener's events", e);
+        let set_ups = SetUps::new().map_err(events)?;
         let listener = Listener {
             pipe,
             sd,
-            pending: Mutex::new(None),
+            turn: Mutex::new(()),
+            pending: Mutex::new(Pending::default()),
+            connected: event(true).map_err(events)?,
             set_ups: Arc::new(set_ups),
         };
         let first = listener.instance(true).map_err(|e| {
@@ -199,7 +268,7 @@ impl Listener {
                 Error::from_io(&format!("cannot create the pipe {}", listener.pipe), e)
             }
         })?;
-        *lock(&listener.pending) = Some(first);
+        lock(&listener.pending).inst = Some(first);
         Ok(listener)
     }
 
@@ -217,19 +286,30 @@ impl Listener {
         )
     }
 
-    /// What `conduit::wait` would watch: nothing yet on Windows.
-    pub fn wait_handle(&self) -> Option<conduit_core::WaitHandle<'_>> {
-        None
+    /// What `conduit::wait` and the async listener watch: the event of
+    /// the connect in flight on the pending instance (signalled while a
+    /// client is connected to it), and the event signalled while finished
+    /// set-ups are queued.
+    pub fn wait_handles(&self) -> Vec<conduit_core::WaitHandle<'_>> {
+        use std::os::windows::io::AsHandle;
+        vec![self.connected.as_handle(), self.set_ups.queued.as_handle()]
     }
 
-    /// True while a handshake is in progress (not tracked on Windows yet).
+    /// True when `accept` cannot take the next client until a set-up ends
+    /// ([`crate::MAX_PENDING`] run), which the wait handles do not signal:
+    /// an async accept looks again after a short pause then.
     pub fn handshakes_in_progress(&self) -> bool {
-        false
+        self.set_ups.full()
     }
 
-    /// True when a client is waiting (not known on Windows yet).
+    /// True when a client is connected to the pending instance or a
+    /// finished set-up is queued, without waiting; starts the connect that
+    /// the first wait handle watches.
     pub fn client_waiting(&self) -> Result<bool> {
-        Ok(false)
+        if self.set_ups.any_done() {
+            return Ok(true);
+        }
+        self.advance(&mut lock(&self.pending))
     }
 
     /// The rendezvous pipe name.
@@ -248,67 +328,139 @@ impl Listener {
         handshake_timeout: Duration,
         deadline: Option<Instant>,
     ) -> Result<Accepted> {
-        let mut pending = lock(&self.pending);
-        let ended = Some(Wake(&self.set_ups.ended));
+        let _turn = lock(&self.turn);
         loop {
             if let Some(a) = self.set_ups.take_done() {
                 return Ok(a);
             }
-            if self.set_ups.reap() >= crate::MAX_PENDING {
-                // Wait for a set-up to end before taking one more client.
-                let ms = deadline.map_or(INFINITE, millis_until);
-                // SAFETY: `ended` is a valid event handle.
-                let woke = unsafe { WaitForSingleObject(raw(&self.set_ups.ended), ms) };
-                if woke == WAIT_FAILED {
-                    return Err(Error::from_io(
-                        "waiting for a client's set-up to end failed",
-                        io::Error::last_os_error(),
-                    ));
-                }
-                if woke != WAIT_OBJECT_0 && deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Ok(self.set_ups.take_done().unwrap_or(Accepted::TimedOut));
-                }
-                continue;
-            }
-            let inst = match pending.take() {
-                Some(h) => h,
-                // An earlier failure left no instance: claim the name anew.
-                None => self.instance(true).map_err(|e| {
-                    Error::from_io(&format!("cannot create the pipe {}", self.pipe), e)
-                })?,
-            };
-            // SAFETY: `inst` is an overlapped pipe instance; the OVERLAPPED
-            // is supplied and kept alive by `overlapped`.
-            match overlapped(&inst, deadline, ended, |ov| unsafe {
-                ConnectNamedPipe(raw(&inst), ov)
-            }) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                    *pending = Some(inst);
-                    return Ok(self.set_ups.take_done().unwrap_or(Accepted::TimedOut));
-                }
-                // A set-up ended: look at the queue, then wait again.
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    *pending = Some(inst);
+            // Joins the set-up threads that ended.
+            self.set_ups.reap();
+            let full = self.set_ups.full();
+            if !full {
+                let client = {
+                    let mut pending = lock(&self.pending);
+                    if self.advance(&mut pending)? {
+                        self.take_client(&mut pending)
+                    } else {
+                        None
+                    }
+                };
+                if let Some(inst) = client {
+                    self.set_up(inst, cfg, crate::deadline_within(None, handshake_timeout));
                     continue;
                 }
-                // The client came and went before we saw it.
-                Err(e) if is(&e, ERROR_NO_DATA) => {
-                    *pending = self.instance(false).ok();
-                    return Ok(Accepted::Skip);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(self.set_ups.take_done().unwrap_or(Accepted::TimedOut));
+            }
+            // Wait for a client (unless MAX_PENDING set-ups run) or for a
+            // set-up to end; the connect stays in flight either way.
+            let events = [raw(&self.set_ups.ended), raw(&self.connected)];
+            let count = if full { 1 } else { 2 };
+            let ms = deadline.map_or(INFINITE, millis_until);
+            // SAFETY: the first `count` entries are valid event handles,
+            // owned by `self` for the whole call.
+            let woke = unsafe { WaitForMultipleObjects(count, events.as_ptr(), 0, ms) };
+            if woke == WAIT_FAILED {
+                return Err(Error::from_io(
+                    &format!("waiting for a client on {} failed", self.pipe),
+                    io::Error::last_os_error(),
+                ));
+            }
+        }
+    }
+
+    /// Looks at the pending instance: creates one if there is none, starts
+    /// a connect on it if none is in flight, and replaces it when its
+    /// client came and went before it was seen. True when a client is
+    /// connected to it; false when the connect is in flight (the
+    /// `connected` event then signals the change).
+    fn advance(&self, p: &mut Pending) -> Result<bool> {
+        for _ in 0..MAX_SKIPS {
+            let inst = match &p.inst {
+                Some(h) => h,
+                None => {
+                    // An earlier failure left no instance: claim the name
+                    // anew.
+                    let h = self.instance(true).map_err(|e| {
+                        Error::from_io(&format!("cannot create the pipe {}", self.pipe), e)
+                    })?;
+                    p.inst.insert(h)
+                }
+            };
+            if p.ready {
+                return Ok(true);
+            }
+            let outcome = match &p.op {
+                Some(op) => match op.outcome(inst, false) {
+                    None => return Ok(false),
+                    Some(r) => r.map(|_| ()),
+                },
+                None => {
+                    reset(&self.connected);
+                    let op = OvBox::new(&self.connected);
+                    // SAFETY: `inst` is an overlapped pipe instance. A
+                    // connect left pending is kept in `p.op` (with `inst`)
+                    // until its outcome was seen, and the listener's drop
+                    // cancels and waits for it (`OvBox::finish`); any other
+                    // answer means nothing is in flight, and `op` is
+                    // dropped unused.
+                    let ok = unsafe { ConnectNamedPipe(raw(inst), op.0) };
+                    let code = if ok != 0 {
+                        0
+                    } else {
+                        // SAFETY: GetLastError has no preconditions.
+                        unsafe { GetLastError() }
+                    };
+                    match code {
+                        ERROR_IO_PENDING => {
+                            p.op = Some(op);
+                            continue;
+                        }
+                        // Connected before (or as) the call: nothing in
+                        // flight, the event is ours to set.
+                        0 | ERROR_PIPE_CONNECTED => Ok(()),
+                        code => Err(io::Error::from_raw_os_error(code as i32)),
+                    }
+                }
+            };
+            p.op = None;
+            match outcome {
+                Ok(()) => {
+                    p.ready = true;
+                    set(&self.connected);
+                    return Ok(true);
+                }
+                // The client came and went before we saw it: the next
+                // instance.
+                Err(e) if is(&e, ERROR_NO_DATA) || is(&e, ERROR_BROKEN_PIPE) => {
+                    p.inst = self.instance(false).ok();
                 }
                 Err(e) => {
-                    *pending = self.instance(false).ok();
+                    p.inst = self.instance(false).ok();
                     return Err(Error::from_io(
                         &format!("waiting for a client on {} failed", self.pipe),
                         e,
                     ));
                 }
             }
-            // The next instance exists before this one leaves the listener.
-            *pending = self.instance(false).ok();
-            self.set_up(inst, cfg, crate::deadline_within(None, handshake_timeout));
         }
+        // Many clients came and went: have the waiter look again.
+        set(&self.connected);
+        Ok(false)
+    }
+
+    /// Takes the connected client's instance out, leaving a new instance
+    /// (created before the connected one leaves, so the name stays taken)
+    /// for the next client.
+    fn take_client(&self, p: &mut Pending) -> Option<OwnedHandle> {
+        if !p.ready {
+            return None;
+        }
+        p.ready = false;
+        reset(&self.connected);
+        let next = self.instance(false).ok();
+        std::mem::replace(&mut p.inst, next)
     }
 
     /// Starts the set-up of the client connected to `inst` on a thread of
