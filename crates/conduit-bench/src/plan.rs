@@ -377,7 +377,6 @@ pub fn systems() -> Vec<System> {
                 &[Rtt, Msgs],
             )
             .note("the parent's end through into_async() on a current-thread tokio runtime (each operation polled once, block_on only when it must wait); the child's end blocking")
-            .unsupported_unless(cfg!(unix), "async endpoints are Unix only for now"),
         );
     }
     let all = [Rtt, RttTyped, Msgs, MsgsTyped, Bulk64K, Bulk1M];
@@ -388,7 +387,6 @@ pub fn systems() -> Vec<System> {
     v.push(
         System::new("conduit-async-named", "conduit async named", Group::Conduit, Runner::ConduitAsyncNamed, &[Rtt, Msgs])
             .note("conduit named with the accepted connection made async (into_async() on a current-thread tokio runtime, driven like conduit async <transport>); the child's end blocking")
-            .unsupported_unless(cfg!(unix), "async endpoints are Unix only for now"),
     );
     v.push(
         System::new("ipc-channel", "ipc-channel", Group::IpcChannel, Runner::IpcChannel, &all)
