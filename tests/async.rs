@@ -226,72 +226,56 @@ mod imp {
         // buffer unread (a socket pair's counts a kernel buffer of about
         // 1 KiB for each small write).
         const N: u64 = 150;
-        /// Spawns a task that records how far the loop has got when it runs.
-        fn watcher(done: &Arc<AtomicU64>) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+        /// Runs `op(0..N)`; returns how many had completed when a task
+        /// spawned before the loop got to run.
+        async fn done_when_others_ran(
+            mut op: impl AsyncFnMut(u64) -> Result<(), Failed>,
+        ) -> Result<u64, Failed> {
+            let done = Arc::new(AtomicU64::new(0));
             let seen = Arc::new(AtomicU64::new(u64::MAX));
-            let (d, s) = (Arc::clone(done), Arc::clone(&seen));
-            (
-                seen,
-                tokio::spawn(async move { s.store(d.load(SeqCst), SeqCst) }),
-            )
+            let (d, s) = (Arc::clone(&done), Arc::clone(&seen));
+            let spawned = tokio::spawn(async move { s.store(d.load(SeqCst), SeqCst) });
+            for i in 0..N {
+                op(i).await?;
+                done.store(i + 1, SeqCst);
+            }
+            spawned.await?;
+            Ok(seen.load(SeqCst))
+        }
+        fn yielded(name: &str, sent: u64, received: u64) -> Result<(), Failed> {
+            for (side, at) in [("send", sent), ("recv", received)] {
+                check(
+                    at < N,
+                    format!(
+                        "{name} {side}: another task ran only after all {N} operations \
+                         (at {at}): the loop never yielded to the runtime"
+                    ),
+                )?;
+            }
+            Ok(())
         }
         runtime().block_on(async {
             for t in async_transports() {
                 let (tx, rx) = t.channel::<u64>()?;
                 let (mut tx, mut rx) = (tx.into_async()?, rx.into_async()?);
-                let done = Arc::new(AtomicU64::new(0));
-                let (seen, spawned) = watcher(&done);
-                for i in 0..N {
-                    tx.send(&i).await?;
-                    done.store(i + 1, SeqCst);
-                }
-                spawned.await?;
-                let sent_at = seen.load(SeqCst);
-                let done = Arc::new(AtomicU64::new(0));
-                let (seen, spawned) = watcher(&done);
-                for i in 0..N {
+                let sent = done_when_others_ran(async |i| Ok(tx.send(&i).await?)).await?;
+                let received = done_when_others_ran(async |i| {
                     let got = rx.recv().await?;
-                    check(got == i, format!("{}: got {got} for {i}", t.name()))?;
-                    done.store(i + 1, SeqCst);
-                }
-                spawned.await?;
-                let received_at = seen.load(SeqCst);
-                for (side, at) in [("send", sent_at), ("recv", received_at)] {
-                    check(
-                        at < N,
-                        format!(
-                            "{} {side}: another task ran only after all {N} operations \
-                             (at {at}): the loop never yielded to the runtime",
-                            t.name()
-                        ),
-                    )?;
-                }
+                    check(got == i, format!("{}: got {got} for {i}", t.name()))
+                })
+                .await?;
+                yielded(t.name(), sent, received)?;
             }
             if async_on("queue") {
                 let (tx, rx) = conduit::queue::<u64>()?;
                 let (mut tx, mut rx) = (tx.into_async()?, rx.into_async()?);
-                let done = Arc::new(AtomicU64::new(0));
-                let (seen, spawned) = watcher(&done);
-                for i in 0..N {
-                    tx.send(&i).await?;
-                    done.store(i + 1, SeqCst);
-                }
-                spawned.await?;
-                let sent_at = seen.load(SeqCst);
-                let done = Arc::new(AtomicU64::new(0));
-                let (seen, spawned) = watcher(&done);
-                for i in 0..N {
-                    check(rx.recv().await? == i, format!("queue: order at {i}"))?;
-                    done.store(i + 1, SeqCst);
-                }
-                spawned.await?;
-                let received_at = seen.load(SeqCst);
-                for (side, at) in [("send", sent_at), ("recv", received_at)] {
-                    check(
-                        at < N,
-                        format!("queue {side}: another task ran only after all {N} operations"),
-                    )?;
-                }
+                let sent = done_when_others_ran(async |i| Ok(tx.send(&i).await?)).await?;
+                let received = done_when_others_ran(async |i| {
+                    let got = rx.recv().await?;
+                    check(got == i, format!("queue: got {got} for {i}"))
+                })
+                .await?;
+                yielded("queue", sent, received)?;
             }
             Ok(())
         })

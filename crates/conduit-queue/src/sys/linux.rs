@@ -38,7 +38,7 @@ pub(crate) struct TxEnd {
     others: OwnedFd,
     ring: Arc<Ring>,
     /// Registrations of this end (async senders), undone on drop.
-    armed: AtomicU32,
+    armed: Registrations,
     /// When the consumers' presence was last looked at (ns since `EPOCH`).
     checked: AtomicU64,
 }
@@ -67,7 +67,7 @@ pub(crate) struct RxEnd {
     ring: Arc<Ring>,
     /// Registrations of this end (async receivers, `conduit::wait`),
     /// undone on drop.
-    armed: AtomicU32,
+    armed: Registrations,
 }
 
 /// A new queue: the producers' and the consumers' first ends.
@@ -86,7 +86,7 @@ pub(crate) fn pair(capacity: usize) -> Result<(TxEnd, RxEnd)> {
             data: data_tx,
             others: producers,
             ring: Arc::clone(&ring),
-            armed: AtomicU32::new(0),
+            armed: Registrations::default(),
             checked: AtomicU64::new(0),
         },
         RxEnd::new(pres_rx, data_rx, others, ring),
@@ -158,20 +158,13 @@ impl TxEnd {
     /// Registers an async sender (consumers ring when they free room).
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn arm(&self) {
-        self.armed.fetch_add(1, SeqCst);
-        self.ring.arm_tx(true);
+        self.armed.arm(|on| self.ring.arm_tx(on));
     }
 
     /// Ends a registration made with [`arm`](Self::arm).
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn disarm(&self) {
-        if self
-            .armed
-            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            self.ring.arm_tx(false);
-        }
+        self.armed.disarm(|on| self.ring.arm_tx(on));
     }
 
     /// Takes the doorbells rung for this side (async senders, before they
@@ -179,6 +172,14 @@ impl TxEnd {
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn drain(&self) {
         bells::drain(self.data.as_fd());
+    }
+
+    /// An async sender's attempt that does not wait. The doorbells are
+    /// taken first, so that room freed after this attempt rings anew.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn send_now(&self, payload: &[u8]) -> Result<()> {
+        self.drain();
+        self.send(payload, crate::no_wait())
     }
 
     /// The descriptors an async sender waits on: the doorbell (readable
@@ -217,7 +218,7 @@ impl TxEnd {
             data,
             others,
             ring,
-            armed: AtomicU32::new(0),
+            armed: Registrations::default(),
             checked: AtomicU64::new(0),
         })
     }
@@ -225,9 +226,7 @@ impl TxEnd {
 
 impl Drop for TxEnd {
     fn drop(&mut self) {
-        for _ in 0..self.armed.swap(0, SeqCst) {
-            self.ring.arm_tx(false);
-        }
+        self.armed.clear(|on| self.ring.arm_tx(on));
     }
 }
 
@@ -239,7 +238,7 @@ impl RxEnd {
             data,
             others,
             ring,
-            armed: AtomicU32::new(0),
+            armed: Registrations::default(),
         }
     }
 
@@ -247,7 +246,7 @@ impl RxEnd {
     /// all). `Timeout` when none came; `Disconnected` once the queue is
     /// empty and every producer is gone.
     pub(crate) fn recv(&self, max: usize, deadline: Option<Instant>) -> Result<Vec<u8>> {
-        if self.armed.load(SeqCst) > 0 {
+        if self.armed.any() {
             bells::drain(self.data.as_fd());
         }
         let gone = || bells::gone(self.presence.as_fd());
@@ -291,19 +290,12 @@ impl RxEnd {
     /// Registers an async receiver or a `conduit::wait` (producers ring the
     /// doorbell at each message while any is registered).
     pub(crate) fn arm(&self) {
-        self.armed.fetch_add(1, SeqCst);
-        self.ring.arm_rx(true);
+        self.armed.arm(|on| self.ring.arm_rx(on));
     }
 
     /// Ends a registration made with [`arm`](Self::arm).
     pub(crate) fn disarm(&self) {
-        if self
-            .armed
-            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            self.ring.arm_rx(false);
-        }
+        self.armed.disarm(|on| self.ring.arm_rx(on));
     }
 
     /// The descriptors `conduit::wait` and async receivers watch: the
@@ -335,89 +327,40 @@ impl RxEnd {
 impl Drop for RxEnd {
     fn drop(&mut self) {
         self.ring.count_rx(false);
-        for _ in 0..self.armed.swap(0, SeqCst) {
-            self.ring.arm_rx(false);
+        self.armed.clear(|on| self.ring.arm_rx(on));
+    }
+}
+
+/// An end's doorbell registrations, counted here as in the ring (through
+/// `count`), so that dropping the end takes back every one it made.
+#[derive(Debug, Default)]
+struct Registrations(AtomicU32);
+
+impl Registrations {
+    fn arm(&self, count: impl Fn(bool)) {
+        self.0.fetch_add(1, SeqCst);
+        count(true);
+    }
+
+    /// Undoes one registration, if this end has any.
+    fn disarm(&self, count: impl Fn(bool)) {
+        if self
+            .0
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            count(false);
         }
     }
-}
 
-/// An async receiver's readiness (feature `tokio`): the doorbell socket
-/// turns readable, so there is nothing to arm here (the registration with
-/// producers is [`RxEnd::arm`]).
-#[cfg(feature = "tokio")]
-pub(crate) struct RecvWatch;
-
-#[cfg(feature = "tokio")]
-impl RecvWatch {
-    pub(crate) fn new(_end: &RxEnd) -> io::Result<RecvWatch> {
-        Ok(RecvWatch)
-    }
-
-    /// The end's descriptors (see [`RxEnd::wait_handles`]).
-    pub(crate) fn wait_handles<'a>(
-        &'a self,
-        end: &'a RxEnd,
-        out: &mut Vec<conduit_core::WaitHandle<'a>>,
-    ) {
-        end.wait_handles(out);
-    }
-
-    /// Nothing to arm: never ready by itself.
-    pub(crate) fn arm(&mut self) -> io::Result<bool> {
-        Ok(false)
-    }
-}
-
-/// How an async send attempt went (see [`SendSlot::try_send`]).
-#[cfg(feature = "tokio")]
-pub(crate) enum SendTry {
-    /// The ring took the message.
-    Sent,
-    /// The queue is full; nothing was sent.
-    Full,
-    /// Never on Linux: a send into the ring is whole or nothing.
-    #[allow(dead_code)]
-    Queued,
-}
-
-/// An async sender's send slot (feature `tokio`): a send into the ring is
-/// whole or nothing, so nothing is ever in flight.
-#[cfg(feature = "tokio")]
-pub(crate) struct SendSlot;
-
-#[cfg(feature = "tokio")]
-impl SendSlot {
-    pub(crate) fn new(_end: &TxEnd) -> io::Result<SendSlot> {
-        Ok(SendSlot)
-    }
-
-    /// The end's descriptors (see [`TxEnd::wait_handles`]).
-    pub(crate) fn wait_handles<'a>(
-        &'a self,
-        end: &'a TxEnd,
-        out: &mut Vec<(conduit_core::WaitHandle<'a>, conduit_core::WaitFor)>,
-    ) {
-        end.wait_handles(out);
-    }
-
-    /// Nothing is ever in flight.
-    pub(crate) fn poll_queued(&mut self) -> Option<Result<()>> {
-        Some(Ok(()))
-    }
-
-    /// Nothing is ever in flight.
-    pub(crate) fn cancel_queued(&mut self) -> Option<Result<()>> {
-        None
-    }
-
-    /// One attempt that does not wait. The doorbells are taken first, so
-    /// that room freed after this attempt rings anew.
-    pub(crate) fn try_send(&mut self, end: &TxEnd, payload: &[u8]) -> Result<SendTry> {
-        end.drain();
-        match end.send(payload, crate::no_wait()) {
-            Ok(()) => Ok(SendTry::Sent),
-            Err(e) if e.is_timeout() || e.kind() == ErrorKind::Full => Ok(SendTry::Full),
-            Err(e) => Err(e),
+    /// Undoes them all.
+    fn clear(&self, count: impl Fn(bool)) {
+        for _ in 0..self.0.swap(0, SeqCst) {
+            count(false);
         }
+    }
+
+    fn any(&self) -> bool {
+        self.0.load(SeqCst) > 0
     }
 }

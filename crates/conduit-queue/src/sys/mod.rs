@@ -32,6 +32,12 @@ mod imp;
 #[allow(dead_code)]
 mod sock;
 
+/// The async glue of the Unix backends (a send is whole or nothing).
+#[cfg(all(unix, feature = "tokio"))]
+mod whole;
+
 pub(crate) use imp::{pair, RxEnd, TxEnd};
-#[cfg(feature = "tokio")]
+#[cfg(all(windows, feature = "tokio"))]
 pub(crate) use imp::{RecvWatch, SendSlot, SendTry};
+#[cfg(all(unix, feature = "tokio"))]
+pub(crate) use whole::{RecvWatch, SendSlot, SendTry};

@@ -184,6 +184,13 @@ impl TxEnd {
         }
     }
 
+    /// An async sender's attempt that does not wait: one non-blocking
+    /// datagram.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn send_now(&self, payload: &[u8]) -> Result<()> {
+        self.send(payload, crate::no_wait())
+    }
+
     /// The descriptors an async sender waits on: room on the data socket,
     /// and the presence socket (end-of-file once every consumer is gone).
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
@@ -596,84 +603,4 @@ fn unspill(file: OwnedFd, len: usize) -> Result<Vec<u8>> {
         }
     }
     Ok(out)
-}
-
-/// An async receiver's readiness (feature `tokio`): on Unix the end's own
-/// sockets turn readable, so there is nothing to arm.
-#[cfg(feature = "tokio")]
-pub(crate) struct RecvWatch;
-
-#[cfg(feature = "tokio")]
-impl RecvWatch {
-    pub(crate) fn new(_end: &RxEnd) -> io::Result<RecvWatch> {
-        Ok(RecvWatch)
-    }
-
-    /// The end's descriptors (see [`RxEnd::wait_handles`]).
-    pub(crate) fn wait_handles<'a>(
-        &'a self,
-        end: &'a RxEnd,
-        out: &mut Vec<conduit_core::WaitHandle<'a>>,
-    ) {
-        end.wait_handles(out);
-    }
-
-    /// Nothing to arm: never ready by itself.
-    pub(crate) fn arm(&mut self) -> io::Result<bool> {
-        Ok(false)
-    }
-}
-
-/// How an async send attempt went (see [`SendSlot::try_send`]).
-#[cfg(feature = "tokio")]
-pub(crate) enum SendTry {
-    /// The socket took the message.
-    Sent,
-    /// The queue is full; nothing was sent.
-    Full,
-    /// Never on Unix: a datagram is sent whole by one non-blocking call.
-    #[allow(dead_code)]
-    Queued,
-}
-
-/// An async sender's send slot (feature `tokio`): on Unix a send is one
-/// non-blocking datagram, whole or nothing, so nothing is ever in flight.
-#[cfg(feature = "tokio")]
-pub(crate) struct SendSlot;
-
-#[cfg(feature = "tokio")]
-impl SendSlot {
-    pub(crate) fn new(_end: &TxEnd) -> io::Result<SendSlot> {
-        Ok(SendSlot)
-    }
-
-    /// The end's descriptors (see [`TxEnd::wait_handles`]).
-    pub(crate) fn wait_handles<'a>(
-        &'a self,
-        end: &'a TxEnd,
-        out: &mut Vec<(conduit_core::WaitHandle<'a>, conduit_core::WaitFor)>,
-    ) {
-        end.wait_handles(out);
-    }
-
-    /// Nothing is ever in flight.
-    pub(crate) fn poll_queued(&mut self) -> Option<Result<()>> {
-        Some(Ok(()))
-    }
-
-    /// Nothing is ever in flight.
-    pub(crate) fn cancel_queued(&mut self) -> Option<Result<()>> {
-        None
-    }
-
-    /// One non-blocking send.
-    pub(crate) fn try_send(&mut self, end: &TxEnd, payload: &[u8]) -> Result<SendTry> {
-        match end.send(payload, Some(std::time::Instant::now())) {
-            Ok(()) => Ok(SendTry::Sent),
-            Err(e) if e.is_timeout() || e.kind() == conduit_core::ErrorKind::Full => {
-                Ok(SendTry::Full)
-            }
-            Err(e) => Err(e),
-        }
-    }
 }
