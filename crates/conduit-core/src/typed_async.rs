@@ -119,17 +119,8 @@ impl<T: DeserializeOwned + 'static, C: Codec> AsyncReceiver<T, C> {
     pub fn from_raw(raw: Box<dyn FrameReceiver>) -> Result<Self> {
         let mut handles = Vec::new();
         raw.wait_handles(&mut handles);
-        if handles.is_empty() {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "a {} receiver cannot be made async on this platform",
-                    raw.transport()
-                ),
-            ));
-        }
         let handles: Vec<_> = handles.into_iter().map(|h| (h, WaitFor::Read)).collect();
-        let reg = Registration::new(&handles).map_err(reactor_error)?;
+        let reg = register(&handles, raw.transport(), "receiver")?;
         let transport = raw.transport();
         Ok(AsyncReceiver {
             raw,
@@ -228,6 +219,22 @@ impl<T, C: Codec> Drop for AsyncReceiver<T, C> {
     fn drop(&mut self) {
         self.raw.wait_disarm();
     }
+}
+
+/// Registers an end's `handles` with the reactor; `Unsupported` when it
+/// has none (`what`: "receiver" or "sender", for the message).
+fn register(
+    handles: &[(crate::WaitHandle<'_>, WaitFor)],
+    transport: &str,
+    what: &str,
+) -> Result<Registration> {
+    if handles.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("a {transport} {what} cannot be made async on this platform"),
+        ));
+    }
+    Registration::new(handles).map_err(reactor_error)
 }
 
 /// Runs one poll of an async end inside tokio's cooperative budget: once
@@ -341,16 +348,7 @@ impl<T: Serialize + 'static, C: Codec> AsyncSender<T, C> {
     pub fn from_raw(raw: Box<dyn FrameSender>) -> Result<Self> {
         let mut handles = Vec::new();
         raw.send_wait_handles(&mut handles);
-        if handles.is_empty() {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "a {} sender cannot be made async on this platform",
-                    raw.transport()
-                ),
-            ));
-        }
-        let reg = Registration::new(&handles).map_err(reactor_error)?;
+        let reg = register(&handles, raw.transport(), "sender")?;
         let transport = raw.transport();
         Ok(AsyncSender {
             raw,
