@@ -21,6 +21,7 @@ fn main() {
         Trial::test("process_exit_is_ready", process_exit_is_ready),
         Trial::test("thousand_objects", thousand_objects),
         Trial::test("queue_receiver_wakes_wait", queue_receiver_wakes_wait),
+        Trial::test("queue_recv_behind_a_wait", queue_recv_behind_a_wait),
     ];
     // Children talk to the parent over an anonymous channel: a build with
     // only the `named` transport cannot spawn them.
@@ -41,6 +42,16 @@ fn main() {
     tests.push(Trial::test(
         "named_listener_wait_then_accept",
         named::wait_then_accept,
+    ));
+    #[cfg(feature = "named")]
+    tests.push(Trial::test(
+        "named_vanished_client_then_real_one",
+        named::vanished_client_then_real_one,
+    ));
+    #[cfg(feature = "named")]
+    tests.push(Trial::test(
+        "named_more_silent_clients_than_max_pending",
+        named::more_silent_clients_than_max_pending,
     ));
     libtest_mimic::run(&args, tests).exit();
 }
@@ -505,6 +516,187 @@ mod named {
         }
         Ok(())
     }
+
+    /// A client that connects without the conduit protocol (a raw open of
+    /// the endpoint), kept open until dropped.
+    fn raw_client(endpoint: &str) -> std::io::Result<RawClient> {
+        #[cfg(windows)]
+        {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(endpoint)
+        }
+        #[cfg(unix)]
+        {
+            std::os::unix::net::UnixStream::connect(endpoint)
+        }
+    }
+    #[cfg(windows)]
+    type RawClient = std::fs::File;
+    #[cfg(unix)]
+    type RawClient = std::os::unix::net::UnixStream;
+
+    /// Opens a raw client, while the listener's pending instance is busy
+    /// (Windows: `ERROR_PIPE_BUSY` until the listener looks again) giving
+    /// the listener a look with a zero-timeout `wait`.
+    fn raw_client_retrying(
+        listener: &conduit::named::Listener<u32, u32>,
+    ) -> Result<RawClient, Failed> {
+        let mut last = None;
+        for _ in 0..10_000 {
+            match raw_client(listener.endpoint()) {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+            let objects: [&dyn Waitable; 1] = [listener];
+            conduit::wait(&objects, Some(Duration::ZERO))?;
+            std::thread::yield_now();
+        }
+        Err(format!("cannot open a raw client: {last:?}").into())
+    }
+
+    /// A client that connects and leaves before it is accepted, seen by a
+    /// `wait` (ready): the `accept` that follows times out (nothing to
+    /// take) without an error, the listener is not left ready, and the
+    /// next real client is accepted.
+    pub(super) fn vanished_client_then_real_one() -> Result<(), Failed> {
+        let name = format!(
+            "conduit-wait-vanish-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        );
+        let listener = conduit::named::Listener::<u32, u32>::bind(&name)?;
+        let objects: [&dyn Waitable; 1] = [&listener];
+        for round in 0..3 {
+            // Arms the listener's look for a client (Windows: the connect
+            // in flight).
+            check(
+                conduit::wait(&objects, Some(Duration::ZERO))?.is_empty(),
+                format!("round {round}: no client yet"),
+            )?;
+            let raw = raw_client_retrying(&listener)?;
+            check(
+                conduit::wait(&objects, LONG)? == [0],
+                format!("round {round}: raw client waiting"),
+            )?;
+            drop(raw);
+            match listener.accept_timeout(Duration::from_millis(300)) {
+                Err(e) if e.is_timeout() => {}
+                Err(e) => return Err(format!("round {round}: accept failed: {e}").into()),
+                Ok(_) => return Err(format!("round {round}: accepted a vanished client").into()),
+            }
+            check(
+                conduit::wait(&objects, SHORT)?.is_empty(),
+                format!("round {round}: ready with nobody waiting"),
+            )?;
+            let client = thread_client(name.clone(), round);
+            check(
+                conduit::wait(&objects, LONG)? == [0],
+                format!("round {round}: real client waiting"),
+            )?;
+            let conn = listener.accept_timeout(Duration::from_secs(10))?;
+            let got = conn.recv_timeout(Duration::from_secs(10))?;
+            conn.send(&(got + 100))?;
+            let reply = client.join().map_err(|_| "client panicked")??;
+            check(reply == round + 100, format!("reply {reply} to {round}"))?;
+        }
+        Ok(())
+    }
+
+    /// More silent clients (connected, never answering) than
+    /// `MAX_PENDING` handshakes at once: `accept` takes no more while
+    /// they run, and a real client that comes after them is accepted once
+    /// their handshake timeouts pass; `wait` stays usable throughout.
+    pub(super) fn more_silent_clients_than_max_pending() -> Result<(), Failed> {
+        // conduit_named::MAX_PENDING (128) and one more.
+        const SILENT: usize = 129;
+        let name = format!(
+            "conduit-wait-silent-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        );
+        let listener = conduit::named::Listener::<u32, u32>::bind(&name)?
+            .with_handshake_timeout(Duration::from_millis(1500));
+        let mut raws = Vec::with_capacity(SILENT);
+        for i in 0..SILENT {
+            raws.push(raw_client_retrying(&listener)?);
+            // Starts its set-up (or, once MAX_PENDING run, leaves it
+            // waiting); nothing completes.
+            match listener.accept_timeout(Duration::from_millis(1)) {
+                Err(e) if e.is_timeout() => {}
+                Err(e) => return Err(format!("silent client {i}: accept failed: {e}").into()),
+                Ok(_) => return Err(format!("silent client {i} was accepted").into()),
+            }
+        }
+        let client = thread_client(name.clone(), 5);
+        let objects: [&dyn Waitable; 1] = [&listener];
+        let conn = listener.accept_timeout(Duration::from_secs(20))?;
+        let got = conn.recv_timeout(Duration::from_secs(10))?;
+        conn.send(&(got + 100))?;
+        let reply = client.join().map_err(|_| "client panicked")??;
+        check(reply == 105, format!("reply {reply}"))?;
+        drop(raws);
+        // Every silent client is gone or dropped: nothing to accept.
+        match listener.accept_timeout(Duration::from_millis(300)) {
+            Err(e) if e.is_timeout() => {}
+            Err(e) => return Err(format!("accept after the silent clients: {e}").into()),
+            Ok(_) => return Err("accepted a silent client".into()),
+        }
+        check(
+            conduit::wait(&objects, SHORT)?.is_empty(),
+            "ready with nobody waiting",
+        )
+    }
+}
+
+/// A blocking receive queued behind the zero-byte read that a timed-out
+/// `wait` left in flight (Windows) gets the next message: the read that
+/// only watches does not swallow the wake-up of the one that takes.
+fn queue_recv_behind_a_wait() -> Result<(), Failed> {
+    let (tx, rx) = conduit::queue::<u32>()?;
+    let objects: [&dyn Waitable; 1] = [&rx];
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let rx2 = rx.clone();
+    std::thread::scope(|s| -> Result<(), Failed> {
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<bool>();
+        let receiver = s.spawn(move || -> conduit::Result<Vec<u32>> {
+            let mut got = Vec::new();
+            while go_rx.recv().unwrap_or(false) {
+                let _ = started_tx.send(());
+                got.push(rx2.recv_timeout(Duration::from_secs(5))?);
+            }
+            Ok(got)
+        });
+        for round in 0..50u32 {
+            // Leaves the zero-byte read in flight.
+            check(
+                conduit::wait(&objects, Some(Duration::ZERO))?.is_empty(),
+                format!("round {round}: empty"),
+            )?;
+            go_tx.send(true).map_err(|_| "receiver gone")?;
+            started_rx.recv().map_err(|_| "receiver gone")?;
+            tx.send(&round)?;
+            // The next round's wait needs the message taken first: the
+            // receiver answers by taking it; a zero-timeout wait would
+            // otherwise see it.
+            while conduit::wait(&objects, Some(Duration::ZERO))? == [0] {
+                if receiver.is_finished() {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            if receiver.is_finished() {
+                break;
+            }
+        }
+        drop(go_tx);
+        let got = receiver.join().map_err(|_| "receiver panicked")??;
+        check(
+            got == (0..50).collect::<Vec<_>>(),
+            format!("received {got:?}"),
+        )
+    })
 }
 
 /// Child: sends `x` on the queue when told to.
