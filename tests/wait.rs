@@ -50,6 +50,11 @@ fn main() {
     ));
     #[cfg(feature = "named")]
     tests.push(Trial::test(
+        "named_mismatch_is_ready_then_reported_once",
+        named::mismatch_is_ready_then_reported_once,
+    ));
+    #[cfg(feature = "named")]
+    tests.push(Trial::test(
         "named_more_silent_clients_than_max_pending",
         named::more_silent_clients_than_max_pending,
     ));
@@ -602,6 +607,84 @@ mod named {
             check(reply == round + 100, format!("reply {reply} to {round}"))?;
         }
         Ok(())
+    }
+
+    /// A client with another `FrameConfig`: `wait` says ready, `accept`
+    /// reports the mismatch (`Protocol`) once, the listener is not left
+    /// ready, and the next client is served. Blocking, then async.
+    pub(super) fn mismatch_is_ready_then_reported_once() -> Result<(), Failed> {
+        let name = format!(
+            "conduit-wait-mismatch-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        );
+        let mismatched = |name: &str| {
+            let name = name.to_owned();
+            std::thread::spawn(move || {
+                let cfg = conduit::FrameConfig::default().with_max_frame(4096);
+                conduit::named::connect_timeout_with::<u32, u32>(
+                    &name,
+                    cfg,
+                    Duration::from_secs(10),
+                )
+                .map(|_| ())
+            })
+        };
+        let listener = conduit::named::Listener::<u32, u32>::bind(&name)?;
+        let objects: [&dyn Waitable; 1] = [&listener];
+        let bad = mismatched(&name);
+        check(
+            conduit::wait(&objects, LONG)? == [0],
+            "mismatched client waiting",
+        )?;
+        match listener.accept_timeout(Duration::from_secs(10)) {
+            Err(e) if e.kind() == conduit::ErrorKind::Protocol => {}
+            Err(e) => return Err(format!("accept: {e} instead of a mismatch").into()),
+            Ok(_) => return Err("accepted a mismatched client".into()),
+        }
+        check(
+            bad.join().map_err(|_| "client panicked")?.is_err(),
+            "the mismatched client connected",
+        )?;
+        check(
+            conduit::wait(&objects, SHORT)?.is_empty(),
+            "ready after the mismatch was reported",
+        )?;
+        let client = thread_client(name.clone(), 3);
+        check(conduit::wait(&objects, LONG)? == [0], "client waiting")?;
+        let conn = listener.accept_timeout(Duration::from_secs(10))?;
+        let got = conn.recv_timeout(Duration::from_secs(10))?;
+        conn.send(&(got + 100))?;
+        check(
+            client.join().map_err(|_| "client panicked")?? == 103,
+            "reply",
+        )?;
+        // The same through the async listener.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let listener = listener.into_async()?;
+            let bad = mismatched(&name);
+            match tokio::time::timeout(Duration::from_secs(10), listener.accept()).await? {
+                Err(e) if e.kind() == conduit::ErrorKind::Protocol => {}
+                Err(e) => return Err(format!("async accept: {e} instead of a mismatch").into()),
+                Ok(_) => return Err("async: accepted a mismatched client".into()),
+            }
+            check(
+                bad.join().map_err(|_| "client panicked")?.is_err(),
+                "async: the mismatched client connected",
+            )?;
+            let client = thread_client(name.clone(), 4);
+            let mut conn =
+                tokio::time::timeout(Duration::from_secs(10), listener.accept()).await??;
+            let got = conn.recv().await?;
+            conn.send(&(got + 100)).await?;
+            check(
+                client.join().map_err(|_| "client panicked")?? == 104,
+                "async reply",
+            )
+        })
     }
 
     /// More silent clients (connected, never answering) than
