@@ -22,6 +22,10 @@ fn main() {
         Trial::test("thousand_objects", thousand_objects),
         Trial::test("queue_receiver_wakes_wait", queue_receiver_wakes_wait),
         Trial::test("queue_recv_behind_a_wait", queue_recv_behind_a_wait),
+        Trial::test(
+            "queue_wait_races_another_receiver",
+            queue_wait_races_another_receiver,
+        ),
     ];
     // Children talk to the parent over an anonymous channel: a build with
     // only the `named` transport cannot spawn them.
@@ -780,6 +784,64 @@ fn queue_recv_behind_a_wait() -> Result<(), Failed> {
             format!("received {got:?}"),
         )
     })
+}
+
+/// Child: receives until every sender is gone; returns what it got.
+fn queue_take_all(rx: QueueReceiver<u32>) -> Vec<u32> {
+    let mut got = Vec::new();
+    while let Ok(x) = rx.recv() {
+        got.push(x);
+    }
+    got
+}
+
+/// `wait` then `try_recv` on a queue while a child receives from the same
+/// queue: a ready that the child overtook gives `Empty` (nothing lost,
+/// nothing twice), the wait never stays ready on an empty queue (the
+/// parent would spin) nor misses a message, and once the senders are gone
+/// both ends see it.
+fn queue_wait_races_another_receiver() -> Result<(), Failed> {
+    const N: u32 = 2000;
+    let (tx, rx) = conduit::queue::<u32>()?;
+    let mut child = Process::spawn(queue_take_all, rx.clone())?;
+    let producer = std::thread::spawn(move || -> conduit::Result<()> {
+        for i in 0..N {
+            tx.send(&i)?;
+        }
+        Ok(())
+    });
+    let objects: [&dyn Waitable; 1] = [&rx];
+    let mut mine = Vec::new();
+    let (mut empty, mut waits) = (0u32, 0u32);
+    loop {
+        waits += 1;
+        check(
+            waits < 20 * N,
+            format!("{waits} waits for {N} messages: ready without a message"),
+        )?;
+        check(
+            conduit::wait(&objects, LONG)? == [0],
+            format!("no message or end in 10 s ({} taken here)", mine.len()),
+        )?;
+        match rx.try_recv() {
+            Ok(x) => mine.push(x),
+            Err(e) if e.kind() == conduit::ErrorKind::Empty => empty += 1,
+            Err(e) if e.is_disconnected() => break,
+            Err(e) => return Err(format!("try_recv: {e}").into()),
+        }
+    }
+    producer.join().map_err(|_| "producer panicked")??;
+    let theirs = child.join()?;
+    let mut all: Vec<u32> = mine.iter().chain(&theirs).copied().collect();
+    all.sort_unstable();
+    check(
+        all == (0..N).collect::<Vec<_>>(),
+        format!(
+            "{} here + {} in the child ({empty} overtaken readies): lost or doubled",
+            mine.len(),
+            theirs.len()
+        ),
+    )
 }
 
 /// Child: sends `x` on the queue when told to.
