@@ -54,6 +54,11 @@ fn main() {
     ));
     #[cfg(feature = "named")]
     tests.push(Trial::test(
+        "named_wait_while_another_thread_accepts",
+        named::wait_while_another_thread_accepts,
+    ));
+    #[cfg(feature = "named")]
+    tests.push(Trial::test(
         "named_mismatch_is_ready_then_reported_once",
         named::mismatch_is_ready_then_reported_once,
     ));
@@ -611,6 +616,57 @@ mod named {
             check(reply == round + 100, format!("reply {reply} to {round}"))?;
         }
         Ok(())
+    }
+
+    /// One thread accepts clients while another calls `wait` on the same
+    /// listener over and over (both look at the waiting pipe instance):
+    /// every client is served, and neither call fails or hangs.
+    pub(super) fn wait_while_another_thread_accepts() -> Result<(), Failed> {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        const CLIENTS: u32 = 12;
+        let name = format!(
+            "conduit-wait-race-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        );
+        let listener = conduit::named::Listener::<u32, u32>::bind(&name)?;
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| -> Result<(), Failed> {
+            let waiter = s.spawn(|| -> conduit::Result<u32> {
+                let objects: [&dyn Waitable; 1] = [&listener];
+                let mut ready = 0;
+                while !done.load(SeqCst) {
+                    ready += conduit::wait(&objects, Some(Duration::from_millis(5)))?.len() as u32;
+                }
+                Ok(ready)
+            });
+            let clients: Vec<_> = (0..CLIENTS)
+                .map(|x| thread_client(name.clone(), x))
+                .collect();
+            let mut served = Vec::new();
+            let accepted = (|| -> Result<(), Failed> {
+                for _ in 0..CLIENTS {
+                    let conn = listener.accept_timeout(Duration::from_secs(10))?;
+                    let x = conn.recv_timeout(Duration::from_secs(10))?;
+                    conn.send(&(x + 100))?;
+                    served.push(x);
+                }
+                Ok(())
+            })();
+            done.store(true, SeqCst);
+            let waits = waiter.join().map_err(|_| "waiter panicked")?;
+            accepted?;
+            waits?;
+            for (x, c) in clients.into_iter().enumerate() {
+                let reply = c.join().map_err(|_| "client panicked")??;
+                check(reply == x as u32 + 100, format!("reply {reply} to {x}"))?;
+            }
+            served.sort_unstable();
+            check(
+                served == (0..CLIENTS).collect::<Vec<_>>(),
+                format!("served {served:?}"),
+            )
+        })
     }
 
     /// A client with another `FrameConfig`: `wait` says ready, `accept`
