@@ -107,6 +107,10 @@ mod imp {
                 "named_async_concurrent_accepts",
                 named_async_concurrent_accepts,
             ));
+            v.push(Trial::test(
+                "named_async_accept_past_silent_clients",
+                named_async_accept_past_silent_clients,
+            ));
         }
         // Children talk to the parent over an anonymous channel.
         let anonymous = !conduit::Transport::enabled().is_empty();
@@ -1102,6 +1106,74 @@ mod imp {
                 check(x == 2, format!("round 0: served {x}"))?;
                 check(c2.join().map_err(|_| "client panicked")?? == 12, "reply 2")?;
             }
+            Ok(())
+        })
+    }
+
+    /// More silent clients (connected, never answering) than the listener
+    /// sets up at once (`MAX_PENDING`, 128): an async accept still gets the
+    /// real client that comes after them, once their handshake timeouts
+    /// pass.
+    #[cfg(feature = "named")]
+    fn named_async_accept_past_silent_clients() -> Result<(), Failed> {
+        #[cfg(windows)]
+        fn raw(endpoint: &str) -> std::io::Result<std::fs::File> {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(endpoint)
+        }
+        #[cfg(unix)]
+        fn raw(endpoint: &str) -> std::io::Result<std::os::unix::net::UnixStream> {
+            std::os::unix::net::UnixStream::connect(endpoint)
+        }
+        runtime().block_on(async {
+            let name = format!(
+                "conduit-async-silent-{}-{}",
+                std::process::id(),
+                fastrand::u32(..)
+            );
+            let listener = conduit::named::Listener::<u64, u64>::bind(&name)?
+                .with_handshake_timeout(Duration::from_millis(1500));
+            let endpoint = listener.endpoint().to_owned();
+            let listener = listener.into_async()?;
+            let mut raws = Vec::new();
+            for i in 0..129 {
+                // One poll of an accept takes the client in (starts its
+                // set-up); while the pipe instance is busy (Windows) each
+                // poll lets the listener look again.
+                let mut tries = 0;
+                let c = loop {
+                    match raw(&endpoint) {
+                        Ok(c) => break c,
+                        Err(e) => {
+                            tries += 1;
+                            check(tries < 10_000, format!("raw client {i}: {e}"))?;
+                        }
+                    }
+                    check(
+                        poll_once(listener.accept()).await.is_pending(),
+                        format!("raw client {i}: accepted"),
+                    )?;
+                    tokio::task::yield_now().await;
+                };
+                raws.push(c);
+                check(
+                    poll_once(listener.accept()).await.is_pending(),
+                    format!("raw client {i}: accepted"),
+                )?;
+            }
+            let client = named_thread_client(&name, 9);
+            let mut conn = tokio::time::timeout(Duration::from_secs(20), listener.accept())
+                .await
+                .map_err(|_| "the real client was not accepted in 20 s")??;
+            let x = conn.recv().await?;
+            conn.send(&(x + 10)).await?;
+            check(
+                client.join().map_err(|_| "client panicked")?? == 19,
+                "reply",
+            )?;
+            drop(raws);
             Ok(())
         })
     }
