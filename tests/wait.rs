@@ -26,6 +26,10 @@ fn main() {
             "queue_wait_races_another_receiver",
             queue_wait_races_another_receiver,
         ),
+        Trial::test(
+            "queue_killed_waiter_leaves_no_read_behind",
+            queue_killed_waiter_leaves_no_read_behind,
+        ),
     ];
     // Children talk to the parent over an anonymous channel: a build with
     // only the `named` transport cannot spawn them.
@@ -897,6 +901,64 @@ fn queue_wait_races_another_receiver() -> Result<(), Failed> {
             mine.len(),
             theirs.len()
         ),
+    )
+}
+
+/// Child: leaves a wait's look at the queue in flight (Windows: the
+/// zero-byte read), says so, then blocks until killed.
+fn queue_arm_and_hold((rx, armed, hold): (QueueReceiver<u32>, Sender<u32>, Receiver<u32>)) -> u32 {
+    let objects: [&dyn Waitable; 1] = [&rx];
+    let n = conduit::wait(&objects, Some(Duration::ZERO)).map_or(9, |r| r.len() as u32);
+    let _ = armed.send(&n);
+    let _ = hold.recv();
+    0
+}
+
+/// Children that left a wait's look at the queue in flight are killed
+/// (their handles closed by the OS, not by our drop): the parent's
+/// receives and waits still get every message.
+fn queue_killed_waiter_leaves_no_read_behind() -> Result<(), Failed> {
+    let (tx, rx) = conduit::queue::<u32>()?;
+    let mut kids = Vec::new();
+    let mut holds = Vec::new();
+    for i in 0..3 {
+        let (armed_tx, armed_rx) = conduit::channel::<u32>()?;
+        let (hold_tx, hold_rx) = conduit::channel::<u32>()?;
+        kids.push(Process::spawn(
+            queue_arm_and_hold,
+            (rx.clone(), armed_tx, hold_rx),
+        )?);
+        holds.push(hold_tx);
+        check(
+            armed_rx.recv_timeout(Duration::from_secs(10))? == 0,
+            format!("child {i}: the queue was not empty"),
+        )?;
+    }
+    for k in &mut kids {
+        k.kill()?;
+        let _ = k.join();
+    }
+    let objects: [&dyn Waitable; 1] = [&rx];
+    for round in 0..3u32 {
+        tx.send(&round)?;
+        check(
+            conduit::wait(&objects, LONG)? == [0],
+            format!("round {round}: message queued"),
+        )?;
+        check(
+            rx.recv_timeout(Duration::from_secs(5))? == round,
+            format!("round {round}: value"),
+        )?;
+    }
+    // A blocking receive that starts before the message comes.
+    let receiver = std::thread::spawn({
+        let rx = rx.clone();
+        move || rx.recv_timeout(Duration::from_secs(5))
+    });
+    tx.send(&7)?;
+    check(
+        receiver.join().map_err(|_| "receiver panicked")?? == 7,
+        "late value",
     )
 }
 
