@@ -64,6 +64,10 @@ mod imp {
                 "always_ready_ends_yield_to_the_runtime",
                 always_ready_ends_yield_to_the_runtime,
             ),
+            Trial::test(
+                "budget_cancelled_ops_lose_nothing",
+                budget_cancelled_ops_lose_nothing,
+            ),
             Trial::test("peer_death_is_disconnected_within_1s", peer_death),
             Trial::test("cancelled_recv_loses_nothing", cancelled_recv_loses_nothing),
             Trial::test(
@@ -95,6 +99,18 @@ mod imp {
         #[cfg(feature = "named")]
         if async_on("named") {
             v.push(Trial::test("named_async", named_async));
+            v.push(Trial::test(
+                "named_async_accept_cancelled_at_every_poll",
+                named_async_accept_cancelled_at_every_poll,
+            ));
+            v.push(Trial::test(
+                "named_async_concurrent_accepts",
+                named_async_concurrent_accepts,
+            ));
+            v.push(Trial::test(
+                "named_async_accept_past_silent_clients",
+                named_async_accept_past_silent_clients,
+            ));
         }
         // Children talk to the parent over an anonymous channel.
         let anonymous = !conduit::Transport::enabled().is_empty();
@@ -276,6 +292,85 @@ mod imp {
                 })
                 .await?;
                 yielded("queue", sent, received)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Polls `f` once (without `select!`, which yields the whole task when
+    /// the budget is spent): its output, or `Pending` and `f` dropped.
+    async fn poll_once<F: std::future::Future>(f: F) -> std::task::Poll<F::Output> {
+        let mut f = std::pin::pin!(f);
+        std::future::poll_fn(|cx| std::task::Poll::Ready(std::future::Future::poll(f.as_mut(), cx)))
+            .await
+    }
+
+    /// Sends and receives `0..N` in one task, each `send` and `recv`
+    /// polled once and dropped when that poll returns `Pending` (the
+    /// channel is full or empty, or the task's cooperative budget is
+    /// spent). Every message must
+    /// still arrive once, whole and in order, and some polls must have
+    /// been dropped with the budget spent (or the test proves nothing).
+    fn budget_cancelled_ops_lose_nothing() -> Result<(), Failed> {
+        use std::task::Poll;
+        use tokio::task::coop::has_budget_remaining;
+        const N: u64 = 3000;
+        macro_rules! run {
+            ($name:expr, $tx:expr, $rx:expr) => {{
+                let (mut tx, mut rx) = ($tx, $rx);
+                let (mut next_send, mut next_recv) = (0u64, 0u64);
+                let mut spent = 0u64;
+                let mut rounds = 0u64;
+                while next_recv < N {
+                    rounds += 1;
+                    check(rounds < 100 * N, format!("{}: no progress", $name))?;
+                    let mut progress = false;
+                    if next_send < N {
+                        match poll_once(tx.send(&next_send)).await {
+                            Poll::Ready(r) => {
+                                r?;
+                                next_send += 1;
+                                progress = true;
+                            }
+                            Poll::Pending => spent += u64::from(!has_budget_remaining()),
+                        }
+                    }
+                    match poll_once(rx.recv()).await {
+                        Poll::Ready(r) => {
+                            let got = r?;
+                            check(
+                                got == next_recv,
+                                format!("{}: got {got}, expected {next_recv}", $name),
+                            )?;
+                            next_recv += 1;
+                            progress = true;
+                        }
+                        Poll::Pending => spent += u64::from(!has_budget_remaining()),
+                    }
+                    if !progress {
+                        // Budget spent (or nothing to do yet): give the
+                        // runtime a turn, which refills the budget.
+                        tokio::task::yield_now().await;
+                    }
+                }
+                check(spent > 0, format!("{}: the budget never ran out", $name))?;
+                // A fresh budget: a message left over would be taken now.
+                tokio::task::yield_now().await;
+                let extra = poll_once(rx.recv()).await;
+                check(
+                    extra.is_pending(),
+                    format!("{}: a message too many: {extra:?}", $name),
+                )?;
+            }};
+        }
+        runtime().block_on(async {
+            for t in async_transports() {
+                let (tx, rx) = t.channel::<u64>()?;
+                run!(t.name(), tx.into_async()?, rx.into_async()?);
+            }
+            if async_on("queue") {
+                let (tx, rx) = conduit::queue::<u64>()?;
+                run!("queue", tx.into_async()?, rx.into_async()?);
             }
             Ok(())
         })
@@ -849,6 +944,261 @@ mod imp {
                 c.recv().await.err().is_some_and(|e| e.is_disconnected()),
                 "server gone",
             )
+        })
+    }
+
+    /// An async accept dropped after every single poll (a `select!` whose
+    /// other branch is always ready), while clients connect: each client
+    /// is still accepted by a later accept, once. Then a listener dropped
+    /// right after an accept future registered its wait and was dropped
+    /// frees its name: a new listener binds it and serves the next client.
+    #[cfg(feature = "named")]
+    fn named_async_accept_cancelled_at_every_poll() -> Result<(), Failed> {
+        runtime().block_on(async {
+            let name = format!(
+                "conduit-async-cancel-{}-{}",
+                std::process::id(),
+                fastrand::u32(..)
+            );
+            let listener = conduit::named::Listener::<u64, u64>::bind(&name)?.into_async()?;
+            let clients: Vec<_> = (0..4u64)
+                .map(|x| {
+                    let name = name.clone();
+                    std::thread::spawn(move || -> conduit::Result<u64> {
+                        let c = conduit::named::connect_timeout::<u64, u64>(&name, LONG)?;
+                        c.send(&x)?;
+                        c.recv()
+                    })
+                })
+                .collect();
+            let until = std::time::Instant::now() + LONG;
+            let mut served = Vec::new();
+            let mut dropped = 0u64;
+            while served.len() < clients.len() {
+                check(
+                    std::time::Instant::now() < until,
+                    format!("served {served:?} in 10 s ({dropped} accepts dropped)"),
+                )?;
+                let accepted = tokio::select! {
+                    biased;
+                    r = listener.accept() => Some(r?),
+                    () = std::future::ready(()) => None,
+                };
+                match accepted {
+                    Some(mut conn) => {
+                        let x = tokio::time::timeout(LONG, conn.recv()).await??;
+                        conn.send(&(x + 10)).await?;
+                        served.push(x);
+                    }
+                    None => {
+                        dropped += 1;
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+            let mut got = Vec::new();
+            for c in clients {
+                got.push(c.join().map_err(|_| "client panicked")??);
+            }
+            got.sort_unstable();
+            served.sort_unstable();
+            check(served == [0, 1, 2, 3], format!("served {served:?}"))?;
+            check(got == [10, 11, 12, 13], format!("replies {got:?}"))?;
+            // A registered wait, dropped with its future, then the listener.
+            check(
+                tokio::time::timeout(Duration::from_millis(20), listener.accept())
+                    .await
+                    .is_err(),
+                "accepted without a client",
+            )?;
+            drop(listener);
+            let again = conduit::named::Listener::<u64, u64>::bind(&name)?.into_async()?;
+            let client = std::thread::spawn({
+                let name = name.clone();
+                move || -> conduit::Result<u64> {
+                    let c = conduit::named::connect_timeout::<u64, u64>(&name, LONG)?;
+                    c.send(&7)?;
+                    c.recv()
+                }
+            });
+            let mut conn = tokio::time::timeout(LONG, again.accept()).await??;
+            let x = conn.recv().await?;
+            conn.send(&(x * 3)).await?;
+            check(
+                client.join().map_err(|_| "client panicked")?? == 21,
+                "reply from the new listener",
+            )
+        })
+    }
+
+    /// Client thread: connects to `name`, sends `x`, returns the reply.
+    #[cfg(feature = "named")]
+    fn named_thread_client(name: &str, x: u64) -> std::thread::JoinHandle<conduit::Result<u64>> {
+        let name = name.to_owned();
+        std::thread::spawn(move || {
+            let c = conduit::named::connect_timeout::<u64, u64>(&name, LONG)?;
+            c.send(&x)?;
+            c.recv()
+        })
+    }
+
+    /// Two tasks in `accept` on one async listener at once (it takes
+    /// `&self`): each client wakes an accept, also the second client
+    /// after the task that took the first one is gone, and a task whose
+    /// accept future was dropped does not leave the other one deaf.
+    #[cfg(feature = "named")]
+    fn named_async_concurrent_accepts() -> Result<(), Failed> {
+        use std::sync::Arc;
+        type Listener = conduit::named::AsyncListener<u64, u64>;
+        /// Accepts one client and answers it.
+        async fn serve(l: Arc<Listener>) -> Result<u64, conduit::Error> {
+            let mut conn = l.accept().await?;
+            let x = conn.recv().await?;
+            conn.send(&(x + 10)).await?;
+            Ok(x)
+        }
+        runtime().block_on(async {
+            let name = format!(
+                "conduit-async-two-{}-{}",
+                std::process::id(),
+                fastrand::u32(..)
+            );
+            let listener =
+                Arc::new(conduit::named::Listener::<u64, u64>::bind(&name)?.into_async()?);
+            for round in 0..3u64 {
+                // Both accepts are parked before any client comes.
+                let mut a = tokio::spawn(serve(Arc::clone(&listener)));
+                tokio::task::yield_now().await;
+                let mut b = tokio::spawn(serve(Arc::clone(&listener)));
+                tokio::task::yield_now().await;
+                if round > 0 {
+                    // One accept gives up (a dropped future): the later
+                    // one, then the earlier one.
+                    let (gone, left) = if round == 1 { (b, a) } else { (a, b) };
+                    gone.abort();
+                    check(gone.await.is_err_and(|e| e.is_cancelled()), "cancelled")?;
+                    let c = named_thread_client(&name, 7);
+                    let x = tokio::time::timeout(LONG, left).await.map_err(|_| {
+                        format!("round {round}: the client was not accepted in 10 s")
+                    })???;
+                    check(x == 7, format!("round {round}: served {x}"))?;
+                    check(c.join().map_err(|_| "client panicked")?? == 17, "reply")?;
+                    continue;
+                }
+                let c1 = named_thread_client(&name, 1);
+                let first_was_a = tokio::select! {
+                    r = &mut a => { r??; true }
+                    r = &mut b => { r??; false }
+                    () = tokio::time::sleep(LONG) => {
+                        return Err("round 0: the first client was not accepted in 10 s".into());
+                    }
+                };
+                check(c1.join().map_err(|_| "client panicked")?? == 11, "reply 1")?;
+                let other = if first_was_a { b } else { a };
+                let c2 = named_thread_client(&name, 2);
+                let x = tokio::time::timeout(LONG, other).await.map_err(|_| {
+                    format!(
+                        "round 0: the second client was not accepted in 10 s \
+                         (the {} accept was never woken)",
+                        if first_was_a { "later" } else { "earlier" }
+                    )
+                })???;
+                check(x == 2, format!("round 0: served {x}"))?;
+                check(c2.join().map_err(|_| "client panicked")?? == 12, "reply 2")?;
+            }
+            Ok(())
+        })
+    }
+
+    /// 40 clients that connect and leave at once, then more silent clients
+    /// (connected, never answering) than the listener sets up at once
+    /// (`MAX_PENDING`, 128): an async accept still gets the real client
+    /// that comes after them, once the silent ones' handshake timeouts
+    /// pass.
+    #[cfg(feature = "named")]
+    fn named_async_accept_past_silent_clients() -> Result<(), Failed> {
+        #[cfg(windows)]
+        fn raw(endpoint: &str) -> std::io::Result<std::fs::File> {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(endpoint)
+        }
+        #[cfg(unix)]
+        fn raw(endpoint: &str) -> std::io::Result<std::os::unix::net::UnixStream> {
+            std::os::unix::net::UnixStream::connect(endpoint)
+        }
+        runtime().block_on(async {
+            let name = format!(
+                "conduit-async-silent-{}-{}",
+                std::process::id(),
+                fastrand::u32(..)
+            );
+            let listener = conduit::named::Listener::<u64, u64>::bind(&name)?
+                .with_handshake_timeout(Duration::from_millis(1500));
+            let endpoint = listener.endpoint().to_owned();
+            let listener = listener.into_async()?;
+            // Clients that connect and leave at once, each taken in by a
+            // poll of an accept: none is returned, nor an error.
+            for i in 0..40 {
+                let mut tries = 0;
+                loop {
+                    match raw(&endpoint) {
+                        Ok(c) => break drop(c),
+                        Err(e) => {
+                            tries += 1;
+                            check(tries < 10_000, format!("vanishing client {i}: {e}"))?;
+                        }
+                    }
+                    check(
+                        poll_once(listener.accept()).await.is_pending(),
+                        format!("vanishing client {i}: accepted"),
+                    )?;
+                    tokio::task::yield_now().await;
+                }
+                check(
+                    poll_once(listener.accept()).await.is_pending(),
+                    format!("vanishing client {i}: accepted"),
+                )?;
+            }
+            let mut raws = Vec::new();
+            for i in 0..129 {
+                // One poll of an accept takes the client in (starts its
+                // set-up); while the pipe instance is busy (Windows) each
+                // poll lets the listener look again.
+                let mut tries = 0;
+                let c = loop {
+                    match raw(&endpoint) {
+                        Ok(c) => break c,
+                        Err(e) => {
+                            tries += 1;
+                            check(tries < 10_000, format!("raw client {i}: {e}"))?;
+                        }
+                    }
+                    check(
+                        poll_once(listener.accept()).await.is_pending(),
+                        format!("raw client {i}: accepted"),
+                    )?;
+                    tokio::task::yield_now().await;
+                };
+                raws.push(c);
+                check(
+                    poll_once(listener.accept()).await.is_pending(),
+                    format!("raw client {i}: accepted"),
+                )?;
+            }
+            let client = named_thread_client(&name, 9);
+            let mut conn = tokio::time::timeout(Duration::from_secs(20), listener.accept())
+                .await
+                .map_err(|_| "the real client was not accepted in 20 s")??;
+            let x = conn.recv().await?;
+            conn.send(&(x + 10)).await?;
+            check(
+                client.join().map_err(|_| "client panicked")?? == 19,
+                "reply",
+            )?;
+            drop(raws);
+            Ok(())
         })
     }
 }

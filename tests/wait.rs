@@ -21,6 +21,15 @@ fn main() {
         Trial::test("process_exit_is_ready", process_exit_is_ready),
         Trial::test("thousand_objects", thousand_objects),
         Trial::test("queue_receiver_wakes_wait", queue_receiver_wakes_wait),
+        Trial::test("queue_recv_behind_a_wait", queue_recv_behind_a_wait),
+        Trial::test(
+            "queue_wait_races_another_receiver",
+            queue_wait_races_another_receiver,
+        ),
+        Trial::test(
+            "queue_killed_waiter_leaves_no_read_behind",
+            queue_killed_waiter_leaves_no_read_behind,
+        ),
     ];
     // Children talk to the parent over an anonymous channel: a build with
     // only the `named` transport cannot spawn them.
@@ -41,6 +50,26 @@ fn main() {
     tests.push(Trial::test(
         "named_listener_wait_then_accept",
         named::wait_then_accept,
+    ));
+    #[cfg(feature = "named")]
+    tests.push(Trial::test(
+        "named_vanished_client_then_real_one",
+        named::vanished_client_then_real_one,
+    ));
+    #[cfg(feature = "named")]
+    tests.push(Trial::test(
+        "named_wait_while_another_thread_accepts",
+        named::wait_while_another_thread_accepts,
+    ));
+    #[cfg(feature = "named")]
+    tests.push(Trial::test(
+        "named_mismatch_is_ready_then_reported_once",
+        named::mismatch_is_ready_then_reported_once,
+    ));
+    #[cfg(feature = "named")]
+    tests.push(Trial::test(
+        "named_more_silent_clients_than_max_pending",
+        named::more_silent_clients_than_max_pending,
     ));
     libtest_mimic::run(&args, tests).exit();
 }
@@ -505,6 +534,432 @@ mod named {
         }
         Ok(())
     }
+
+    /// A client that connects without the conduit protocol (a raw open of
+    /// the endpoint), kept open until dropped.
+    fn raw_client(endpoint: &str) -> std::io::Result<RawClient> {
+        #[cfg(windows)]
+        {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(endpoint)
+        }
+        #[cfg(unix)]
+        {
+            std::os::unix::net::UnixStream::connect(endpoint)
+        }
+    }
+    #[cfg(windows)]
+    type RawClient = std::fs::File;
+    #[cfg(unix)]
+    type RawClient = std::os::unix::net::UnixStream;
+
+    /// Opens a raw client, while the listener's pending instance is busy
+    /// (Windows: `ERROR_PIPE_BUSY` until the listener looks again) giving
+    /// the listener a look with a zero-timeout `wait`.
+    fn raw_client_retrying(
+        listener: &conduit::named::Listener<u32, u32>,
+    ) -> Result<RawClient, Failed> {
+        let mut last = None;
+        for _ in 0..10_000 {
+            match raw_client(listener.endpoint()) {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+            let objects: [&dyn Waitable; 1] = [listener];
+            conduit::wait(&objects, Some(Duration::ZERO))?;
+            std::thread::yield_now();
+        }
+        Err(format!("cannot open a raw client: {last:?}").into())
+    }
+
+    /// A client that connects and leaves before it is accepted, seen by a
+    /// `wait` (ready): the `accept` that follows times out (nothing to
+    /// take) without an error, the listener is not left ready, and the
+    /// next real client is accepted.
+    pub(super) fn vanished_client_then_real_one() -> Result<(), Failed> {
+        let name = format!(
+            "conduit-wait-vanish-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        );
+        let listener = conduit::named::Listener::<u32, u32>::bind(&name)?;
+        let objects: [&dyn Waitable; 1] = [&listener];
+        for round in 0..3 {
+            // Arms the listener's look for a client (Windows: the connect
+            // in flight).
+            check(
+                conduit::wait(&objects, Some(Duration::ZERO))?.is_empty(),
+                format!("round {round}: no client yet"),
+            )?;
+            let raw = raw_client_retrying(&listener)?;
+            check(
+                conduit::wait(&objects, LONG)? == [0],
+                format!("round {round}: raw client waiting"),
+            )?;
+            drop(raw);
+            match listener.accept_timeout(Duration::from_millis(300)) {
+                Err(e) if e.is_timeout() => {}
+                Err(e) => return Err(format!("round {round}: accept failed: {e}").into()),
+                Ok(_) => return Err(format!("round {round}: accepted a vanished client").into()),
+            }
+            check(
+                conduit::wait(&objects, SHORT)?.is_empty(),
+                format!("round {round}: ready with nobody waiting"),
+            )?;
+            let client = thread_client(name.clone(), round);
+            check(
+                conduit::wait(&objects, LONG)? == [0],
+                format!("round {round}: real client waiting"),
+            )?;
+            let conn = listener.accept_timeout(Duration::from_secs(10))?;
+            let got = conn.recv_timeout(Duration::from_secs(10))?;
+            conn.send(&(got + 100))?;
+            let reply = client.join().map_err(|_| "client panicked")??;
+            check(reply == round + 100, format!("reply {reply} to {round}"))?;
+        }
+        Ok(())
+    }
+
+    /// One thread accepts clients while another calls `wait` on the same
+    /// listener over and over (both look at the waiting pipe instance):
+    /// every client is served, and neither call fails or hangs.
+    pub(super) fn wait_while_another_thread_accepts() -> Result<(), Failed> {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        const CLIENTS: u32 = 12;
+        let name = format!(
+            "conduit-wait-race-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        );
+        let listener = conduit::named::Listener::<u32, u32>::bind(&name)?;
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| -> Result<(), Failed> {
+            let waiter = s.spawn(|| -> conduit::Result<u32> {
+                let objects: [&dyn Waitable; 1] = [&listener];
+                let mut ready = 0;
+                while !done.load(SeqCst) {
+                    ready += conduit::wait(&objects, Some(Duration::from_millis(5)))?.len() as u32;
+                }
+                Ok(ready)
+            });
+            let clients: Vec<_> = (0..CLIENTS)
+                .map(|x| thread_client(name.clone(), x))
+                .collect();
+            let mut served = Vec::new();
+            let accepted = (|| -> Result<(), Failed> {
+                for _ in 0..CLIENTS {
+                    let conn = listener.accept_timeout(Duration::from_secs(10))?;
+                    let x = conn.recv_timeout(Duration::from_secs(10))?;
+                    conn.send(&(x + 100))?;
+                    served.push(x);
+                }
+                Ok(())
+            })();
+            done.store(true, SeqCst);
+            let waits = waiter.join().map_err(|_| "waiter panicked")?;
+            accepted?;
+            waits?;
+            for (x, c) in clients.into_iter().enumerate() {
+                let reply = c.join().map_err(|_| "client panicked")??;
+                check(reply == x as u32 + 100, format!("reply {reply} to {x}"))?;
+            }
+            served.sort_unstable();
+            check(
+                served == (0..CLIENTS).collect::<Vec<_>>(),
+                format!("served {served:?}"),
+            )
+        })
+    }
+
+    /// A client with another `FrameConfig`: `wait` says ready, `accept`
+    /// reports the mismatch (`Protocol`) once, the listener is not left
+    /// ready, and the next client is served. Blocking, then async.
+    pub(super) fn mismatch_is_ready_then_reported_once() -> Result<(), Failed> {
+        let name = format!(
+            "conduit-wait-mismatch-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        );
+        let mismatched = |name: &str| {
+            let name = name.to_owned();
+            std::thread::spawn(move || {
+                let cfg = conduit::FrameConfig::default().with_max_frame(4096);
+                conduit::named::connect_timeout_with::<u32, u32>(
+                    &name,
+                    cfg,
+                    Duration::from_secs(10),
+                )
+                .map(|_| ())
+            })
+        };
+        let listener = conduit::named::Listener::<u32, u32>::bind(&name)?;
+        let objects: [&dyn Waitable; 1] = [&listener];
+        let bad = mismatched(&name);
+        check(
+            conduit::wait(&objects, LONG)? == [0],
+            "mismatched client waiting",
+        )?;
+        match listener.accept_timeout(Duration::from_secs(10)) {
+            Err(e) if e.kind() == conduit::ErrorKind::Protocol => {}
+            Err(e) => return Err(format!("accept: {e} instead of a mismatch").into()),
+            Ok(_) => return Err("accepted a mismatched client".into()),
+        }
+        check(
+            bad.join().map_err(|_| "client panicked")?.is_err(),
+            "the mismatched client connected",
+        )?;
+        check(
+            conduit::wait(&objects, SHORT)?.is_empty(),
+            "ready after the mismatch was reported",
+        )?;
+        let client = thread_client(name.clone(), 3);
+        check(conduit::wait(&objects, LONG)? == [0], "client waiting")?;
+        let conn = listener.accept_timeout(Duration::from_secs(10))?;
+        let got = conn.recv_timeout(Duration::from_secs(10))?;
+        conn.send(&(got + 100))?;
+        check(
+            client.join().map_err(|_| "client panicked")?? == 103,
+            "reply",
+        )?;
+        // The same through the async listener.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let listener = listener.into_async()?;
+            let bad = mismatched(&name);
+            match tokio::time::timeout(Duration::from_secs(10), listener.accept()).await? {
+                Err(e) if e.kind() == conduit::ErrorKind::Protocol => {}
+                Err(e) => return Err(format!("async accept: {e} instead of a mismatch").into()),
+                Ok(_) => return Err("async: accepted a mismatched client".into()),
+            }
+            check(
+                bad.join().map_err(|_| "client panicked")?.is_err(),
+                "async: the mismatched client connected",
+            )?;
+            let client = thread_client(name.clone(), 4);
+            let mut conn =
+                tokio::time::timeout(Duration::from_secs(10), listener.accept()).await??;
+            let got = conn.recv().await?;
+            conn.send(&(got + 100)).await?;
+            check(
+                client.join().map_err(|_| "client panicked")?? == 104,
+                "async reply",
+            )
+        })
+    }
+
+    /// More silent clients (connected, never answering) than
+    /// `MAX_PENDING` handshakes at once: `accept` takes no more while
+    /// they run, and a real client that comes after them is accepted once
+    /// their handshake timeouts pass; `wait` stays usable throughout.
+    pub(super) fn more_silent_clients_than_max_pending() -> Result<(), Failed> {
+        // conduit_named::MAX_PENDING (128) and one more.
+        const SILENT: usize = 129;
+        let name = format!(
+            "conduit-wait-silent-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        );
+        let listener = conduit::named::Listener::<u32, u32>::bind(&name)?
+            .with_handshake_timeout(Duration::from_millis(1500));
+        let mut raws = Vec::with_capacity(SILENT);
+        for i in 0..SILENT {
+            raws.push(raw_client_retrying(&listener)?);
+            // Starts its set-up (or, once MAX_PENDING run, leaves it
+            // waiting); nothing completes.
+            match listener.accept_timeout(Duration::from_millis(1)) {
+                Err(e) if e.is_timeout() => {}
+                Err(e) => return Err(format!("silent client {i}: accept failed: {e}").into()),
+                Ok(_) => return Err(format!("silent client {i} was accepted").into()),
+            }
+        }
+        let client = thread_client(name.clone(), 5);
+        let objects: [&dyn Waitable; 1] = [&listener];
+        let conn = listener.accept_timeout(Duration::from_secs(20))?;
+        let got = conn.recv_timeout(Duration::from_secs(10))?;
+        conn.send(&(got + 100))?;
+        let reply = client.join().map_err(|_| "client panicked")??;
+        check(reply == 105, format!("reply {reply}"))?;
+        drop(raws);
+        // Every silent client is gone or dropped: nothing to accept.
+        match listener.accept_timeout(Duration::from_millis(300)) {
+            Err(e) if e.is_timeout() => {}
+            Err(e) => return Err(format!("accept after the silent clients: {e}").into()),
+            Ok(_) => return Err("accepted a silent client".into()),
+        }
+        check(
+            conduit::wait(&objects, SHORT)?.is_empty(),
+            "ready with nobody waiting",
+        )
+    }
+}
+
+/// A blocking receive queued behind the zero-byte read that a timed-out
+/// `wait` left in flight (Windows) gets the next message: the read that
+/// only watches does not swallow the wake-up of the one that takes.
+fn queue_recv_behind_a_wait() -> Result<(), Failed> {
+    let (tx, rx) = conduit::queue::<u32>()?;
+    let objects: [&dyn Waitable; 1] = [&rx];
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let rx2 = rx.clone();
+    std::thread::scope(|s| -> Result<(), Failed> {
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<bool>();
+        let receiver = s.spawn(move || -> conduit::Result<Vec<u32>> {
+            let mut got = Vec::new();
+            while go_rx.recv().unwrap_or(false) {
+                let _ = started_tx.send(());
+                got.push(rx2.recv_timeout(Duration::from_secs(5))?);
+            }
+            Ok(got)
+        });
+        for round in 0..50u32 {
+            // Leaves the zero-byte read in flight.
+            check(
+                conduit::wait(&objects, Some(Duration::ZERO))?.is_empty(),
+                format!("round {round}: empty"),
+            )?;
+            go_tx.send(true).map_err(|_| "receiver gone")?;
+            started_rx.recv().map_err(|_| "receiver gone")?;
+            tx.send(&round)?;
+            // The next round's wait needs the message taken first: the
+            // receiver answers by taking it; a zero-timeout wait would
+            // otherwise see it.
+            while conduit::wait(&objects, Some(Duration::ZERO))? == [0] {
+                if receiver.is_finished() {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            if receiver.is_finished() {
+                break;
+            }
+        }
+        drop(go_tx);
+        let got = receiver.join().map_err(|_| "receiver panicked")??;
+        check(
+            got == (0..50).collect::<Vec<_>>(),
+            format!("received {got:?}"),
+        )
+    })
+}
+
+/// Child: receives until every sender is gone; returns what it got.
+fn queue_take_all(rx: QueueReceiver<u32>) -> Vec<u32> {
+    let mut got = Vec::new();
+    while let Ok(x) = rx.recv() {
+        got.push(x);
+    }
+    got
+}
+
+/// `wait` then `try_recv` on a queue while a child receives from the same
+/// queue: a ready that the child overtook gives `Empty` (nothing lost,
+/// nothing twice), the wait never stays ready on an empty queue (the
+/// parent would spin) nor misses a message, and once the senders are gone
+/// both ends see it.
+fn queue_wait_races_another_receiver() -> Result<(), Failed> {
+    const N: u32 = 2000;
+    let (tx, rx) = conduit::queue::<u32>()?;
+    let mut child = Process::spawn(queue_take_all, rx.clone())?;
+    let producer = std::thread::spawn(move || -> conduit::Result<()> {
+        for i in 0..N {
+            tx.send(&i)?;
+        }
+        Ok(())
+    });
+    let objects: [&dyn Waitable; 1] = [&rx];
+    let mut mine = Vec::new();
+    let (mut empty, mut waits) = (0u32, 0u32);
+    loop {
+        waits += 1;
+        check(
+            waits < 20 * N,
+            format!("{waits} waits for {N} messages: ready without a message"),
+        )?;
+        check(
+            conduit::wait(&objects, LONG)? == [0],
+            format!("no message or end in 10 s ({} taken here)", mine.len()),
+        )?;
+        match rx.try_recv() {
+            Ok(x) => mine.push(x),
+            Err(e) if e.kind() == conduit::ErrorKind::Empty => empty += 1,
+            Err(e) if e.is_disconnected() => break,
+            Err(e) => return Err(format!("try_recv: {e}").into()),
+        }
+    }
+    producer.join().map_err(|_| "producer panicked")??;
+    let theirs = child.join()?;
+    let mut all: Vec<u32> = mine.iter().chain(&theirs).copied().collect();
+    all.sort_unstable();
+    check(
+        all == (0..N).collect::<Vec<_>>(),
+        format!(
+            "{} here + {} in the child ({empty} overtaken readies): lost or doubled",
+            mine.len(),
+            theirs.len()
+        ),
+    )
+}
+
+/// Child: leaves a wait's look at the queue in flight (Windows: the
+/// zero-byte read), says so, then blocks until killed.
+fn queue_arm_and_hold((rx, armed, hold): (QueueReceiver<u32>, Sender<u32>, Receiver<u32>)) -> u32 {
+    let objects: [&dyn Waitable; 1] = [&rx];
+    let n = conduit::wait(&objects, Some(Duration::ZERO)).map_or(9, |r| r.len() as u32);
+    let _ = armed.send(&n);
+    let _ = hold.recv();
+    0
+}
+
+/// Children that left a wait's look at the queue in flight are killed
+/// (their handles closed by the OS, not by our drop): the parent's
+/// receives and waits still get every message.
+fn queue_killed_waiter_leaves_no_read_behind() -> Result<(), Failed> {
+    let (tx, rx) = conduit::queue::<u32>()?;
+    let mut kids = Vec::new();
+    let mut holds = Vec::new();
+    for i in 0..3 {
+        let (armed_tx, armed_rx) = conduit::channel::<u32>()?;
+        let (hold_tx, hold_rx) = conduit::channel::<u32>()?;
+        kids.push(Process::spawn(
+            queue_arm_and_hold,
+            (rx.clone(), armed_tx, hold_rx),
+        )?);
+        holds.push(hold_tx);
+        check(
+            armed_rx.recv_timeout(Duration::from_secs(10))? == 0,
+            format!("child {i}: the queue was not empty"),
+        )?;
+    }
+    for k in &mut kids {
+        k.kill()?;
+        let _ = k.join();
+    }
+    let objects: [&dyn Waitable; 1] = [&rx];
+    for round in 0..3u32 {
+        tx.send(&round)?;
+        check(
+            conduit::wait(&objects, LONG)? == [0],
+            format!("round {round}: message queued"),
+        )?;
+        check(
+            rx.recv_timeout(Duration::from_secs(5))? == round,
+            format!("round {round}: value"),
+        )?;
+    }
+    // A blocking receive that starts before the message comes.
+    let receiver = std::thread::spawn({
+        let rx = rx.clone();
+        move || rx.recv_timeout(Duration::from_secs(5))
+    });
+    tx.send(&7)?;
+    check(
+        receiver.join().map_err(|_| "receiver panicked")?? == 7,
+        "late value",
+    )
 }
 
 /// Child: sends `x` on the queue when told to.

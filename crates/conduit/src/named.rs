@@ -449,6 +449,12 @@ where
 pub struct AsyncListener<S, R> {
     inner: Listener<S, R>,
     reg: conduit_core::transport::sys::reactor::Registration,
+    /// Held by one `accept` at a time: the registration wakes only the
+    /// last task that polled it (tokio's `AsyncFd` on Unix, one waker
+    /// slot per handle on Windows), so a second task parked on it at the
+    /// same time could miss its wake-up for good. The others wait here
+    /// (in order; a dropped future leaves the queue).
+    turn: tokio::sync::Mutex<()>,
 }
 
 #[cfg(feature = "tokio")]
@@ -511,7 +517,11 @@ where
             .collect();
         let reg = conduit_core::transport::sys::reactor::Registration::new(&handles)
             .map_err(|e| crate::Error::from_io("the async runtime cannot watch the listener", e))?;
-        Ok(AsyncListener { inner: self, reg })
+        Ok(AsyncListener {
+            inner: self,
+            reg,
+            turn: tokio::sync::Mutex::new(()),
+        })
     }
 }
 
@@ -524,8 +534,9 @@ where
     /// Waits for the next client that completes its handshake and returns
     /// the async connection to it. Cancellation-safe: a client whose
     /// handshake is in progress when the future is dropped is kept for the
-    /// next `accept`.
+    /// next `accept`. Concurrent accepts (from several tasks) take turns.
     pub async fn accept(&self) -> Result<crate::AsyncDuplex<S, R>> {
+        let _turn = self.turn.lock().await;
         loop {
             match self.inner.accept_deadline(Instant::now()) {
                 Ok(conn) => return conn.into_async(),
