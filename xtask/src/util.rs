@@ -273,6 +273,26 @@ pub fn parse_libtest_results(text: &str) -> Option<Counts> {
     total
 }
 
+/// The names of the tests that libtest (or libtest-mimic) reported as
+/// failed: its `test <name> ... FAILED` lines, in order, without repeats.
+pub fn failed_tests(text: &str) -> Vec<String> {
+    let text = strip_ansi(text);
+    let mut out: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.trim().strip_prefix("test ") else {
+            continue;
+        };
+        let Some((name, result)) = rest.split_once(" ... ") else {
+            continue;
+        };
+        let name = name.trim();
+        if result.trim_start().starts_with("FAILED") && !out.iter().any(|n| n == name) {
+            out.push(name.to_owned());
+        }
+    }
+    out
+}
+
 /// Seconds with one decimal, for tables.
 pub fn secs(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64())
@@ -313,6 +333,18 @@ pub fn print_table(header: &[&str], left: usize, rows: &[Vec<String>]) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn failed_test_names() {
+        let text = "running 3 tests\n\
+            test a::one ... ok\n\
+            test worker_killed   ... FAILED\n\
+            test b::two ... \u{1b}[31mFAILED\u{1b}[0m\n\
+            test worker_killed ... FAILED\n\
+            test result: FAILED. 1 passed; 2 failed; 0 ignored\n";
+        assert_eq!(failed_tests(text), ["worker_killed", "b::two"]);
+        assert!(failed_tests("test x ... ok\ntest result: ok. 1 passed").is_empty());
+    }
+
     use super::*;
 
     #[test]

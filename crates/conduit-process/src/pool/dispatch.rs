@@ -628,10 +628,15 @@ pub(crate) fn serve(shared: &Shared, slot: usize, link: Link) {
             None => match shared.start_worker(slot) {
                 Ok(l) => link.insert(l),
                 Err(e) => {
+                    // The OS error, if any, goes into the message: the
+                    // chunk's error is a new one, without `e`'s source.
+                    let cause = std::error::Error::source(&e)
+                        .map(|s| format!(" ({s})"))
+                        .unwrap_or_default();
                     let e = Error::new(
                         e.kind(),
                         format!(
-                            "cannot start a pool worker for {}: {}",
+                            "cannot start a pool worker for {}: {}{cause}",
                             chunk.tasks(),
                             e.message()
                         ),
