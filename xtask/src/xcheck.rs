@@ -567,28 +567,33 @@ fn wine_tests(sh: &Shell, env: &XEnv, opts: &Options, start: Instant) -> Result<
     } else {
         opts.cargo_args.clone()
     };
-    let mut cmd = env
-        .cargo(sh)
-        .args([
-            "test",
-            "-Zbuild-std",
-            "--target",
-            WINE_TARGET,
-            "--no-fail-fast",
-        ])
-        .args(&package_args);
-    if !opts.test_args.is_empty() {
-        cmd = cmd.arg("--").args(&opts.test_args);
-    }
-    let teed = util::run_tee(cmd);
-    // Stop this prefix's wineserver whatever happened.
-    let _ = env
-        .cmd(sh, &wine.wineserver)
-        .arg("-k")
-        .quiet()
-        .ignore_status()
-        .ignore_stderr()
-        .run();
+    // One `cargo test` of the Windows tests under Wine (`test_args` after
+    // `--`), then this prefix's wineserver stopped whatever happened.
+    let run_tests = |test_args: &[OsString]| {
+        let mut cmd = env
+            .cargo(sh)
+            .args([
+                "test",
+                "-Zbuild-std",
+                "--target",
+                WINE_TARGET,
+                "--no-fail-fast",
+            ])
+            .args(&package_args);
+        if !test_args.is_empty() {
+            cmd = cmd.arg("--").args(test_args);
+        }
+        let teed = util::run_tee(cmd);
+        let _ = env
+            .cmd(sh, &wine.wineserver)
+            .arg("-k")
+            .quiet()
+            .ignore_status()
+            .ignore_stderr()
+            .run();
+        teed
+    };
+    let teed = run_tests(&opts.test_args);
     let teed = teed?;
     let mut run = WineRun {
         success: teed.status.success(),
@@ -606,25 +611,7 @@ fn wine_tests(sh: &Shell, env: &XEnv, opts: &Options, start: Instant) -> Result<
     if !run.success && !failed.is_empty() && failed.len() as u64 == counted && failed.len() <= 3 {
         for name in &failed {
             log(start, &format!("rerunning `{name}` once under Wine"));
-            let again = env
-                .cargo(sh)
-                .args([
-                    "test",
-                    "-Zbuild-std",
-                    "--target",
-                    WINE_TARGET,
-                    "--no-fail-fast",
-                ])
-                .args(&package_args)
-                .args(["--", "--exact", name.as_str()]);
-            let again = util::run_tee(again);
-            let _ = env
-                .cmd(sh, &wine.wineserver)
-                .arg("-k")
-                .quiet()
-                .ignore_status()
-                .ignore_stderr()
-                .run();
+            let again = run_tests(&["--exact".into(), name.into()]);
             let again = again?;
             let counts = util::parse_libtest_results(&again.text);
             if again.status.success() && counts.is_some_and(|c| c.failed == 0 && c.passed > 0) {

@@ -200,12 +200,7 @@ impl TxEnd {
 
     /// New descriptors for a handoff: `[data, presence, ring, others]`.
     pub(crate) fn handles(&self) -> io::Result<Vec<OwnedFd>> {
-        Ok(vec![
-            self.data.try_clone()?,
-            self.presence.try_clone()?,
-            self.ring.handle()?,
-            self.others.try_clone()?,
-        ])
+        handoff_fds(&self.data, &self.presence, &self.ring, &self.others)
     }
 
     /// Rebuilds a producer's end from [`TxEnd::handles`].
@@ -307,12 +302,7 @@ impl RxEnd {
 
     /// New descriptors for a handoff: `[data, presence, ring, others]`.
     pub(crate) fn handles(&self) -> io::Result<Vec<OwnedFd>> {
-        Ok(vec![
-            self.data.try_clone()?,
-            self.presence.try_clone()?,
-            self.ring.handle()?,
-            self.others.try_clone()?,
-        ])
+        handoff_fds(&self.data, &self.presence, &self.ring, &self.others)
     }
 
     /// Rebuilds a consumer's end from [`RxEnd::handles`].
@@ -363,4 +353,20 @@ impl Registrations {
     fn any(&self) -> bool {
         self.0.load(SeqCst) > 0
     }
+}
+
+/// New descriptors of an end for a handoff: `[data, presence, ring,
+/// others]`, the order `from_handles` reads.
+fn handoff_fds(
+    data: &OwnedFd,
+    presence: &OwnedFd,
+    ring: &Ring,
+    others: &OwnedFd,
+) -> io::Result<Vec<OwnedFd>> {
+    Ok(vec![
+        data.try_clone()?,
+        presence.try_clone()?,
+        ring.handle()?,
+        others.try_clone()?,
+    ])
 }
