@@ -376,7 +376,7 @@ pub fn systems() -> Vec<System> {
                 Runner::ConduitAsync(t),
                 &[Rtt, Msgs],
             )
-            .note("the parent's end through into_async() on a current-thread tokio runtime (each operation polled once, block_on only when it must wait); the child's end blocking")
+            .note("the parent's end through into_async() on a current-thread tokio runtime, entered once for the whole run as a task is (each operation polled once, block_on only when it must wait); the child's end blocking")
         );
     }
     let all = [Rtt, RttTyped, Msgs, MsgsTyped, Bulk64K, Bulk1M];
@@ -402,7 +402,7 @@ pub fn systems() -> Vec<System> {
     );
     v.push(
         System::new("interprocess-tokio", "interprocess tokio", Group::Interprocess, Runner::InterprocessTokio, &[Rtt, Msgs])
-            .note("the parent's end is interprocess's tokio local socket stream (accept, read_exact/write_all of the same u32-prefixed frames) on a current-thread runtime, each operation polled once and block_on only when it must wait (as conduit async); the child's end is the blocking stream"),
+            .note("the parent's end is interprocess's tokio local socket stream (accept, read_exact/write_all of the same u32-prefixed frames) on a current-thread runtime entered once for the whole run, each operation polled once and block_on only when it must wait (as conduit async); the child's end is the blocking stream"),
     );
     v.push(
         System::new("iceoryx2", "iceoryx2", Group::Iceoryx2, Runner::Iceoryx2 { loan: false }, &[Rtt, Msgs, Bulk64K, Bulk1M])

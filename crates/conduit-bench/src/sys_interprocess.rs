@@ -114,14 +114,13 @@ impl TypedLink for Framed {
 /// The parent's end of the `interprocess tokio` row: the tokio stream on a
 /// current-thread runtime, each operation polled once and waited for with
 /// `block_on` only when it is pending (as the conduit async rows).
-struct TokioFramed {
-    // Before `rt`: dropped while its runtime is still there.
+struct TokioFramed<'rt> {
     s: TokioStream,
     scratch: Vec<u8>,
-    rt: tokio::runtime::Runtime,
+    rt: &'rt tokio::runtime::Runtime,
 }
 
-impl BytesLink for TokioFramed {
+impl BytesLink for TokioFramed<'_> {
     fn send(&mut self, msg: &Vec<u8>) -> Res<()> {
         let len = u32::try_from(msg.len())?.to_le_bytes();
         let s = &self.s;
@@ -130,9 +129,9 @@ impl BytesLink for TokioFramed {
             self.scratch.extend_from_slice(&len);
             self.scratch.extend_from_slice(msg);
             let frame = &self.scratch;
-            run_async(&self.rt, async move { (&mut &*s).write_all(frame).await })?;
+            run_async(self.rt, async move { (&mut &*s).write_all(frame).await })?;
         } else {
-            run_async(&self.rt, async move {
+            run_async(self.rt, async move {
                 (&mut &*s).write_all(&len).await?;
                 (&mut &*s).write_all(msg).await
             })?;
@@ -142,7 +141,7 @@ impl BytesLink for TokioFramed {
 
     fn recv(&mut self, buf: &mut Vec<u8>, _len: usize) -> Res<bool> {
         let s = &self.s;
-        run_async(&self.rt, async move {
+        run_async(self.rt, async move {
             let mut len = [0u8; 4];
             match (&mut &*s).read_exact(&mut len).await {
                 Ok(_) => {}
@@ -256,10 +255,12 @@ pub fn tokio_parent(sys_id: &str, w: Workload, ctx: &Ctx) -> Res<Vec<Rep>> {
     })();
     drop(listener);
     let res = accepted.and_then(|s| {
+        // Entered for the whole workload, as for the conduit async rows.
+        let _entered = rt.enter();
         let mut link = TokioFramed {
             s,
             scratch: Vec::new(),
-            rt,
+            rt: &rt,
         };
         link::parent_bytes(&mut link, w, &ctx.budget)
     });

@@ -366,15 +366,15 @@ impl<T: Serialize + 'static, C: Codec> AsyncSender<T, C> {
     /// gone. Cancellation: the whole message or nothing (see
     /// [`AsyncSender`]).
     pub async fn send(&mut self, msg: &T) -> Result<()> {
+        if let Some(bytes) = (msg as &dyn std::any::Any).downcast_ref::<Vec<u8>>() {
+            // Raw bytes go as they are; the encode buffer is not touched
+            // (moving it out and back cost ~3 ns a send on shm).
+            return poll_fn(|cx| self.poll_send_frame(cx, bytes)).await;
+        }
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        let frame: &[u8] =
-            if let Some(bytes) = (msg as &dyn std::any::Any).downcast_ref::<Vec<u8>>() {
-                bytes
-            } else {
-                encode_message::<T, C>(msg, &mut buf)?;
-                &buf
-            };
+        encode_message::<T, C>(msg, &mut buf)?;
+        let frame: &[u8] = &buf;
         let res = poll_fn(|cx| self.poll_send_frame(cx, frame)).await;
         if buf.capacity() <= 1 << 20 {
             self.buf = buf;
