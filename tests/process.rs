@@ -56,6 +56,7 @@ fn main() {
         ),
         Trial::test("undecodable_result_is_decode", undecodable_result_is_decode),
         Trial::test("builder_env_dir_and_name", builder_env_dir_and_name),
+        Trial::test("spawn_failure_says_why", spawn_failure_says_why),
         Trial::test("kill_on_drop_kills", kill_on_drop_kills),
         Trial::test(
             "die_with_parent_after_sigkill",
@@ -283,6 +284,33 @@ fn builder_env_dir_and_name() -> Result<(), Failed> {
     // without the `\\?\` prefix.
     let cwd_path = std::path::Path::new(&cwd).canonicalize()?;
     check(cwd_path == dir, format!("dir: {cwd}"))
+}
+
+/// A child that cannot start (here: its working directory is missing)
+/// fails with `Io`, and the message itself (what `{e}` prints, all that a
+/// newcomer's `println!` shows) names the directory and the OS's reason.
+fn spawn_failure_says_why() -> Result<(), Failed> {
+    let missing = std::env::temp_dir().join(format!("conduit-no-such-dir-{}", std::process::id()));
+    for die_with_parent in [false, true] {
+        let err = fails(
+            Process::builder()
+                .current_dir(&missing)
+                .die_with_parent(die_with_parent)
+                .spawn(square, 3),
+        )?;
+        let text = err.to_string();
+        check(
+            err.kind() == ErrorKind::Io,
+            format!("die_with_parent {die_with_parent}: kind of {text}"),
+        )?;
+        let os = std::io::Error::from(std::io::ErrorKind::NotFound).to_string();
+        check(
+            text.contains(&missing.display().to_string())
+                && (text.contains("os error") || text.contains(&os)),
+            format!("die_with_parent {die_with_parent}: the message does not say why: {text}"),
+        )?;
+    }
+    Ok(())
 }
 
 fn kill_on_drop_kills() -> Result<(), Failed> {

@@ -230,8 +230,18 @@ impl ProcessBuilder {
             cmd.spawn()
         };
         let mut child = spawned.map_err(|e| {
+            // The OS's reason goes into the message too: `{e}` is often all
+            // a user prints, and a bare "cannot start" says nothing.
+            let dir = self
+                .current_dir
+                .as_ref()
+                .map(|d| format!(" in the directory {}", d.display()))
+                .unwrap_or_default();
             Error::from_io(
-                &format!("cannot start a child process of {}", exe.display()),
+                &format!(
+                    "cannot start a child process of {}{dir}: {e}",
+                    exe.display()
+                ),
                 e,
             )
         })?;
