@@ -419,18 +419,7 @@ mod imp {
     /// returns the indices in arrival order (`u64::MAX`: a broken message).
     fn queue_drain((rx, go): (QueueReceiver<Vec<u8>>, Receiver<u64>)) -> Vec<u64> {
         let _ = go.recv();
-        let mut out = Vec::new();
-        loop {
-            match rx.recv() {
-                Ok(v) => out.push(parse(&v).unwrap_or(u64::MAX)),
-                Err(e) if e.is_disconnected() => break,
-                Err(_) => {
-                    out.push(u64::MAX);
-                    break;
-                }
-            }
-        }
-        out
+        indices_until_gone(|| rx.recv())
     }
 
     /// Sends into a small queue whose consumer has not started, each send
@@ -709,9 +698,16 @@ mod imp {
     /// Child: receives until the parent's end closes; returns the indices in
     /// arrival order, or `u64::MAX` for a message that is not whole.
     fn receive_all(rx: Receiver<Vec<u8>>) -> Vec<u64> {
+        indices_until_gone(|| rx.recv())
+    }
+
+    /// Receives with `recv` until the senders are gone; the indices in
+    /// arrival order, ending with `u64::MAX` after a message that is not
+    /// whole or another error.
+    fn indices_until_gone(recv: impl Fn() -> conduit::Result<Vec<u8>>) -> Vec<u64> {
         let mut out = Vec::new();
         loop {
-            match rx.recv() {
+            match recv() {
                 Ok(v) => out.push(parse(&v).unwrap_or(u64::MAX)),
                 Err(e) if e.is_disconnected() => break,
                 Err(_) => {
