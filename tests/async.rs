@@ -1124,6 +1124,29 @@ mod imp {
         fn raw(endpoint: &str) -> std::io::Result<std::os::unix::net::UnixStream> {
             std::os::unix::net::UnixStream::connect(endpoint)
         }
+        /// Connects a raw client, polling an accept once after each failed
+        /// try (none may return) so that the listener gets to look again.
+        async fn connect_polling(
+            endpoint: &str,
+            listener: &conduit::named::AsyncListener<u64, u64>,
+            what: &str,
+        ) -> Result<impl Sized, Failed> {
+            let mut tries = 0;
+            loop {
+                match raw(endpoint) {
+                    Ok(c) => return Ok(c),
+                    Err(e) => {
+                        tries += 1;
+                        check(tries < 10_000, format!("{what}: {e}"))?;
+                    }
+                }
+                check(
+                    poll_once(listener.accept()).await.is_pending(),
+                    format!("{what}: accepted"),
+                )?;
+                tokio::task::yield_now().await;
+            }
+        }
         runtime().block_on(async {
             let name = format!(
                 "conduit-async-silent-{}-{}",
@@ -1137,21 +1160,8 @@ mod imp {
             // Clients that connect and leave at once, each taken in by a
             // poll of an accept: none is returned, nor an error.
             for i in 0..40 {
-                let mut tries = 0;
-                loop {
-                    match raw(&endpoint) {
-                        Ok(c) => break drop(c),
-                        Err(e) => {
-                            tries += 1;
-                            check(tries < 10_000, format!("vanishing client {i}: {e}"))?;
-                        }
-                    }
-                    check(
-                        poll_once(listener.accept()).await.is_pending(),
-                        format!("vanishing client {i}: accepted"),
-                    )?;
-                    tokio::task::yield_now().await;
-                }
+                let what = format!("vanishing client {i}");
+                drop(connect_polling(&endpoint, &listener, &what).await?);
                 check(
                     poll_once(listener.accept()).await.is_pending(),
                     format!("vanishing client {i}: accepted"),
@@ -1162,21 +1172,7 @@ mod imp {
                 // One poll of an accept takes the client in (starts its
                 // set-up); while the pipe instance is busy (Windows) each
                 // poll lets the listener look again.
-                let mut tries = 0;
-                let c = loop {
-                    match raw(&endpoint) {
-                        Ok(c) => break c,
-                        Err(e) => {
-                            tries += 1;
-                            check(tries < 10_000, format!("raw client {i}: {e}"))?;
-                        }
-                    }
-                    check(
-                        poll_once(listener.accept()).await.is_pending(),
-                        format!("raw client {i}: accepted"),
-                    )?;
-                    tokio::task::yield_now().await;
-                };
+                let c = connect_polling(&endpoint, &listener, &format!("raw client {i}")).await?;
                 raws.push(c);
                 check(
                     poll_once(listener.accept()).await.is_pending(),
